@@ -1,0 +1,228 @@
+"""Study-area configuration: a TOML file parsed into frozen dataclasses.
+
+Unknown keys and missing required keys are errors that name the key, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from metalsm.datasets import expand_data_path
+from metalsm.errors import MetalsmInputError
+
+FactorKind = Literal["continuous", "categorical"]
+
+
+@dataclass(frozen=True)
+class RasterInput:
+    """A thematic raster factor (geology, land cover, rainfall...)."""
+
+    name: str
+    path: str
+    kind: FactorKind = "continuous"
+
+
+@dataclass(frozen=True)
+class VectorInput:
+    """A vector layer whose distance becomes a factor named ``name`` (e.g. distance_to_faults)."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The reference grid: the DEM's, optionally resampled to ``resolution`` or reprojected."""
+
+    resolution: float | None = None
+    crs: str | None = None
+
+
+@dataclass(frozen=True)
+class TerrainConfig:
+    factors: tuple[str, ...] = (
+        "elevation",
+        "slope",
+        "aspect_sin",
+        "aspect_cos",
+        "plan_curvature",
+        "profile_curvature",
+        "twi",
+        "spi",
+        "distance_to_drainage",
+    )
+    drainage_threshold_km2: float = 0.5
+
+
+@dataclass(frozen=True)
+class InventoryConfig:
+    path: str
+    rule: Literal["centroid", "scarp", "all", "random"] = "centroid"
+    cells_per_polygon: int = 3
+    crs: str | None = None
+    x_column: str = "x"
+    y_column: str = "y"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    method: Literal["random"] = "random"
+    ratio: float = 1.0
+    buffer_m: float = 100.0
+    min_slope_deg: float | None = None
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    names: tuple[str, ...] = ("lr", "rf", "svm", "mlp", "fr")
+    map_model: str = "rf"
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    n_folds: int = 5
+    spatial_method: Literal["kmeans", "grid"] = "kmeans"
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ZonesConfig:
+    method: Literal["quantile", "natural_breaks", "equal_interval"] = "quantile"
+    levels: int = 4
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    window_size: int = 512
+    overviews: tuple[int, ...] = (2, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class StudyAreaConfig:
+    name: str
+    dem: str
+    inventory: InventoryConfig
+    rasters: tuple[RasterInput, ...] = ()
+    vectors: tuple[VectorInput, ...] = ()
+    grid: GridConfig = field(default_factory=GridConfig)
+    terrain: TerrainConfig = field(default_factory=TerrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    zones: ZonesConfig = field(default_factory=ZonesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_PATH_KEYS = {"path", "dem"}
+
+
+def load_config(path: str | Path) -> StudyAreaConfig:
+    """Read and validate a study-area TOML file; relative paths resolve against its folder."""
+    path = Path(path)
+    if not path.exists():
+        raise MetalsmInputError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise MetalsmInputError(f"config {path} is not valid TOML: {exc}") from exc
+    raw["source"] = str(path.resolve())
+    config = _build(StudyAreaConfig, raw, prefix="", file=path, base=path.resolve().parent)
+    _check_consistency(config, path)
+    return config
+
+
+def _build(cls: type, raw: Any, prefix: str, file: Path, base: Path) -> Any:
+    where = f"{file} [{prefix}]" if prefix else str(file)
+    if not isinstance(raw, dict):
+        raise MetalsmInputError(f"{where}: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise MetalsmInputError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MetalsmInputError(f"{where}: missing required key '{name}'")
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(hints[name], raw[name], key, file, base)
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, key: str, file: Path, base: Path) -> Any:
+    """Check ``value`` against the type ``hint``; ``key`` is the dotted config key."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    bad = f"{file}: config key '{key}'"
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, file, base)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, file, base)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise MetalsmInputError(f"{bad}: expected a list, got {value!r}")
+        return tuple(
+            _convert(args[0], v, f"{key}[{i}]", file, base) for i, v in enumerate(value)
+        )
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise MetalsmInputError(f"{bad}: {value!r} is not one of {choices}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MetalsmInputError(f"{bad}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MetalsmInputError(f"{bad}: expected an integer, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise MetalsmInputError(f"{bad}: expected a string, got {value!r}")
+        if key.rsplit(".", 1)[-1].split("[")[0] in _PATH_KEYS:
+            expanded = Path(expand_data_path(value)).expanduser()
+            return str(expanded if expanded.is_absolute() else (base / expanded).resolve())
+        return value
+    return value
+
+
+def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
+    names = [r.name for r in config.rasters] + [v.name for v in config.vectors]
+    names += list(config.terrain.factors)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise MetalsmInputError(f"{path}: factor name(s) used twice: {', '.join(duplicates)}")
+    if config.model.map_model not in config.model.names:
+        raise MetalsmInputError(
+            f"{path}: model.map_model '{config.model.map_model}' is not in model.names "
+            f"{list(config.model.names)}"
+        )
+    if config.sampling.ratio <= 0:
+        raise MetalsmInputError(f"{path}: sampling.ratio must be > 0, got {config.sampling.ratio}")
+    if config.zones.labels and len(config.zones.labels) != config.zones.levels:
+        raise MetalsmInputError(
+            f"{path}: zones.labels has {len(config.zones.labels)} entries, "
+            f"zones.levels is {config.zones.levels}"
+        )

@@ -1,0 +1,5 @@
+"""The one exception type users see for bad input: it always names the culprit."""
+
+
+class MetalsmInputError(ValueError):
+    """Bad input: the message names the file, layer, key or value and what was expected."""

@@ -1,0 +1,228 @@
+"""The raster grid every layer is aligned to, and reading rasters onto it.
+
+A :class:`Grid` is the (CRS, transform, shape) triple; everything downstream
+indexes cells by (row, col) on one grid.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.warp import reproject
+from rasterio.windows import Window
+
+from metalsm.errors import MetalsmInputError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up raster grid: CRS, affine transform and (height, width)."""
+
+    crs: CRS
+    transform: Affine
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def cell_size(self) -> float:
+        """Cell edge length in CRS units (square cells assumed for terrain work)."""
+        return float(abs(self.transform.a))
+
+    @property
+    def cell_area(self) -> float:
+        return float(abs(self.transform.a * self.transform.e))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
+        return (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+
+    def xy(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map coordinates of cell centres."""
+        rows = np.asarray(rows, dtype=float) + 0.5
+        cols = np.asarray(cols, dtype=float) + 0.5
+        t = self.transform
+        return t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
+
+    def rowcol(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Integer cell indices containing map coordinates (may fall outside the grid)."""
+        inv = ~self.transform
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        cols = inv.a * x + inv.b * y + inv.c
+        rows = inv.d * x + inv.e * y + inv.f
+        return np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+
+    def contains(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows)
+        cols = np.asarray(cols)
+        return (rows >= 0) & (rows < self.height) & (cols >= 0) & (cols < self.width)
+
+    def window(self, window: Window) -> Grid:
+        """The sub-grid covered by a rasterio window."""
+        transform = rasterio.windows.transform(window, self.transform)
+        return Grid(self.crs, transform, int(window.height), int(window.width))
+
+    def profile(self, **overrides) -> dict:
+        """A rasterio profile for a single-band tiled, compressed GeoTIFF on this grid."""
+        profile = {
+            "driver": "GTiff",
+            "crs": self.crs,
+            "transform": self.transform,
+            "height": self.height,
+            "width": self.width,
+            "count": 1,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "deflate",
+        }
+        if self.width < 256 or self.height < 256:
+            profile.update(tiled=False)
+            profile.pop("blockxsize")
+            profile.pop("blockysize")
+        profile.update(overrides)
+        return profile
+
+    @classmethod
+    def from_raster(cls, path: str | Path) -> Grid:
+        with open_raster(path) as src:
+            return cls(src.crs, src.transform, src.height, src.width)
+
+
+def open_raster(path: str | Path):
+    """Open a raster with an error that names the file; rasters must carry a CRS."""
+    path = Path(path)
+    if not path.exists():
+        raise MetalsmInputError(f"raster file not found: {path}")
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise MetalsmInputError(f"cannot read raster {path}: {exc}") from exc
+    if src.crs is None:
+        src.close()
+        raise MetalsmInputError(
+            f"raster {path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:XXXX) first"
+        )
+    return src
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One raster aligned to a grid: float32 values with NaN where there are no data."""
+
+    name: str
+    values: np.ndarray
+    categorical: bool
+    class_names: dict[int, str]
+
+
+def read_aligned(
+    path: str | Path,
+    grid: Grid,
+    *,
+    name: str,
+    categorical: bool,
+) -> Layer:
+    """Read band 1 of ``path`` onto ``grid``.
+
+    Continuous layers are resampled bilinearly; categorical ones by nearest
+    neighbour, or by mode when the source cells are finer than the grid's.
+    """
+    with open_raster(path) as src:
+        dtype = np.dtype(src.dtypes[0])
+        if categorical and not np.issubdtype(dtype, np.integer):
+            sample = src.read(1, masked=True)
+            finite = sample.compressed()
+            if finite.size and not np.all(np.equal(np.mod(finite, 1), 0)):
+                raise MetalsmInputError(
+                    f"categorical raster {path} (layer '{name}') holds non-integer values "
+                    f"(dtype {dtype}); categorical layers need integer class codes"
+                )
+        same_grid = (
+            src.crs == grid.crs
+            and src.transform.almost_equals(grid.transform)
+            and (src.height, src.width) == grid.shape
+        )
+        if same_grid:
+            data = src.read(1, masked=True)
+            values = data.astype(np.float32).filled(np.nan)
+        else:
+            if categorical:
+                finer = abs(src.transform.a) < grid.cell_size * 0.75
+                resampling = Resampling.mode if finer else Resampling.nearest
+            else:
+                resampling = Resampling.bilinear
+            values = np.full(grid.shape, np.nan, dtype=np.float32)
+            reproject(
+                source=rasterio.band(src, 1),
+                destination=values,
+                src_nodata=src.nodata,
+                dst_transform=grid.transform,
+                dst_crs=grid.crs,
+                dst_nodata=np.nan,
+                resampling=resampling,
+            )
+        if src.nodata is not None and not np.isnan(src.nodata):
+            values[values == np.float32(src.nodata)] = np.nan
+        # float32-min style nodata sentinels that are not declared
+        values[~np.isfinite(values) | (np.abs(values) > 1e30)] = np.nan
+    if np.isnan(values).all():
+        raise MetalsmInputError(
+            f"raster {path} (layer '{name}') has no valid cells on the study grid "
+            "(all nodata, or it does not overlap the reference grid)"
+        )
+    names = read_class_names(path) if categorical else {}
+    return Layer(name=name, values=values, categorical=categorical, class_names=names)
+
+
+def read_class_names(path: str | Path) -> dict[int, str]:
+    """Class names from a GDAL raster attribute table in ``<raster>.aux.xml``, if any.
+
+    The name column is the first string column whose name looks like a label
+    (``name``, ``class``, ``formation``, ``description``...), else the first string column.
+    """
+    aux = Path(f"{path}.aux.xml")
+    if not aux.exists():
+        return {}
+    root = ET.parse(aux).getroot()
+    rat = root.find(".//GDALRasterAttributeTable")
+    if rat is None:
+        return {}
+    fields = [
+        (int(f.get("index")), (f.findtext("Name") or ""), int(f.findtext("Type") or 0),
+         int(f.findtext("Usage") or 0))
+        for f in rat.findall("FieldDefn")
+    ]
+    value_idx = next((i for i, n, _, _ in fields if n.lower() in ("value", "code")), None)
+    if value_idx is None:
+        value_idx = next((i for i, _, t, _ in fields if t in (0, 1)), None)
+    string_fields = [(i, n) for i, n, t, _ in fields if t == 2]
+    if value_idx is None or not string_fields:
+        return {}
+    preferred = ("name", "class", "class_name", "formation", "landcover", "label", "description")
+    string_fields.sort(
+        key=lambda f: preferred.index(f[1].lower()) if f[1].lower() in preferred else 99
+    )
+    name_idx = string_fields[0][0]
+    names: dict[int, str] = {}
+    for row in rat.findall("Row"):
+        cells = [c.text or "" for c in row.findall("F")]
+        try:
+            names[int(float(cells[value_idx]))] = cells[name_idx].strip()
+        except (IndexError, ValueError):
+            continue
+    return names

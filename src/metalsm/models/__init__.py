@@ -1,0 +1,5 @@
+"""Susceptibility models: classic scikit-learn estimators behind one registry."""
+
+from metalsm.models.classic import MODEL_NAMES, FrequencyRatioClassifier, make_model
+
+__all__ = ["MODEL_NAMES", "FrequencyRatioClassifier", "make_model"]

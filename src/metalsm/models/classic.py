@@ -1,0 +1,437 @@
+"""Classic landslide-susceptibility classifiers behind one registry.
+
+Samples are a :class:`pandas.DataFrame` whose columns are conditioning factors
+(categorical factors hold integer class codes, possibly stored as float) and a
+0/1 label (1 = landslide).  Which columns are categorical is always passed
+explicitly by name.
+
+* :class:`FrequencyRatioClassifier` -- the bivariate frequency-ratio (FR)
+  method as a scikit-learn estimator.
+* :func:`make_model` -- builds ``"lr"``, ``"rf"``, ``"svm"``, ``"mlp"`` or
+  ``"fr"`` with the project's defaults; adding a model is one entry in
+  ``_REGISTRY``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils.validation import check_is_fitted
+
+from metalsm.errors import MetalsmInputError
+
+__all__ = [
+    "MODEL_NAMES",
+    "FrequencyRatioClassifier",
+    "check_binary_target",
+    "check_samples",
+    "make_model",
+]
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def check_samples(X: Any, required: Sequence[Any] | None = None) -> pd.DataFrame:
+    """Return ``X`` as a float DataFrame, rejecting missing columns and NaN/inf.
+
+    A bare array is accepted and gets pandas' integer column names ``0..n-1``.
+    ``required`` lists the columns that must be present (named in the error).
+    """
+    if isinstance(X, pd.Series):
+        X = X.to_frame()
+    if not isinstance(X, pd.DataFrame):
+        arr = np.asarray(X)
+        if arr.ndim != 2:
+            raise MetalsmInputError(
+                f"samples must be a 2-D table (rows x factors), got an array of shape {arr.shape}"
+            )
+        X = pd.DataFrame(arr)
+    if X.shape[0] == 0:
+        raise MetalsmInputError("samples table is empty (0 rows)")
+    if required is not None:
+        missing = [c for c in required if c not in X.columns]
+        if missing:
+            raise MetalsmInputError(
+                f"samples lack factor column(s) {missing}; available: {list(X.columns)}"
+            )
+        X = X.loc[:, list(required)]
+    try:
+        values = X.to_numpy(dtype=float)
+    except (TypeError, ValueError) as exc:
+        bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
+        raise MetalsmInputError(f"factor column(s) {bad} are not numeric") from exc
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = [c for c, ok in zip(X.columns, finite.all(axis=0), strict=True) if not ok]
+        raise MetalsmInputError(
+            f"factor column(s) {bad} contain NaN or infinite values; "
+            "fill or drop those samples first"
+        )
+    return pd.DataFrame(values, index=X.index, columns=X.columns)
+
+
+def check_binary_target(y: Any, n_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a two-class label vector; return ``(y, classes)`` with classes sorted.
+
+    The larger label (``1`` for 0/1 labels) is the landslide (positive) class.
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise MetalsmInputError(f"labels y must be 1-D, got shape {y.shape}")
+    if n_samples is not None and y.shape[0] != n_samples:
+        raise MetalsmInputError(
+            f"labels y have {y.shape[0]} entries but the samples table has {n_samples} rows"
+        )
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise MetalsmInputError("labels y contain NaN or infinite values")
+    classes = np.unique(y)
+    if classes.size < 2:
+        only = classes[0] if classes.size else "none"
+        raise MetalsmInputError(
+            f"labels y hold a single class ({only}); fitting needs both landslide (1) "
+            "and non-landslide (0) samples"
+        )
+    if classes.size > 2:
+        raise MetalsmInputError(
+            f"labels y must be binary (0 = non-landslide, 1 = landslide), got classes {classes}"
+        )
+    return y, classes
+
+
+# --------------------------------------------------------------------------- frequency ratio
+
+
+class FrequencyRatioClassifier(ClassifierMixin, BaseEstimator):
+    """Frequency-ratio (FR) susceptibility model as a scikit-learn classifier.
+
+    For each factor the samples are split into classes: categorical factors by
+    their class code, continuous factors into ``n_bins`` bins whose edges come
+    from the training data (``binning="quantile"``: equal-count bins, the usual
+    choice in FR studies because it keeps every bin populated; ``"uniform"``:
+    equal-width bins).  Values outside the training range fall into the end bins.
+
+    ``FR(class) = (landslides in class / all landslides) /
+    (samples in class / all samples)``.  The textbook denominator is the *area*
+    share of the class; in sample-based fitting the area share is estimated by
+    the share of all training samples (landslides and non-landslides) in the
+    class, so FR > 1 means the class holds more landslides than its sample share.
+    A class never seen in training (a new category code, or an empty uniform
+    bin) gets FR = 1, the neutral value that neither raises nor lowers
+    susceptibility.
+
+    The landslide susceptibility index is ``LSI = sum of FR over factors``
+    (:meth:`lsi`, also :meth:`decision_function`).  :meth:`predict_proba` maps LSI
+    to a probability with a one-feature logistic regression fitted on the
+    training LSI.  That map is monotone in LSI, so ranking metrics such as AUC
+    are exactly those of the FR method itself; the logistic step only makes the
+    output a calibrated-ish probability that thresholds at 0.5 like the other
+    models.
+
+    Parameters
+    ----------
+    categorical_features : sequence of column names
+        Factors whose values are class codes.
+    n_bins : int
+        Number of bins per continuous factor (fewer when quantiles coincide).
+    binning : {"quantile", "uniform"}
+
+    Attributes
+    ----------
+    classes_, n_features_in_, feature_names_in_ (when all column names are strings)
+    fr_tables_ : dict[str, DataFrame]
+        Per factor: ``class`` (code, or bin number), ``lower``, ``upper`` (bin
+        edges; the code itself for categorical factors), ``n_samples``,
+        ``n_landslides``, ``fr``, ``ln_fr`` (``-inf`` where FR = 0).
+    lsi_model_ : LogisticRegression fitted on the training LSI.
+    """
+
+    def __init__(
+        self,
+        categorical_features: Sequence[Any] = (),
+        n_bins: int = 10,
+        binning: str = "quantile",
+    ) -> None:
+        self.categorical_features = categorical_features
+        self.n_bins = n_bins
+        self.binning = binning
+
+    # -- fitting ------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any) -> FrequencyRatioClassifier:
+        """Build the FR tables and the LSI -> probability map from training samples."""
+        if self.binning not in ("quantile", "uniform"):
+            raise MetalsmInputError(
+                f"binning must be 'quantile' or 'uniform', got {self.binning!r}"
+            )
+        if int(self.n_bins) < 1:
+            raise MetalsmInputError(f"n_bins must be >= 1, got {self.n_bins!r}")
+        X = check_samples(X)
+        categorical = list(self.categorical_features)
+        missing = [c for c in categorical if c not in X.columns]
+        if missing:
+            raise MetalsmInputError(
+                f"categorical feature(s) {missing} are not columns of the samples; "
+                f"available: {list(X.columns)}"
+            )
+        y, classes = check_binary_target(y, X.shape[0])
+        self.classes_ = classes
+        self._columns = list(X.columns)
+        if all(isinstance(c, str) for c in self._columns):
+            self.feature_names_in_ = np.asarray(self._columns, dtype=object)
+        self.n_features_in_ = X.shape[1]
+        positive = y == classes[1]
+        n_total = positive.size
+        n_pos = int(positive.sum())
+
+        self._edges: dict[Any, np.ndarray] = {}
+        self._codes: dict[Any, np.ndarray] = {}
+        self._fr: dict[Any, np.ndarray] = {}
+        self.fr_tables_: dict[Any, pd.DataFrame] = {}
+        for col in X.columns:
+            values = X[col].to_numpy()
+            if col in categorical:
+                codes = np.unique(values)
+                self._codes[col] = codes
+                idx = np.searchsorted(codes, values)
+                n_classes = codes.size
+                lower = upper = codes
+            else:
+                edges = self._bin_edges(values)
+                self._edges[col] = edges
+                idx = self._bin_index(values, edges)
+                n_classes = edges.size - 1
+                lower, upper = edges[:-1], edges[1:]
+                codes = np.arange(n_classes)
+            n_c = np.bincount(idx, minlength=n_classes)
+            n_c_pos = np.bincount(idx, weights=positive, minlength=n_classes)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                fr = np.where(n_c > 0, (n_c_pos / n_pos) / (n_c / n_total), 1.0)
+                ln_fr = np.log(fr)
+            self._fr[col] = fr
+            self.fr_tables_[col] = pd.DataFrame(
+                {
+                    "class": codes,
+                    "lower": lower,
+                    "upper": upper,
+                    "n_samples": n_c.astype(int),
+                    "n_landslides": n_c_pos.astype(int),
+                    "fr": fr,
+                    "ln_fr": ln_fr,
+                }
+            )
+
+        lsi = self._lsi(X).reshape(-1, 1)
+        # Weak regularisation: this is a calibration, not a model with capacity to overfit.
+        self.lsi_model_ = LogisticRegression(C=1e4, max_iter=1000).fit(lsi, positive.astype(int))
+        return self
+
+    def _bin_edges(self, values: np.ndarray) -> np.ndarray:
+        lo, hi = float(values.min()), float(values.max())
+        if self.binning == "quantile":
+            edges = np.quantile(values, np.linspace(0.0, 1.0, int(self.n_bins) + 1))
+        else:
+            edges = np.linspace(lo, hi, int(self.n_bins) + 1)
+        edges = np.unique(edges)
+        if edges.size < 2:  # constant factor: one bin holding everything
+            edges = np.array([lo, hi])
+        return edges
+
+    @staticmethod
+    def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        # Interior edges only, so values below/above the training range land in the end bins;
+        # bins are [lower, upper) except the last, which is closed.
+        return np.searchsorted(edges[1:-1], values, side="right")
+
+    # -- encoding -----------------------------------------------------------------------
+    def _checked(self, X: Any) -> pd.DataFrame:
+        check_is_fitted(self, "fr_tables_")
+        if not isinstance(X, pd.DataFrame | pd.Series):
+            arr = np.asarray(X)
+            if arr.ndim == 2 and arr.shape[1] != self.n_features_in_:
+                raise MetalsmInputError(
+                    f"samples have {arr.shape[1]} columns, the model was fitted on "
+                    f"{self.n_features_in_}: {self._columns}"
+                )
+            X = pd.DataFrame(arr)
+        return check_samples(X, required=self._columns)
+
+    def _encode(self, X: pd.DataFrame) -> np.ndarray:
+        out = np.empty(X.shape, dtype=float)
+        for j, col in enumerate(X.columns):
+            values = X[col].to_numpy()
+            fr = self._fr[col]
+            if col in self._codes:
+                codes = self._codes[col]
+                idx = np.clip(np.searchsorted(codes, values), 0, codes.size - 1)
+                seen = codes[idx] == values
+                out[:, j] = np.where(seen, fr[idx], 1.0)  # unseen class -> neutral FR
+            else:
+                out[:, j] = fr[self._bin_index(values, self._edges[col])]
+        return out
+
+    def _lsi(self, X: pd.DataFrame) -> np.ndarray:
+        return self._encode(X).sum(axis=1)
+
+    def transform(self, X: Any) -> pd.DataFrame:
+        """FR-encode every factor: a DataFrame of FR values, same columns and index as ``X``."""
+        X = self._checked(X)
+        return pd.DataFrame(self._encode(X), index=X.index, columns=X.columns)
+
+    def lsi(self, X: Any) -> np.ndarray:
+        """Landslide susceptibility index: the sum of FR values over all factors."""
+        return self._lsi(self._checked(X))
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Same as :meth:`lsi` (higher = more susceptible)."""
+        return self.lsi(X)
+
+    # -- prediction ---------------------------------------------------------------------
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``(n, 2)`` class probabilities, columns ordered as ``classes_``."""
+        lsi = self.lsi(X).reshape(-1, 1)
+        return self.lsi_model_.predict_proba(lsi)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class label per sample."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _encoder(categorical: list[Any], continuous: Any) -> ColumnTransformer:
+    """One-hot for class codes (no false order), ``continuous`` for everything else."""
+    return ColumnTransformer(
+        [("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical)],
+        remainder=continuous,
+        verbose_feature_names_out=False,
+    )
+
+
+def _pipeline(categorical: list[Any], model: BaseEstimator, scale: bool = True) -> Pipeline:
+    continuous = StandardScaler() if scale else "passthrough"
+    return Pipeline([("prep", _encoder(categorical, continuous)), ("model", model)])
+
+
+def _make_lr(categorical: list[Any], seed: int) -> BaseEstimator:
+    """Logistic regression: the linear baseline of LSM studies.
+
+    Standardised continuous factors and one-hot categories keep the default L2
+    penalty (C=1) comparable across factors; ``max_iter=5000`` so lbfgs converges
+    on unscaled-looking data without warnings.
+    """
+    return _pipeline(categorical, LogisticRegression(max_iter=5000, random_state=seed))
+
+
+def _make_rf(categorical: list[Any], seed: int) -> BaseEstimator:
+    """Random forest, 300 trees: AUC has plateaued well before that on LSM tables.
+
+    Categories are one-hot encoded (codes carry no order, and the class counts of
+    land use / lithology are small); continuous factors pass through unscaled
+    because trees are invariant to monotone rescaling.  ``n_jobs=2`` to stay a good
+    neighbour on shared machines; ``min_samples_leaf=1`` and ``max_features="sqrt"``
+    are the sklearn defaults that work well on tabular data.
+    """
+    forest = RandomForestClassifier(n_estimators=300, n_jobs=2, random_state=seed)
+    return _pipeline(categorical, forest, scale=False)
+
+
+def _make_svm(categorical: list[Any], seed: int) -> BaseEstimator:
+    """RBF support vector machine with Platt-scaled probabilities.
+
+    ``C=1, gamma="scale"`` on standardised factors is the usual LSM starting point.
+    ``SVC(probability=True)`` is deprecated in scikit-learn 1.9, so the probability
+    map is the equivalent ``CalibratedClassifierCV(SVC(), method="sigmoid",
+    ensemble=False)``: one SVC refitted on all data, sigmoid fitted on 5-fold
+    out-of-fold decision values.  Override SVC settings with ``estimator__C`` etc.
+    """
+    svc = SVC(kernel="rbf", C=1.0, gamma="scale", random_state=seed)
+    model = CalibratedClassifierCV(svc, method="sigmoid", cv=5, ensemble=False)
+    return _pipeline(categorical, model)
+
+
+def _make_mlp(categorical: list[Any], seed: int) -> BaseEstimator:
+    """Small multilayer perceptron (64-32 ReLU) with early stopping.
+
+    A few thousand samples of ~15 factors do not support a large net; two hidden
+    layers give nonlinearity, ``alpha=1e-3`` adds mild L2, and early stopping on a
+    10 % validation split (20 patient epochs) prevents overfitting without tuning
+    ``max_iter``.
+    """
+    mlp = MLPClassifier(
+        hidden_layer_sizes=(64, 32),
+        alpha=1e-3,
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=20,
+        max_iter=1000,
+        random_state=seed,
+    )
+    return _pipeline(categorical, mlp)
+
+
+def _make_fr(categorical: list[Any], seed: int) -> BaseEstimator:
+    """Frequency ratio with 10 quantile bins, the common choice in FR studies.
+
+    Deterministic: ``seed`` is accepted for a uniform registry and unused.
+    """
+    del seed
+    return FrequencyRatioClassifier(categorical_features=tuple(categorical), n_bins=10)
+
+
+_REGISTRY: dict[str, Callable[[list[Any], int], BaseEstimator]] = {
+    "lr": _make_lr,
+    "rf": _make_rf,
+    "svm": _make_svm,
+    "mlp": _make_mlp,
+    "fr": _make_fr,
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def make_model(
+    name: str,
+    categorical_features: Sequence[Any] = (),
+    seed: int = 0,
+    **params: Any,
+) -> BaseEstimator:
+    """A fresh, unfitted estimator for ``name`` (one of :data:`MODEL_NAMES`).
+
+    ``lr``/``rf``/``svm``/``mlp`` are ``Pipeline([("prep", ColumnTransformer),
+    ("model", estimator)])`` expecting a DataFrame with the categorical columns by
+    name; ``fr`` is a :class:`FrequencyRatioClassifier`.  ``params`` override
+    settings of the final estimator (e.g. ``n_estimators=50`` for ``rf``).
+    """
+    try:
+        builder = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise MetalsmInputError(
+            f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}"
+        ) from None
+    estimator = builder(list(categorical_features), int(seed))
+    if params:
+        target = estimator.named_steps["model"] if isinstance(estimator, Pipeline) else estimator
+        valid = target.get_params(deep=True)
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise MetalsmInputError(
+                f"model {name!r} has no parameter(s) {unknown}; valid: {sorted(valid)}"
+            )
+        target.set_params(**params)
+    return estimator

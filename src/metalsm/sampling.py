@@ -1,0 +1,89 @@
+"""Negative (non-landslide) samples and the sample table.
+
+Negative sampling methods are registered by name in :data:`NEGATIVE_SAMPLERS`;
+each takes a :class:`NegativeRequest` and a seed and returns cells. The
+credibility-based sampler plugs in here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import distance_transform_edt
+
+from metalsm.errors import MetalsmInputError
+from metalsm.stack import FactorStack
+
+
+@dataclass(frozen=True)
+class NegativeRequest:
+    """What every negative sampler knows: where negatives may go and how many."""
+
+    valid: np.ndarray
+    landslide_mask: np.ndarray
+    n: int
+    cell_size: float
+    buffer_m: float = 0.0
+    slope: np.ndarray | None = None
+    min_slope_deg: float | None = None
+
+    def candidates(self) -> np.ndarray:
+        """Valid cells farther than the buffer from landslides (and steep enough, if asked)."""
+        allowed = self.valid & ~self.landslide_mask
+        if self.buffer_m > 0 and self.landslide_mask.any():
+            distance = distance_transform_edt(~self.landslide_mask) * self.cell_size
+            allowed &= distance > self.buffer_m
+        if self.min_slope_deg is not None:
+            if self.slope is None:
+                raise MetalsmInputError(
+                    "sampling.min_slope_deg is set but 'slope' is not among the terrain factors"
+                )
+            allowed &= np.nan_to_num(self.slope, nan=-1.0) >= self.min_slope_deg
+        return allowed
+
+
+NegativeSampler = Callable[[NegativeRequest, int], tuple[np.ndarray, np.ndarray]]
+
+
+def random_negatives(request: NegativeRequest, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uniformly random candidate cells, without replacement."""
+    allowed = request.candidates()
+    flat = np.flatnonzero(allowed)
+    if flat.size < request.n:
+        raise MetalsmInputError(
+            f"only {flat.size} cells are eligible as negatives but {request.n} are needed; "
+            "lower sampling.ratio or sampling.buffer_m"
+        )
+    chosen = np.sort(np.random.default_rng(seed).choice(flat, size=request.n, replace=False))
+    return np.unravel_index(chosen, allowed.shape)
+
+
+NEGATIVE_SAMPLERS: dict[str, NegativeSampler] = {"random": random_negatives}
+
+
+def draw_negatives(
+    method: str, request: NegativeRequest, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    if method not in NEGATIVE_SAMPLERS:
+        raise MetalsmInputError(
+            f"unknown negative sampling method '{method}'; "
+            f"available: {', '.join(NEGATIVE_SAMPLERS)}"
+        )
+    return NEGATIVE_SAMPLERS[method](request, seed)
+
+
+def sample_table(
+    stack: FactorStack,
+    positives: tuple[np.ndarray, np.ndarray],
+    negatives: tuple[np.ndarray, np.ndarray],
+) -> pd.DataFrame:
+    """One row per sample: row, col, x, y, label (1 = landslide) and every factor."""
+    rows = np.concatenate([positives[0], negatives[0]])
+    cols = np.concatenate([positives[1], negatives[1]])
+    label = np.r_[np.ones(positives[0].size, np.int8), np.zeros(negatives[0].size, np.int8)]
+    x, y = stack.grid.xy(rows, cols)
+    table = pd.DataFrame({"row": rows, "col": cols, "x": x, "y": y, "label": label})
+    return pd.concat([table, stack.sample(rows, cols)], axis=1)

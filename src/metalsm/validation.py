@@ -1,0 +1,421 @@
+"""Model validation: metrics, random and spatial folds, cross-validation, model comparison.
+
+Spatial cross-validation holds out whole regions (k-means clusters of the sample
+coordinates, or square grid blocks), so test samples are not neighbours of
+training samples.  Because landslide factors are spatially autocorrelated, random
+folds leak information and overstate accuracy; comparing both schemes shows how
+much.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.cluster import KMeans
+from sklearn.metrics import (
+    accuracy_score,
+    cohen_kappa_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+from sklearn.model_selection import StratifiedKFold
+
+from metalsm.errors import MetalsmInputError
+from metalsm.models.classic import check_binary_target, check_samples, make_model
+
+__all__ = [
+    "METRICS",
+    "SCHEMES",
+    "CVResult",
+    "Evaluation",
+    "RocPoints",
+    "classification_metrics",
+    "cross_validate_model",
+    "evaluate_models",
+    "random_folds",
+    "roc_points",
+    "spatial_folds",
+]
+
+METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auc", "kappa")
+SCHEMES: tuple[str, ...] = ("random", "spatial")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _positive_proba(proba: Any) -> np.ndarray:
+    """Positive-class probability from ``(n,)`` or ``(n, 2)`` input."""
+    p = np.asarray(proba, dtype=float)
+    if p.ndim == 2 and p.shape[1] == 2:
+        p = p[:, 1]
+    elif p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    if p.ndim != 1:
+        raise MetalsmInputError(
+            f"probabilities must be shape (n,) or (n, 2), got shape {np.shape(proba)}"
+        )
+    if not np.isfinite(p).all():
+        raise MetalsmInputError("probabilities contain NaN or infinite values")
+    return p
+
+
+def _binary_labels(y_true: Any, n: int) -> np.ndarray:
+    y = np.asarray(y_true).ravel()
+    if y.shape[0] != n:
+        raise MetalsmInputError(f"y_true has {y.shape[0]} entries but proba has {n}")
+    bad = ~np.isin(y, (0, 1))
+    if bad.any():
+        raise MetalsmInputError(
+            f"y_true must hold 0/1 labels, found {np.unique(y[bad])[:5].tolist()}"
+        )
+    return y.astype(int)
+
+
+def classification_metrics(y_true: Any, proba: Any, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, precision, recall, F1, AUC and Cohen's kappa for 0/1 labels.
+
+    ``proba`` is the landslide probability, ``(n,)`` or ``(n, 2)``; a sample is
+    predicted landslide when ``proba >= threshold``.  Undefined precision/recall
+    give 0; AUC is NaN when ``y_true`` holds one class only, and kappa is NaN when
+    labels and predictions are all the same single class (kappa is 0/0 there).
+    """
+    p = _positive_proba(proba)
+    y = _binary_labels(y_true, p.shape[0])
+    pred = (p >= threshold).astype(int)
+    auc = roc_auc_score(y, p) if np.unique(y).size == 2 else float("nan")
+    if np.unique(np.concatenate([y, pred])).size < 2:
+        kappa = float("nan")  # one value everywhere: chance agreement is 1, kappa is 0/0
+    else:
+        kappa = cohen_kappa_score(y, pred)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "auc": float(auc),
+        "kappa": float(kappa),
+    }
+
+
+class RocPoints(NamedTuple):
+    """ROC curve; unpacks as ``fpr, tpr, thresholds, auc``."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    auc: float
+
+
+def roc_points(y: Any, proba: Any) -> RocPoints:
+    """ROC curve points and area for 0/1 labels and landslide probabilities."""
+    p = _positive_proba(proba)
+    labels = _binary_labels(y, p.shape[0])
+    if np.unique(labels).size < 2:
+        raise MetalsmInputError("ROC needs both classes in y; got a single class")
+    fpr, tpr, thresholds = roc_curve(labels, p)
+    return RocPoints(fpr, tpr, thresholds, float(roc_auc_score(labels, p)))
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def _check_n_folds(n_folds: int, n: int) -> int:
+    if int(n_folds) != n_folds or n_folds < 2:
+        raise MetalsmInputError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    if n_folds > n:
+        raise MetalsmInputError(f"n_folds={n_folds} exceeds the number of samples ({n})")
+    return int(n_folds)
+
+
+def random_folds(y: Any, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold index (``0..n_folds-1``) per sample, stratified by label and shuffled with ``seed``."""
+    y = np.asarray(y).ravel()
+    n_folds = _check_n_folds(n_folds, y.shape[0])
+    _, counts = np.unique(y, return_counts=True)
+    if counts.min() < n_folds:
+        raise MetalsmInputError(
+            f"the rarest class has {counts.min()} samples, fewer than n_folds={n_folds}"
+        )
+    folds = np.empty(y.shape[0], dtype=int)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros((y.shape[0], 1)), y)):
+        folds[test] = k
+    return folds
+
+
+def spatial_folds(
+    x: Any,
+    y_coords: Any,
+    n_folds: int = 5,
+    seed: int = 0,
+    method: str = "kmeans",
+    block_size: float | None = None,
+) -> np.ndarray:
+    """Fold index per sample from its location, so each fold is a separate region.
+
+    ``method="kmeans"``: k-means (``n_init=10``, seeded) on the raw coordinates --
+    metres on both axes, so no rescaling -- one cluster per fold.  Cluster sizes
+    follow the sample density and can be unequal.
+
+    ``method="grid"``: square blocks of side ``block_size`` (default: the side
+    giving about ``8 * n_folds`` blocks over the bounding box); blocks are shuffled
+    with ``seed`` and dealt largest-first to the fold with the fewest samples so
+    far, which balances fold sizes.
+    """
+    xs = np.asarray(x, dtype=float).ravel()
+    ys = np.asarray(y_coords, dtype=float).ravel()
+    if xs.shape != ys.shape:
+        raise MetalsmInputError(f"x has {xs.size} coordinates but y_coords has {ys.size}")
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        raise MetalsmInputError("coordinates contain NaN or infinite values")
+    n_folds = _check_n_folds(n_folds, xs.size)
+    coords = np.column_stack([xs, ys])
+    if method == "kmeans":
+        if np.unique(coords, axis=0).shape[0] < n_folds:
+            raise MetalsmInputError(f"fewer distinct locations than n_folds={n_folds}")
+        km = KMeans(n_clusters=n_folds, n_init=10, random_state=seed).fit(coords)
+        return km.labels_.astype(int)
+    if method == "grid":
+        return _grid_folds(coords, n_folds, seed, block_size)
+    raise MetalsmInputError(f"unknown spatial fold method {method!r}; use 'kmeans' or 'grid'")
+
+
+def _grid_folds(
+    coords: np.ndarray, n_folds: int, seed: int, block_size: float | None
+) -> np.ndarray:
+    lo = coords.min(axis=0)
+    extent = coords.max(axis=0) - lo
+    if block_size is None:
+        area = max(extent[0], 1e-9) * max(extent[1], 1e-9)
+        block_size = math.sqrt(area / (8 * n_folds))
+    if not block_size > 0:
+        raise MetalsmInputError(f"block_size must be > 0, got {block_size!r}")
+    cell = np.floor((coords - lo) / block_size).astype(np.int64)
+    _, block, counts = np.unique(cell, axis=0, return_inverse=True, return_counts=True)
+    block = block.ravel()
+    if counts.size < n_folds:
+        raise MetalsmInputError(
+            f"only {counts.size} occupied grid blocks for n_folds={n_folds}; "
+            "use a smaller block_size"
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(counts.size)
+    order = order[np.argsort(-counts[order], kind="stable")]  # largest first, ties shuffled
+    block_fold = np.empty(counts.size, dtype=int)
+    load = np.zeros(n_folds, dtype=np.int64)
+    for b in order:  # loop over blocks, not samples
+        k = int(np.argmin(load))
+        block_fold[b] = k
+        load[k] += counts[b]
+    return block_fold[block]
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+@dataclass
+class CVResult:
+    """Outcome of :func:`cross_validate_model`.
+
+    ``fold_metrics``: one row per fold (``fold``, ``n_train``, ``n_test``, the
+    :data:`METRICS`, ``fit_seconds``, ``note``).  ``mean``/``std``: per metric over
+    folds, ignoring NaN (std with ``ddof=0``).  ``oof_proba``: the landslide
+    probability of every sample from the model that did not see it, for pooled
+    ROC.  ``notes``: human-readable remarks, e.g. folds whose AUC was skipped.
+    """
+
+    fold_metrics: pd.DataFrame
+    mean: dict[str, float]
+    std: dict[str, float]
+    oof_proba: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+def cross_validate_model(
+    make_estimator: Callable[[], BaseEstimator],
+    X: Any,
+    y: Any,
+    folds: Any,
+    on_fold: Callable[[int], None] | None = None,
+) -> CVResult:
+    """Fit a fresh ``make_estimator()`` per fold, test on the held-out fold.
+
+    ``folds`` gives the fold index of each sample.  A fold whose test part holds
+    one class only gets AUC = NaN (and a note); a fold whose training part holds
+    one class raises :class:`MetalsmInputError`.  ``on_fold(1)`` is called after
+    each fold (progress hook).
+    """
+    X = check_samples(X)
+    y, classes = check_binary_target(y, X.shape[0])
+    if not np.isin(classes, (0, 1)).all():
+        raise MetalsmInputError(f"labels must be 0/1, got classes {classes.tolist()}")
+    folds = np.asarray(folds).ravel()
+    if folds.shape[0] != X.shape[0]:
+        raise MetalsmInputError(
+            f"folds has {folds.shape[0]} entries but the samples table has {X.shape[0]} rows"
+        )
+    fold_ids = np.unique(folds)
+    if fold_ids.size < 2:
+        raise MetalsmInputError("folds must define at least 2 distinct folds")
+
+    oof = np.full(X.shape[0], np.nan)
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for k in fold_ids:
+        test = folds == k
+        y_train, y_test = y[~test], y[test]
+        if np.unique(y_train).size < 2:
+            raise MetalsmInputError(
+                f"fold {k}: the training part holds a single class ({y_train[0]}); "
+                "cannot fit -- choose other folds"
+            )
+        estimator = make_estimator()
+        start = time.perf_counter()
+        estimator.fit(X.loc[~test], y_train)
+        fit_seconds = time.perf_counter() - start
+        proba = estimator.predict_proba(X.loc[test])
+        p = proba[:, list(estimator.classes_).index(1)]
+        oof[test] = p
+        metrics = classification_metrics(y_test, p)
+        note = ""
+        if np.unique(y_test).size < 2:
+            note = f"test part holds class {y_test[0]} only; AUC skipped"
+            notes.append(f"fold {k}: {note}")
+        rows.append(
+            {
+                "fold": int(k),
+                "n_train": int((~test).sum()),
+                "n_test": int(test.sum()),
+                **metrics,
+                "fit_seconds": fit_seconds,
+                "note": note,
+            }
+        )
+        if on_fold is not None:
+            on_fold(1)
+    table = pd.DataFrame(rows)
+    numeric = table[[*METRICS, "fit_seconds"]]
+    mean = {c: float(np.nanmean(numeric[c])) if numeric[c].notna().any() else float("nan")
+            for c in numeric.columns}
+    std = {c: float(np.nanstd(numeric[c])) if numeric[c].notna().any() else float("nan")
+           for c in numeric.columns}
+    return CVResult(table, mean, std, oof, notes)
+
+
+# --------------------------------------------------------------------------- model comparison
+
+
+@dataclass
+class Evaluation:
+    """Outcome of :func:`evaluate_models`.
+
+    ``table``: one row per (model, scheme) with ``<metric>_mean`` and
+    ``<metric>_std`` columns (plus ``fit_seconds``) and ``pooled_auc`` (AUC of the
+    pooled out-of-fold probabilities).  ``oof``: out-of-fold landslide
+    probabilities, one per sample, keyed ``(model, scheme)``.  ``results``: the
+    full :class:`CVResult` per key.  ``folds``: the fold index per sample for each
+    scheme (shared by all models, so comparisons are paired).
+    """
+
+    table: pd.DataFrame
+    oof: dict[tuple[str, str], np.ndarray]
+    results: dict[tuple[str, str], CVResult]
+    folds: dict[str, np.ndarray]
+
+
+def _progress_hook(progress: Any, total: int) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    if hasattr(progress, "add_task") and hasattr(progress, "advance"):  # rich.progress.Progress
+        task = progress.add_task("cross-validating", total=total)
+        return lambda n: progress.advance(task, n)
+    if callable(progress):
+        return progress
+    raise MetalsmInputError(
+        "progress must be a callable progress(advance: int) or a rich Progress"
+    )
+
+
+def evaluate_models(
+    names: Sequence[str],
+    X: Any,
+    y: Any,
+    coords: Any,
+    categorical: Sequence[Any] = (),
+    n_folds: int = 5,
+    seed: int = 0,
+    *,
+    schemes: Sequence[str] = SCHEMES,
+    spatial_method: str = "kmeans",
+    model_params: dict[str, dict[str, Any]] | None = None,
+    progress: Any = None,
+) -> Evaluation:
+    """Cross-validate each model under random and spatial folds.
+
+    ``coords`` is ``(n, 2)`` (x, y) -- an array or a two-column DataFrame.
+    ``model_params`` passes overrides to :func:`make_model` per model name
+    (e.g. ``{"rf": {"n_estimators": 100}}``).  ``progress`` is ``None``, a callable
+    receiving the number of folds just finished, or a ``rich.progress.Progress``
+    (a task is added and advanced).
+    """
+    names = list(names)
+    if not names:
+        raise MetalsmInputError("no model names given")
+    bad = [s for s in schemes if s not in SCHEMES]
+    if bad or not schemes:
+        raise MetalsmInputError(f"unknown scheme(s) {bad}; valid: {list(SCHEMES)}")
+    X = check_samples(X)
+    y, _ = check_binary_target(y, X.shape[0])
+    c = np.asarray(coords, dtype=float)
+    if c.ndim != 2 or c.shape != (X.shape[0], 2):
+        raise MetalsmInputError(
+            f"coords must have shape ({X.shape[0]}, 2) (x, y per sample), got {c.shape}"
+        )
+    model_params = dict(model_params or {})
+    unknown = sorted(set(model_params) - set(names))
+    if unknown:
+        raise MetalsmInputError(f"model_params given for model(s) not evaluated: {unknown}")
+    for name in names:  # fail fast on a bad name before any fitting
+        make_model(name, categorical, seed, **model_params.get(name, {}))
+
+    folds: dict[str, np.ndarray] = {}
+    for scheme in schemes:
+        if scheme == "random":
+            folds[scheme] = random_folds(y, n_folds, seed)
+        else:
+            folds[scheme] = spatial_folds(c[:, 0], c[:, 1], n_folds, seed, method=spatial_method)
+
+    total = sum(np.unique(f).size for f in folds.values()) * len(names)
+    hook = _progress_hook(progress, total)
+    rows: list[dict[str, Any]] = []
+    oof: dict[tuple[str, str], np.ndarray] = {}
+    results: dict[tuple[str, str], CVResult] = {}
+    for name in names:
+        params = model_params.get(name, {})
+
+        def factory(name: str = name, params: dict[str, Any] = params) -> BaseEstimator:
+            return make_model(name, categorical, seed, **params)
+
+        for scheme in schemes:
+            res = cross_validate_model(factory, X, y, folds[scheme], on_fold=hook)
+            key = (name, scheme)
+            results[key] = res
+            oof[key] = res.oof_proba
+            row: dict[str, Any] = {"model": name, "scheme": scheme}
+            for metric in (*METRICS, "fit_seconds"):
+                row[f"{metric}_mean"] = res.mean[metric]
+                row[f"{metric}_std"] = res.std[metric]
+            row["pooled_auc"] = roc_points(y, res.oof_proba).auc
+            rows.append(row)
+    return Evaluation(pd.DataFrame(rows), oof, results, folds)

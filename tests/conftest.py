@@ -1,0 +1,72 @@
+"""Shared fixtures: the real Kaghan data and small crops of it written as real GeoTIFFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from metalsm.datasets import study_area
+
+# A 260 x 300 window in the south-west, where the inventory is dense.
+CROP = Window(col_off=150, row_off=550, width=300, height=260)
+
+
+@pytest.fixture(scope="session")
+def kaghan() -> Path:
+    """The real Kaghan data directory (fails loudly with the path when absent)."""
+    return study_area("kaghan")
+
+
+@pytest.fixture(scope="session")
+def kaghan_crop(kaghan: Path, tmp_path_factory) -> Path:
+    """DEM, geology and land cover cropped to :data:`CROP`, with attribute tables copied."""
+    out = tmp_path_factory.mktemp("kaghan_crop")
+    for name in ("AW3D30", "Geology", "Landcover"):
+        with rasterio.open(kaghan / f"{name}.tif") as src:
+            profile = src.profile.copy()
+            profile.update(
+                width=CROP.width,
+                height=CROP.height,
+                transform=rasterio.windows.transform(CROP, src.transform),
+                tiled=False,
+            )
+            profile.pop("blockxsize", None)
+            profile.pop("blockysize", None)
+            with rasterio.open(out / f"{name}.tif", "w", **profile) as dst:
+                dst.write(src.read(window=CROP))
+        aux = kaghan / f"{name}.tif.aux.xml"
+        if aux.exists():
+            (out / f"{name}.tif.aux.xml").write_text(aux.read_text())
+    return out
+
+
+def write_config(path: Path, crop: Path, kaghan: Path, **sections: str) -> Path:
+    """A study-area TOML for the crop; ``sections`` replace whole tables by name."""
+    tables = {
+        "terrain": 'factors = ["elevation", "slope", "aspect_sin", "aspect_cos", '
+        '"plan_curvature", "profile_curvature", "twi", "spi", "distance_to_drainage"]\n'
+        "drainage_threshold_km2 = 0.5",
+        "inventory": f'path = "{kaghan / "landslides.shp"}"\nrule = "centroid"',
+        "sampling": 'method = "random"\nratio = 1.0\nbuffer_m = 60.0\nseed = 7',
+        "model": 'names = ["lr", "rf", "fr"]\nmap_model = "rf"\nseed = 7',
+        "validation": 'n_folds = 3\nspatial_method = "kmeans"\nseed = 7',
+        "zones": 'method = "quantile"\nlevels = 4',
+        "output": "window_size = 128",
+    }
+    tables.update(sections)
+    text = f'name = "kaghan-crop"\ndem = "{crop / "AW3D30.tif"}"\n\n'
+    text += f'[[rasters]]\nname = "geology"\npath = "{crop / "Geology.tif"}"\nkind = "categorical"\n\n'
+    text += (
+        f'[[rasters]]\nname = "landcover"\npath = "{crop / "Landcover.tif"}"\n'
+        'kind = "categorical"\n\n'
+    )
+    text += (
+        f'[[vectors]]\nname = "distance_to_faults"\n'
+        f'path = "{kaghan / "Confirmed_faults.shp"}"\n\n'
+    )
+    text += "\n\n".join(f"[{k}]\n{v}" for k, v in tables.items() if v is not None) + "\n"
+    path.write_text(text)
+    return path

@@ -1,0 +1,77 @@
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from metalsm.config import load_config
+from metalsm.datasets import EXAMPLES_DIR, data_root
+from metalsm.errors import MetalsmInputError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "area.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = 'name = "x"\ndem = "dem.tif"\n[inventory]\npath = "slides.shp"\n'
+
+
+def test_example_config_resolves_into_the_shared_data():
+    config = load_config(EXAMPLES_DIR / "kaghan.toml")
+    assert Path(config.dem) == data_root() / "kaghan" / "AW3D30.tif"
+    assert [r.kind for r in config.rasters] == ["categorical", "categorical"]
+    assert config.vectors[0].name == "distance_to_faults"
+    assert config.zones.levels == len(config.zones.labels) == 4
+
+
+def test_template_is_a_valid_config():
+    template = resources.files("metalsm") / "templates" / "study_area.toml"
+    with resources.as_file(template) as path:
+        config = load_config(path)
+    assert config.sampling.ratio == 1.0
+    assert config.model.map_model in config.model.names
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL))
+    assert config.dem == str(tmp_path / "dem.tif")
+    assert config.inventory.path == str(tmp_path / "slides.shp")
+    assert config.sampling.method == "random" and config.validation.n_folds == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL + "rule_typo = 1\n", "unknown key(s) rule_typo"),
+        (MINIMAL.replace('dem = "dem.tif"\n', ""), "missing required key 'dem'"),
+        ('name = "x"\ndem = "d.tif"\n', "missing required key 'inventory'"),
+        (MINIMAL + 'rule = "everywhere"\n', "'inventory.rule': 'everywhere' is not one of"),
+        (MINIMAL + "[sampling]\nratio = \"one\"\n", "'sampling.ratio': expected a number"),
+        (MINIMAL + "[sampling]\nbuffer = 3\n", "[sampling]: unknown key(s) buffer"),
+        (MINIMAL + '[model]\nnames = ["lr"]\nmap_model = "rf"\n', "map_model 'rf'"),
+        (
+            MINIMAL + '[[rasters]]\nname = "geo"\npath = "g.tif"\nkind = "classes"\n',
+            "'rasters[0].kind'",
+        ),
+        (MINIMAL + "[zones]\nlevels = 3\nlabels = [\"a\"]\n", "zones.labels has 1"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path, text, message):
+    with pytest.raises(MetalsmInputError) as error:
+        load_config(_write(tmp_path, text))
+    assert message in str(error.value)
+    assert "area.toml" in str(error.value)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(MetalsmInputError, match="config file not found: .*nowhere.toml"):
+        load_config(tmp_path / "nowhere.toml")
+
+
+def test_data_root_honours_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("METALSM_DATA", str(tmp_path))
+    assert data_root() == tmp_path.resolve()
+    monkeypatch.setenv("METALSM_DATA", str(tmp_path / "absent"))
+    with pytest.raises(MetalsmInputError, match="absent"):
+        data_root()

@@ -1,0 +1,130 @@
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+
+from metalsm.errors import MetalsmInputError
+from metalsm.grid import Grid
+from metalsm.inventory import landslide_mask, positive_cells, read_inventory
+
+
+@pytest.fixture(scope="module")
+def grid(kaghan):
+    return Grid.from_raster(kaghan / "AW3D30.tif")
+
+
+@pytest.fixture(scope="module")
+def inventory(kaghan, grid):
+    return read_inventory(kaghan / "landslides.shp", grid)
+
+
+@pytest.fixture(scope="module")
+def dem(kaghan):
+    import rasterio
+
+    with rasterio.open(kaghan / "AW3D30.tif") as src:
+        return src.read(1)
+
+
+def test_real_inventory_reads_in_grid_crs(inventory, grid):
+    assert len(inventory) == 3820
+    assert inventory.crs == grid.crs
+    assert not shapely.has_z(inventory.geometry.values).any()
+
+
+def test_centroid_rule_gives_one_cell_per_polygon_at_most(inventory, grid):
+    valid = np.ones(grid.shape, bool)
+    rows, cols = positive_cells(inventory, grid, valid, rule="centroid")
+    assert 3700 < rows.size <= 3820  # a few polygons share a cell
+    flat = rows * grid.width + cols
+    assert np.unique(flat).size == flat.size
+    # every positive centre lies in (or within one cell of) a landslide polygon
+    x, y = grid.xy(rows, cols)
+    points = gpd.GeoSeries(gpd.points_from_xy(x, y), crs=grid.crs)
+    distance = points.distance(inventory.geometry.union_all())
+    assert (distance <= grid.cell_size * 0.75).mean() > 0.99
+
+
+def test_rules_differ_as_defined(inventory, grid, dem):
+    valid = np.ones(grid.shape, bool)
+    mask = landslide_mask(inventory, grid)
+    counts = {}
+    for rule in ("centroid", "scarp", "all", "random"):
+        rows, cols = positive_cells(
+            inventory, grid, valid, rule=rule, dem=dem, cells_per_polygon=2, seed=3
+        )
+        counts[rule] = rows.size
+        assert mask[rows, cols].mean() > 0.99
+    assert counts["all"] > counts["random"] > counts["centroid"]
+    assert counts["random"] <= 2 * len(inventory)
+
+
+def test_scarp_is_the_highest_cell_of_its_polygon(inventory, grid, dem):
+    valid = np.ones(grid.shape, bool)
+    rows, cols = positive_cells(inventory, grid, valid, rule="scarp", dem=dem)
+    largest = inventory.geometry.iloc[int(inventory.area.argmax())]
+    from rasterio.features import geometry_mask
+
+    inside = geometry_mask([largest], grid.shape, grid.transform, invert=True)
+    top = np.unravel_index(np.argmax(np.where(inside, dem, -np.inf)), grid.shape)
+    assert np.any((rows == top[0]) & (cols == top[1]))
+
+
+def test_random_rule_is_seeded(inventory, grid):
+    valid = np.ones(grid.shape, bool)
+    a = positive_cells(inventory, grid, valid, rule="random", seed=1)
+    b = positive_cells(inventory, grid, valid, rule="random", seed=1)
+    c = positive_cells(inventory, grid, valid, rule="random", seed=2)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not (np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1]))
+
+
+def test_positives_only_on_valid_cells(inventory, grid):
+    valid = np.ones(grid.shape, bool)
+    valid[:, : grid.width // 2] = False
+    rows, cols = positive_cells(inventory, grid, valid, rule="centroid")
+    assert (cols >= grid.width // 2).all()
+
+
+def test_reprojected_inventory_matches(kaghan, grid, inventory, tmp_path):
+    path = tmp_path / "slides_wgs84.gpkg"
+    inventory.to_crs(4326).to_file(path)
+    again = read_inventory(path, grid)
+    valid = np.ones(grid.shape, bool)
+    a = positive_cells(inventory, grid, valid)
+    b = positive_cells(again, grid, valid)
+    same = np.intersect1d(a[0] * grid.width + a[1], b[0] * grid.width + b[1]).size
+    assert same / a[0].size > 0.98
+
+
+def test_csv_points_with_crs(grid, inventory, tmp_path):
+    centroids = inventory.geometry.centroid.iloc[:50]
+    path = tmp_path / "points.csv"
+    path.write_text(
+        "X,Y\n" + "\n".join(f"{p.x},{p.y}" for p in centroids) + "\n1000,1000\n"
+    )
+    with pytest.raises(MetalsmInputError, match="points.csv is a table: set inventory.crs"):
+        read_inventory(path, grid)
+    with pytest.raises(MetalsmInputError, match=r"missing coordinate column\(s\) \['x', 'y'\]"):
+        read_inventory(path, grid, crs="EPSG:32643")
+    points = read_inventory(path, grid, crs="EPSG:32643", x_column="X", y_column="Y")
+    assert len(points) == 50 and points.attrs["n_outside"] == 1
+    rows, cols = positive_cells(points, grid, np.ones(grid.shape, bool))
+    assert rows.size <= 50 and rows.size > 40
+
+
+def test_bad_inventories_are_named(grid, inventory, tmp_path):
+    with pytest.raises(MetalsmInputError, match="not found: .*absent.shp"):
+        read_inventory(tmp_path / "absent.shp", grid)
+    far = inventory.iloc[:20].copy()
+    far.geometry = far.geometry.translate(1e6, 0)
+    far.to_file(tmp_path / "far.gpkg")
+    with pytest.raises(MetalsmInputError, match="far.gpkg: none of its features lies inside"):
+        read_inventory(tmp_path / "far.gpkg", grid)
+    few = inventory.iloc[:5]
+    with pytest.raises(MetalsmInputError, match="only 5 usable landslide cell"):
+        positive_cells(few, grid, np.ones(grid.shape, bool))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("x,y\n")
+    with pytest.raises(MetalsmInputError, match="empty.csv holds no features"):
+        read_inventory(empty, grid, crs="EPSG:32643")
