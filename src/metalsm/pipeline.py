@@ -134,7 +134,6 @@ def run_pipeline(
                 n_folds=config.validation.n_folds,
                 seed=config.validation.seed,
                 spatial_method=config.validation.spatial_method,
-                model_seed=config.model.seed,
                 progress=advance,
             )
             _write_csv(evaluation.table, out / "validation.csv", index=False)
@@ -154,7 +153,7 @@ def run_pipeline(
                 feature_names=samples.factor_names,
                 window_size=config.output.window_size,
                 overviews=config.output.overviews,
-                progress=lambda done, total: advance(done),
+                progress=lambda new, _done: advance(new),
             )
         t = timed("predict_map", t)
 
@@ -172,8 +171,8 @@ def run_pipeline(
         t = timed("zones", t)
 
         with progress.stage("figures and report"):
-            _figures(out, stack, inventory, evaluation, zones, labels, config)
-            metrics = _metrics(evaluation, samples, zones, config, edges)
+            metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
+            _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config)
             write_json(out / "metrics.json", metrics)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             manifest = build_manifest(
@@ -213,3 +212,131 @@ def _input_paths(config: StudyAreaConfig) -> list[str]:
     paths = [config.dem, config.inventory.path]
     paths += [r.path for r in config.rasters] + [v.path for v in config.vectors]
     return paths
+
+
+def _metrics(
+    evaluation: validation.Evaluation,
+    samples: Samples,
+    zones: pd.DataFrame,
+    config: StudyAreaConfig,
+    edges: np.ndarray,
+    inventory,
+) -> dict:
+    """Everything a reader of ``metrics.json`` needs to judge the run."""
+    by_scheme: dict[str, dict[str, dict[str, float]]] = {}
+    for row in evaluation.table.to_dict("records"):
+        entry = {k: v for k, v in row.items() if k not in ("model", "scheme")}
+        by_scheme.setdefault(row["scheme"], {})[row["model"]] = entry
+    return {
+        "study_area": config.name,
+        "samples": {
+            "positives": int((samples.y == 1).sum()),
+            "negatives": int((samples.y == 0).sum()),
+            "positive_rule": config.inventory.rule,
+            "negative_method": config.sampling.method,
+            "buffer_m": config.sampling.buffer_m,
+            "inventory_features": len(inventory),
+            "inventory_features_outside_grid": int(inventory.attrs.get("n_outside", 0)),
+        },
+        "factors": list(samples.factor_names),
+        "categorical_factors": list(samples.categorical),
+        "validation": by_scheme,
+        "map_model": config.model.map_model,
+        "zones": {
+            "method": config.zones.method,
+            "edges": [float(e) for e in edges],
+            "table": zones.to_dict("records"),
+        },
+    }
+
+
+def _figures(out, stack, inventory, evaluation, y, zones, labels, config) -> None:
+    curves = {}
+    for (name, scheme), proba in evaluation.oof.items():
+        if scheme != "spatial":
+            continue
+        roc = validation.roc_points(y, proba)
+        curves[name] = (roc.fpr, roc.tpr, roc.auc)
+    figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
+    import rasterio
+
+    with rasterio.open(out / "zones.tif") as src:
+        zone_array = src.read(1)
+    dem = stack.layer("elevation") if "elevation" in stack.names else None
+    figures.plot_susceptibility_map(
+        zone_array, stack.grid, dem, inventory, out / "map.png", labels=labels,
+        title=f"Landslide susceptibility, {config.name} ({config.model.map_model})",
+    )
+    figures.plot_zone_bars(zones, out / "zones.png")
+
+
+def _report(out, config, metrics, evaluation, zones, manifest) -> None:
+    table = evaluation.table
+    spatial = table[table.scheme == "spatial"].set_index("model")
+    random = table[table.scheme == "random"].set_index("model")
+    summary = pd.DataFrame(
+        {
+            "AUC spatial": spatial["auc_mean"].round(3).astype(str)
+            + " ± " + spatial["auc_std"].round(3).astype(str),
+            "AUC random": random["auc_mean"].round(3).astype(str)
+            + " ± " + random["auc_std"].round(3).astype(str),
+            "F1 spatial": spatial["f1_mean"].round(3),
+            "kappa spatial": spatial["kappa_mean"].round(3),
+            "accuracy spatial": spatial["accuracy_mean"].round(3),
+        }
+    )
+    samples = metrics["samples"]
+    sections = [
+        Section(
+            "Susceptibility map",
+            text=(
+                f"Model **{config.model.map_model}** fitted on all {samples['positives']} "
+                f"landslide and {samples['negatives']} non-landslide cells, mapped over every "
+                f"valid cell and classified into {config.zones.levels} zones by "
+                f"`{config.zones.method}` breaks. Outlines: the landslide inventory."
+            ),
+            images=[("Zones over hillshade", out / "map.png")],
+        ),
+        Section(
+            "Validation",
+            text=(
+                f"{config.validation.n_folds}-fold cross-validation, once with random "
+                "stratified folds and once with spatial folds "
+                f"(`{config.validation.spatial_method}` on the sample coordinates). Random "
+                "folds put neighbouring, near-identical cells on both sides of the split; "
+                "the spatial score is the honest estimate for unseen ground."
+            ),
+            tables=[("Mean ± std over folds", summary.reset_index()),
+                    ("All metrics", table.round(4))],
+            images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")],
+        ),
+        Section(
+            "Zones",
+            text=(
+                "Share of area against share of landslide cells per zone; the ratio is "
+                "the landslide density relative to the study-area average."
+            ),
+            tables=[zones.round(4)],
+            images=[("Area and landslides per zone", out / "zones.png")],
+        ),
+        Section(
+            "Samples and factors",
+            text=(
+                f"Positives: inventory rule `{samples['positive_rule']}` "
+                f"({samples['inventory_features']} features in the grid, "
+                f"{samples['inventory_features_outside_grid']} outside and dropped). "
+                f"Negatives: `{samples['negative_method']}` valid cells farther than "
+                f"{samples['buffer_m']:g} m from any landslide, ratio {config.sampling.ratio:g}."
+            ),
+            preformatted=[("Factors", {"all": metrics["factors"],
+                                       "categorical": metrics["categorical_factors"]})],
+        ),
+        Section(
+            "Provenance",
+            text="Versions, seeds, input checksums and timings (also in `manifest.json`).",
+            preformatted=[{k: manifest[k] for k in ("versions", "seeds", "inputs_sha256",
+                                                    "timings_s")}],
+        ),
+    ]
+    write_report(out / "report.html", title=f"Landslide susceptibility — {config.name}",
+                 sections=sections)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.ndimage import distance_transform_edt
 
 from metalsm.errors import MetalsmInputError
-from metalsm.stack import FactorStack
+
+if TYPE_CHECKING:
+    from metalsm.stack import FactorStack
 
 
 @dataclass(frozen=True)

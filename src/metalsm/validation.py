@@ -306,10 +306,14 @@ def cross_validate_model(
             on_fold(1)
     table = pd.DataFrame(rows)
     numeric = table[[*METRICS, "fit_seconds"]]
-    mean = {c: float(np.nanmean(numeric[c])) if numeric[c].notna().any() else float("nan")
-            for c in numeric.columns}
-    std = {c: float(np.nanstd(numeric[c])) if numeric[c].notna().any() else float("nan")
-           for c in numeric.columns}
+    mean = {
+        c: float(np.nanmean(numeric[c])) if numeric[c].notna().any() else float("nan")
+        for c in numeric.columns
+    }
+    std = {
+        c: float(np.nanstd(numeric[c])) if numeric[c].notna().any() else float("nan")
+        for c in numeric.columns
+    }
     return CVResult(table, mean, std, oof, notes)
 
 
@@ -342,9 +346,7 @@ def _progress_hook(progress: Any, total: int) -> Callable[[int], None] | None:
         return lambda n: progress.advance(task, n)
     if callable(progress):
         return progress
-    raise MetalsmInputError(
-        "progress must be a callable progress(advance: int) or a rich Progress"
-    )
+    raise MetalsmInputError("progress must be a callable progress(advance: int) or a rich Progress")
 
 
 def evaluate_models(

@@ -1,5 +1,10 @@
 """Susceptibility models: classic scikit-learn estimators behind one registry."""
 
-from metalsm.models.classic import MODEL_NAMES, FrequencyRatioClassifier, make_model
+from metalsm.models.classic import (
+    MODEL_NAMES,
+    FactorPipeline,
+    FrequencyRatioClassifier,
+    make_model,
+)
 
-__all__ = ["MODEL_NAMES", "FrequencyRatioClassifier", "make_model"]
+__all__ = ["MODEL_NAMES", "FactorPipeline", "FrequencyRatioClassifier", "make_model"]

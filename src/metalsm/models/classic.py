@@ -14,15 +14,18 @@ explicitly by name.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
+from scipy import sparse
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import DataConversionWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -34,6 +37,7 @@ from metalsm.errors import MetalsmInputError
 
 __all__ = [
     "MODEL_NAMES",
+    "FactorPipeline",
     "FrequencyRatioClassifier",
     "check_binary_target",
     "check_samples",
@@ -50,17 +54,33 @@ def check_samples(X: Any, required: Sequence[Any] | None = None) -> pd.DataFrame
     A bare array is accepted and gets pandas' integer column names ``0..n-1``.
     ``required`` lists the columns that must be present (named in the error).
     """
+    if sparse.issparse(X):
+        raise MetalsmInputError("sparse input is not supported; pass a dense table of factors")
     if isinstance(X, pd.Series):
         X = X.to_frame()
     if not isinstance(X, pd.DataFrame):
         arr = np.asarray(X)
+        if arr.ndim == 1:
+            raise MetalsmInputError(
+                f"expected a 2-D table (rows x factors), got a 1-D array of length {arr.size}; "
+                "Reshape your data, e.g. X.reshape(1, -1) for one sample"
+            )
         if arr.ndim != 2:
             raise MetalsmInputError(
                 f"samples must be a 2-D table (rows x factors), got an array of shape {arr.shape}"
             )
         X = pd.DataFrame(arr)
+    if X.shape[1] == 0:
+        raise MetalsmInputError(
+            f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required."
+        )
     if X.shape[0] == 0:
-        raise MetalsmInputError("samples table is empty (0 rows)")
+        raise MetalsmInputError(
+            f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required."
+        )
+    complex_cols = [c for c in X.columns if pd.api.types.is_complex_dtype(X[c])]
+    if complex_cols:
+        raise MetalsmInputError(f"Complex data not supported: factor column(s) {complex_cols}")
     if required is not None:
         missing = [c for c in required if c not in X.columns]
         if missing:
@@ -70,7 +90,7 @@ def check_samples(X: Any, required: Sequence[Any] | None = None) -> pd.DataFrame
         X = X.loc[:, list(required)]
     try:
         values = X.to_numpy(dtype=float)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
         bad = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
         raise MetalsmInputError(f"factor column(s) {bad} are not numeric") from exc
     finite = np.isfinite(values)
@@ -88,8 +108,15 @@ def check_binary_target(y: Any, n_samples: int | None = None) -> tuple[np.ndarra
 
     The larger label (``1`` for 0/1 labels) is the landslide (positive) class.
     """
+    if y is None:
+        raise MetalsmInputError("this estimator requires y to be passed, but the target y is None")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected; it is flattened",
+            DataConversionWarning,
+            stacklevel=3,
+        )
         y = y.ravel()
     if y.ndim != 1:
         raise MetalsmInputError(f"labels y must be 1-D, got shape {y.shape}")
@@ -97,18 +124,24 @@ def check_binary_target(y: Any, n_samples: int | None = None) -> tuple[np.ndarra
         raise MetalsmInputError(
             f"labels y have {y.shape[0]} entries but the samples table has {n_samples} rows"
         )
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise MetalsmInputError("labels y contain NaN or infinite values")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise MetalsmInputError("labels y contain NaN or infinite values")
+        if not np.array_equal(y, np.round(y)):
+            raise MetalsmInputError(
+                "Unknown label type: labels y are continuous; expected 0/1 class labels"
+            )
     classes = np.unique(y)
     if classes.size < 2:
         only = classes[0] if classes.size else "none"
         raise MetalsmInputError(
-            f"labels y hold a single class ({only}); fitting needs both landslide (1) "
-            "and non-landslide (0) samples"
+            f"labels y hold a single class ({only}), i.e. one class only; fitting needs "
+            "both landslide (1) and non-landslide (0) samples"
         )
     if classes.size > 2:
         raise MetalsmInputError(
-            f"labels y must be binary (0 = non-landslide, 1 = landslide), got classes {classes}"
+            "Only binary classification is supported: labels y must be 0 = non-landslide, "
+            f"1 = landslide, got classes {classes}"
         )
     return y, classes
 
@@ -116,7 +149,7 @@ def check_binary_target(y: Any, n_samples: int | None = None) -> tuple[np.ndarra
 # --------------------------------------------------------------------------- frequency ratio
 
 
-class FrequencyRatioClassifier(ClassifierMixin, BaseEstimator):
+class FrequencyRatioClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
     """Frequency-ratio (FR) susceptibility model as a scikit-learn classifier.
 
     For each factor the samples are split into classes: categorical factors by
@@ -134,8 +167,11 @@ class FrequencyRatioClassifier(ClassifierMixin, BaseEstimator):
     bin) gets FR = 1, the neutral value that neither raises nor lowers
     susceptibility.
 
+    It is also a transformer: :meth:`transform` (and ``fit_transform``) FR-encodes
+    the factors, so it can be the first step of a pipeline (e.g. FR + random forest).
+
     The landslide susceptibility index is ``LSI = sum of FR over factors``
-    (:meth:`lsi`, also :meth:`decision_function`).  :meth:`predict_proba` maps LSI
+    (:meth:`lsi`).  :meth:`predict_proba` maps LSI
     to a probability with a one-feature logistic regression fitted on the
     training LSI.  That map is monotone in LSI, so ranking metrics such as AUC
     are exactly those of the FR method itself; the logistic step only makes the
@@ -169,6 +205,11 @@ class FrequencyRatioClassifier(ClassifierMixin, BaseEstimator):
         self.categorical_features = categorical_features
         self.n_bins = n_bins
         self.binning = binning
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # binary: landslide vs non-landslide
+        return tags
 
     # -- fitting ------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> FrequencyRatioClassifier:
@@ -261,10 +302,15 @@ class FrequencyRatioClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "fr_tables_")
         if not isinstance(X, pd.DataFrame | pd.Series):
             arr = np.asarray(X)
+            if arr.ndim == 1:
+                raise MetalsmInputError(
+                    f"expected a 2-D table (rows x factors), got a 1-D array of length "
+                    f"{arr.size}; Reshape your data, e.g. X.reshape(1, -1) for one sample"
+                )
             if arr.ndim == 2 and arr.shape[1] != self.n_features_in_:
                 raise MetalsmInputError(
-                    f"samples have {arr.shape[1]} columns, the model was fitted on "
-                    f"{self.n_features_in_}: {self._columns}"
+                    f"X has {arr.shape[1]} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input ({self._columns})"
                 )
             X = pd.DataFrame(arr)
         return check_samples(X, required=self._columns)
@@ -286,18 +332,30 @@ class FrequencyRatioClassifier(ClassifierMixin, BaseEstimator):
     def _lsi(self, X: pd.DataFrame) -> np.ndarray:
         return self._encode(X).sum(axis=1)
 
-    def transform(self, X: Any) -> pd.DataFrame:
-        """FR-encode every factor: a DataFrame of FR values, same columns and index as ``X``."""
-        X = self._checked(X)
-        return pd.DataFrame(self._encode(X), index=X.index, columns=X.columns)
+    def transform(self, X: Any) -> np.ndarray:
+        """FR-encode every factor: an ``(n, n_factors)`` float array of FR values.
+
+        Call ``set_output(transform="pandas")`` to get a DataFrame with the factor
+        names as columns and the index of ``X``.
+        """
+        return self._encode(self._checked(X))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the :meth:`transform` columns: the factor names, unchanged."""
+        check_is_fitted(self, "fr_tables_")
+        return np.asarray([str(c) for c in self._columns], dtype=object)
 
     def lsi(self, X: Any) -> np.ndarray:
         """Landslide susceptibility index: the sum of FR values over all factors."""
         return self._lsi(self._checked(X))
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Same as :meth:`lsi` (higher = more susceptible)."""
-        return self.lsi(X)
+        """Log-odds of landslide: the logistic map of :meth:`lsi` (> 0 means class 1).
+
+        Monotone increasing in LSI, so it ranks samples exactly as LSI does.
+        """
+        lsi = self.lsi(X).reshape(-1, 1)
+        return self.lsi_model_.decision_function(lsi)
 
     # -- prediction ---------------------------------------------------------------------
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -314,6 +372,44 @@ class FrequencyRatioClassifier(ClassifierMixin, BaseEstimator):
 # --------------------------------------------------------------------------- registry
 
 
+class FactorPipeline(Pipeline):
+    """A :class:`~sklearn.pipeline.Pipeline` that checks factor tables first.
+
+    Same parameters and behaviour as ``Pipeline``; ``fit`` and the prediction
+    methods first run :func:`check_samples` (missing columns and NaN named) and
+    ``fit`` runs :func:`check_binary_target` (single-class ``y`` rejected), so every
+    registry model fails with the same clear :class:`MetalsmInputError`.
+    """
+
+    def _categorical(self) -> list[Any]:
+        prep = self.steps[0][1]
+        if isinstance(prep, ColumnTransformer):
+            return [c for _, _, cols in prep.transformers if isinstance(cols, list) for c in cols]
+        return []
+
+    def _check_predict_X(self, X: Any) -> pd.DataFrame:
+        check_is_fitted(self)
+        required = getattr(self, "feature_names_in_", None)
+        return check_samples(X, required=None if required is None else list(required))
+
+    def fit(self, X: Any, y: Any = None, **params: Any) -> FactorPipeline:
+        X = check_samples(X)
+        missing = [c for c in self._categorical() if c not in X.columns]
+        if missing:
+            raise MetalsmInputError(
+                f"categorical feature(s) {missing} are not columns of the samples; "
+                f"available: {list(X.columns)}"
+            )
+        y, _ = check_binary_target(y, X.shape[0])
+        return super().fit(X, y, **params)
+
+    def predict(self, X: Any, **params: Any) -> np.ndarray:
+        return super().predict(self._check_predict_X(X), **params)
+
+    def predict_proba(self, X: Any, **params: Any) -> np.ndarray:
+        return super().predict_proba(self._check_predict_X(X), **params)
+
+
 def _encoder(categorical: list[Any], continuous: Any) -> ColumnTransformer:
     """One-hot for class codes (no false order), ``continuous`` for everything else."""
     return ColumnTransformer(
@@ -325,7 +421,7 @@ def _encoder(categorical: list[Any], continuous: Any) -> ColumnTransformer:
 
 def _pipeline(categorical: list[Any], model: BaseEstimator, scale: bool = True) -> Pipeline:
     continuous = StandardScaler() if scale else "passthrough"
-    return Pipeline([("prep", _encoder(categorical, continuous)), ("model", model)])
+    return FactorPipeline([("prep", _encoder(categorical, continuous)), ("model", model)])
 
 
 def _make_lr(categorical: list[Any], seed: int) -> BaseEstimator:
@@ -413,9 +509,9 @@ def make_model(
 ) -> BaseEstimator:
     """A fresh, unfitted estimator for ``name`` (one of :data:`MODEL_NAMES`).
 
-    ``lr``/``rf``/``svm``/``mlp`` are ``Pipeline([("prep", ColumnTransformer),
-    ("model", estimator)])`` expecting a DataFrame with the categorical columns by
-    name; ``fr`` is a :class:`FrequencyRatioClassifier`.  ``params`` override
+    ``lr``/``rf``/``svm``/``mlp`` are :class:`FactorPipeline` ``([("prep",
+    ColumnTransformer), ("model", estimator)])`` expecting a DataFrame with the
+    categorical columns by name; ``fr`` is a :class:`FrequencyRatioClassifier`.  ``params`` override
     settings of the final estimator (e.g. ``n_estimators=50`` for ``rf``).
     """
     try:

@@ -1,0 +1,397 @@
+"""From a fitted model to a susceptibility map, zones and a zone table.
+
+Everything here works window by window over ``factors.tif`` so that memory
+stays bounded by the window size, not by the size of the study area.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from metalsm.atomic import atomic_path
+from metalsm.errors import MetalsmInputError
+from metalsm.grid import Grid, open_raster
+from metalsm.stack import stack_metadata
+
+ZoneMethod = Literal["quantile", "natural_breaks", "equal_interval"]
+ZONE_METHODS: tuple[str, ...] = ("quantile", "natural_breaks", "equal_interval")
+
+#: Default zone names by number of levels (low to high susceptibility).
+DEFAULT_LABELS: dict[int, tuple[str, ...]] = {
+    2: ("Low", "High"),
+    3: ("Low", "Moderate", "High"),
+    4: ("Low", "Moderate", "High", "Very high"),
+    5: ("Very low", "Low", "Moderate", "High", "Very high"),
+}
+
+_ZONES_TAG = "METALSM_ZONE_EDGES"
+_JENKS_MAX_SAMPLE = 3000
+_BREAKS_MAX_SAMPLE = 1_000_000
+
+
+def iter_windows(height: int, width: int, size: int) -> Iterator[Window]:
+    """Row-major ``size`` x ``size`` windows covering the grid (edge windows are smaller)."""
+    if size < 1:
+        raise MetalsmInputError(f"window_size must be a positive integer, got {size}")
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+def _overview_factors(grid: Grid, overviews: Sequence[int]) -> list[int]:
+    """Requested overview factors that still leave at least one pixel."""
+    return sorted({int(f) for f in overviews if 1 < int(f) <= max(grid.height, grid.width)})
+
+
+def predict_raster(
+    model: Any,
+    factors_path: str | Path,
+    out_path: str | Path,
+    *,
+    feature_names: Sequence[str],
+    window_size: int = 512,
+    overviews: Sequence[int] = (2, 4, 8, 16),
+    progress: Callable[[int, int], Any] | None = None,
+) -> Path:
+    """Write ``model``'s landslide probability for every valid cell of ``factors.tif``.
+
+    The stack is read one window at a time so memory does not grow with the
+    raster; only cells where every selected factor is finite are predicted, as a
+    float64 DataFrame with the training column names (so any scikit-learn
+    estimator or pipeline works). Output: float32 tiled deflate GeoTIFF, NaN nodata, average
+    overviews, written atomically (a failure leaves no output behind).
+
+    ``progress(n_new, n_done)`` is called after each window with the number of
+    cells just predicted and the running total, both counting valid cells only
+    (``n_new`` plugs straight into a rich progress ``advance``).
+    """
+    feature_names = list(feature_names)
+    if not feature_names:
+        raise MetalsmInputError("predict_raster needs at least one feature name")
+    with open_raster(factors_path) as src:
+        names, _ = stack_metadata(src)
+        missing = [n for n in feature_names if n not in names]
+        if missing:
+            raise MetalsmInputError(
+                f"factor '{missing[0]}' used by the model is not a band of {factors_path} "
+                f"(bands: {', '.join(names)})"
+            )
+        indexes = [names.index(n) + 1 for n in feature_names]
+        nodata = src.nodata
+        grid = Grid(src.crs, src.transform, src.height, src.width)
+        profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
+        done = 0
+        with atomic_path(out_path) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for win in iter_windows(grid.height, grid.width, window_size):
+                    block = src.read(indexes, window=win, out_dtype=np.float32)
+                    if nodata is not None and not np.isnan(nodata):
+                        block[block == np.float32(nodata)] = np.nan
+                    valid = np.isfinite(block).all(axis=0)
+                    out = np.full(valid.shape, np.nan, dtype=np.float32)
+                    n_new = int(valid.sum())
+                    if n_new:
+                        # float64: unscaled factors (elevation in m) lose digits in float32
+                        cells = block[:, valid].T.astype(np.float64)
+                        frame = pd.DataFrame(cells, columns=feature_names)
+                        proba = np.asarray(model.predict_proba(frame))
+                        if proba.ndim != 2 or proba.shape[0] != n_new or proba.shape[1] < 2:
+                            raise MetalsmInputError(
+                                f"model.predict_proba returned shape {proba.shape} for "
+                                f"{n_new} cells; expected ({n_new}, 2)"
+                            )
+                        out[valid] = proba[:, 1]
+                    dst.write(out, 1, window=win)
+                    done += n_new
+                    if progress is not None:
+                        progress(n_new, done)
+                factors = _overview_factors(grid, overviews)
+                if factors:
+                    dst.build_overviews(factors, Resampling.average)
+                    dst.update_tags(ns="rio_overview", resampling="average")
+                dst.set_band_description(1, "landslide susceptibility (probability)")
+    return Path(out_path)
+
+
+def _read_valid_sample(
+    path: str | Path, seed: int, max_sample: int, window_size: int = 512
+) -> tuple[np.ndarray, float, float]:
+    """A seeded random subsample of the finite cells of band 1, plus their exact min and max.
+
+    Each cell is kept with the same probability, so the sample is unbiased and
+    at most about ``max_sample`` values are held at once.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[np.ndarray] = []
+    lo, hi = math.inf, -math.inf
+    with open_raster(path) as src:
+        rate = min(1.0, max_sample / (src.height * src.width))
+        nodata = src.nodata
+        for win in iter_windows(src.height, src.width, window_size):
+            values = src.read(1, window=win, out_dtype=np.float64).ravel()
+            keep = np.isfinite(values)
+            if nodata is not None and not np.isnan(nodata):
+                keep &= values != nodata
+            values = values[keep]
+            if not values.size:
+                continue
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+            if rate < 1.0:
+                values = values[rng.random(values.size) < rate]
+            parts.append(values)
+    if not math.isfinite(lo):
+        raise MetalsmInputError(f"raster {path} has no valid cells to compute zone breaks from")
+    return np.concatenate(parts), lo, hi
+
+
+def zone_breaks(
+    values: np.ndarray | str | Path,
+    method: ZoneMethod = "quantile",
+    levels: int = 4,
+    seed: int = 0,
+) -> np.ndarray:
+    """``levels + 1`` non-decreasing class edges for a susceptibility map.
+
+    ``values`` is an array (non-finite entries ignored) or a raster path, read
+    window by window with a seeded subsample of at most ~1e6 cells. The first
+    edge is the minimum and the last the maximum. ``quantile`` gives equal-count
+    zones (edges are sample values, so with :func:`classify_values` counts differ
+    by at most one), ``equal_interval`` equal-width zones, and ``natural_breaks`` the
+    Fisher-Jenks optimal classes (computed on a seeded sample of at most 3,000
+    values; breaks are placed midway between adjacent classes).
+    """
+    if method not in ZONE_METHODS:
+        raise MetalsmInputError(
+            f"unknown zone method '{method}'; expected one of {', '.join(ZONE_METHODS)}"
+        )
+    if int(levels) != levels or levels < 1:
+        raise MetalsmInputError(f"zone levels must be a positive integer, got {levels}")
+    levels = int(levels)
+    if isinstance(values, str | Path):
+        sample, lo, hi = _read_valid_sample(values, seed, _BREAKS_MAX_SAMPLE)
+    else:
+        sample = np.asarray(values, dtype=np.float64).ravel()
+        sample = sample[np.isfinite(sample)]
+        if not sample.size:
+            raise MetalsmInputError("no finite values to compute zone breaks from")
+        lo, hi = float(sample.min()), float(sample.max())
+    if method == "equal_interval" or lo == hi:
+        edges = np.linspace(lo, hi, levels + 1)
+    elif method == "quantile":
+        # rank-based, integer arithmetic: zone k holds sorted[ceil((k-1)n/L):ceil(kn/L)],
+        # so zone counts differ by at most one (ties aside) without float round-off
+        n = sample.size
+        ranks = (np.arange(1, levels) * n + levels - 1) // levels
+        edges = np.empty(levels + 1)
+        edges[1:-1] = np.partition(sample, ranks)[ranks] if ranks.size else []
+    else:
+        rng = np.random.default_rng(seed)
+        if sample.size > _JENKS_MAX_SAMPLE:
+            sample = rng.choice(sample, _JENKS_MAX_SAMPLE, replace=False)
+        edges = np.empty(levels + 1)
+        edges[1:-1] = _jenks_inner_breaks(np.sort(sample), levels)
+    edges[0], edges[-1] = lo, hi
+    return np.maximum.accumulate(edges)
+
+
+def _jenks_inner_breaks(x: np.ndarray, k: int) -> np.ndarray:
+    """Fisher-Jenks: the ``k - 1`` breaks minimising the within-class sum of squares.
+
+    Dynamic programme over the sorted values ``x``: ``D[c, j]`` is the least cost
+    of splitting ``x[:j]`` into ``c`` classes. Each level is vectorised over
+    (end, start) pairs in row chunks, so memory stays O(chunk * n).
+    """
+    n = x.size
+    if k == 1:
+        return np.empty(0)
+    if np.unique(x).size <= k:
+        # too few distinct values to optimise over: split between distinct values
+        uniq = np.unique(x)
+        mids = (uniq[:-1] + uniq[1:]) / 2
+        return np.concatenate([mids, np.full(k - 1 - mids.size, uniq[-1])])[: k - 1]
+    xc = x - x.mean()
+    s1 = np.concatenate([[0.0], np.cumsum(xc)])
+    s2 = np.concatenate([[0.0], np.cumsum(xc * xc)])
+    starts = np.arange(n)  # a class x[i:j] starts at i
+
+    def cost(ends: np.ndarray) -> np.ndarray:
+        """Sum of squared deviations of x[i:j] for every end j in ``ends`` and start i."""
+        count = ends[:, None] - starts[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ssd = (s2[ends, None] - s2[None, :-1]) - (s1[ends, None] - s1[None, :-1]) ** 2 / count
+        ssd[count <= 0] = np.inf
+        return np.maximum(ssd, 0.0)
+
+    ends_all = np.arange(n + 1)
+    prev = np.full(n + 1, np.inf)
+    prev[1:] = np.maximum(s2[1:] - s1[1:] ** 2 / np.arange(1, n + 1), 0.0)  # one class
+    prev[0] = np.inf
+    back = np.zeros((k + 1, n + 1), dtype=np.int64)
+    chunk = max(1, 2_000_000 // n)
+    for c in range(2, k + 1):
+        cur = np.full(n + 1, np.inf)
+        ends = ends_all[c:] if c < k else np.array([n])
+        for lo in range(0, ends.size, chunk):
+            j = ends[lo : lo + chunk]
+            total = prev[None, :n] + cost(j)
+            best = np.argmin(total, axis=1)
+            cur[j] = total[np.arange(j.size), best]
+            back[c, j] = best
+        prev = cur
+    bounds = [n]
+    for c in range(k, 1, -1):
+        bounds.append(int(back[c, bounds[-1]]))
+    starts_of_classes = np.array(bounds[::-1][:-1])  # start index of classes 2..k
+    return (x[starts_of_classes - 1] + x[starts_of_classes]) / 2
+
+
+def classify_values(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Zone 1..levels for each value (``edges[i-1] <= v < edges[i]``, top zone closed); 0 = NaN."""
+    edges = np.asarray(edges, dtype=np.float64)
+    values = np.asarray(values)
+    zones = (np.digitize(values, edges[1:-1], right=False) + 1).astype(np.uint8)
+    zones[~np.isfinite(values)] = 0
+    return zones
+
+
+def classify_raster(
+    susceptibility_path: str | Path,
+    zones_path: str | Path,
+    edges: Sequence[float] | np.ndarray,
+    window_size: int = 512,
+    *,
+    overviews: Sequence[int] = (2, 4, 8, 16),
+) -> Path:
+    """Write the zone raster (uint8, 1 = lowest zone, 0 = nodata) from class ``edges``.
+
+    Windowed and atomic; overviews use the mode so zones stay whole classes.
+    The edges are stored in a tag so :func:`zone_table` knows the number of levels.
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) < 0):
+        raise MetalsmInputError(f"zone edges must be a non-decreasing 1-D list of >= 2: {edges}")
+    if edges.size - 1 > 255:
+        raise MetalsmInputError(f"at most 255 zones fit a uint8 raster, got {edges.size - 1}")
+    with open_raster(susceptibility_path) as src:
+        grid = Grid(src.crs, src.transform, src.height, src.width)
+        nodata = src.nodata
+        profile = grid.profile(dtype="uint8", nodata=0)
+        with atomic_path(zones_path) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for win in iter_windows(grid.height, grid.width, window_size):
+                    values = src.read(1, window=win)
+                    if nodata is not None and not np.isnan(nodata):
+                        values = np.where(values == nodata, np.nan, values)
+                    dst.write(classify_values(values, edges), 1, window=win)
+                factors = _overview_factors(grid, overviews)
+                if factors:
+                    dst.build_overviews(factors, Resampling.mode)
+                    dst.update_tags(ns="rio_overview", resampling="mode")
+                dst.update_tags(**{_ZONES_TAG: json.dumps(edges.tolist())})
+                dst.set_band_description(1, "susceptibility zone (1 = lowest)")
+    return Path(zones_path)
+
+
+def zone_table(
+    zones_path: str | Path,
+    landslide_mask: np.ndarray | None,
+    labels: Sequence[str] | None = None,
+    sample_points: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    window_size: int = 512,
+) -> pd.DataFrame:
+    """Area and landslide share per zone: how well the zones concentrate landslides.
+
+    ``landslide_mask`` is a boolean grid of landslide cells (only cells inside a
+    zone count). ``ratio`` is landslide share / area share (frequency ratio):
+    above 1 the zone holds more landslides than its area would suggest, so a good
+    map has ratios rising with the zone. ``cum_*`` columns accumulate from the
+    highest zone down ("the top two zones cover X % of the area and Y % of the
+    landslides"). ``sample_points`` (rows, cols), e.g. landslide points, adds
+    per-zone point counts and shares.
+    """
+    with open_raster(zones_path) as src:
+        grid = Grid(src.crs, src.transform, src.height, src.width)
+        tag = src.tags().get(_ZONES_TAG)
+        levels = len(json.loads(tag)) - 1 if tag else None
+        if landslide_mask is not None:
+            landslide_mask = np.asarray(landslide_mask, dtype=bool)
+            if landslide_mask.shape != grid.shape:
+                raise MetalsmInputError(
+                    f"landslide mask has shape {landslide_mask.shape}, but {zones_path} "
+                    f"is {grid.shape}"
+                )
+        if sample_points is not None:
+            rows, cols = (np.asarray(a, dtype=np.int64) for a in sample_points)
+            inside = grid.contains(rows, cols)
+            rows, cols = rows[inside], cols[inside]
+        n_bins = 256
+        cells = np.zeros(n_bins, dtype=np.int64)
+        slides = np.zeros(n_bins, dtype=np.int64)
+        points = np.zeros(n_bins, dtype=np.int64)
+        for win in iter_windows(grid.height, grid.width, window_size):
+            zones = src.read(1, window=win).astype(np.int64)
+            if src.nodata is not None and src.nodata != 0:
+                zones[zones == src.nodata] = 0
+            cells += np.bincount(zones.ravel(), minlength=n_bins)[:n_bins]
+            if landslide_mask is not None:
+                sub = landslide_mask[win.row_off : win.row_off + win.height,
+                                     win.col_off : win.col_off + win.width]
+                slides += np.bincount(zones[sub], minlength=n_bins)[:n_bins]
+            if sample_points is not None:
+                sel = (
+                    (rows >= win.row_off) & (rows < win.row_off + win.height)
+                    & (cols >= win.col_off) & (cols < win.col_off + win.width)
+                )
+                z = zones[rows[sel] - win.row_off, cols[sel] - win.col_off]
+                points += np.bincount(z, minlength=n_bins)[:n_bins]
+    if levels is None:
+        nonzero = np.flatnonzero(cells[1:])
+        levels = int(nonzero[-1]) + 1 if nonzero.size else 0
+    if levels == 0:
+        raise MetalsmInputError(f"zone raster {zones_path} has no zoned cells")
+    if labels is None:
+        labels = DEFAULT_LABELS.get(levels, tuple(f"Zone {i}" for i in range(1, levels + 1)))
+    labels = list(labels)
+    if len(labels) != levels:
+        raise MetalsmInputError(
+            f"{len(labels)} zone labels given for {levels} zones in {zones_path}: {labels}"
+        )
+    n = cells[1 : levels + 1]
+    table = pd.DataFrame({"level": np.arange(1, levels + 1), "label": labels, "n_cells": n})
+    table["area_km2"] = n * grid.cell_area / 1e6
+    table["area_share"] = _share(n)
+    if landslide_mask is not None:
+        ls = slides[1 : levels + 1]
+        table["landslide_cells"] = ls
+        table["landslide_share"] = _share(ls)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = table["landslide_share"].to_numpy() / table["area_share"].to_numpy()
+        table["ratio"] = np.where(n > 0, ratio, np.nan)
+    if sample_points is not None:
+        pts = points[1 : levels + 1]
+        table["points"] = pts
+        table["point_share"] = _share(pts)
+    top_down = slice(None, None, -1)
+    table["cum_area_share"] = table["area_share"].to_numpy()[top_down].cumsum()[top_down]
+    if landslide_mask is not None:
+        share = table["landslide_share"].to_numpy()
+        table["cum_landslide_share"] = share[top_down].cumsum()[top_down]
+    return table
+
+
+def _share(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    if total == 0:
+        return np.full(counts.shape, np.nan)
+    return counts / total

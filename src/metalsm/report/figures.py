@@ -1,0 +1,312 @@
+"""Figures for the report: ROC curves, maps over a hillshade, zone bar charts.
+
+Figures are built on bare :class:`matplotlib.figure.Figure` objects (Agg
+rendering, no pyplot state), so nothing leaks between calls, nothing needs a
+display, and a figure is freed as soon as it has been saved (atomically).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import shapely
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from metalsm.atomic import atomic_path
+from metalsm.grid import Grid
+
+DPI = 150
+#: Low-to-high susceptibility colours (green -> yellow -> red).
+ZONE_CMAP = "RdYlGn_r"
+
+
+def hillshade(
+    dem: np.ndarray, cell_size: float, azimuth: float = 315.0, altitude: float = 45.0
+) -> np.ndarray:
+    """Illumination in [0, 1] of a north-up DEM lit from ``azimuth`` (degrees from north).
+
+    The cosine of the angle between the surface normal and the sun; a flat cell
+    gets sin(altitude). NaN cells (and their gradient neighbours) are NaN. Used
+    as a grey relief backdrop for maps.
+    """
+    dem = np.asarray(dem, dtype=np.float64)
+    drow, dcol = np.gradient(dem, cell_size)
+    dz_east, dz_north = dcol, -drow  # rows run southward
+    az, alt = math.radians(azimuth), math.radians(altitude)
+    sun = (math.sin(az) * math.cos(alt), math.cos(az) * math.cos(alt), math.sin(alt))
+    shade = (-dz_east * sun[0] - dz_north * sun[1] + sun[2]) / np.sqrt(
+        1.0 + dz_east**2 + dz_north**2
+    )
+    shade = np.clip(shade, 0.0, 1.0)
+    shade[np.isnan(dem)] = np.nan
+    return shade
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Render to PNG atomically; the figure is then unreferenced and freed."""
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight")
+    fig.clear()
+    return Path(path)
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
+    path: str | Path,
+    title: str = "ROC curves",
+) -> Path:
+    """One ROC line per model (AUC in the legend) against the chance diagonal."""
+    if not curves:
+        raise ValueError(f"plot_roc needs at least one curve (got none) for {path}")
+    fig = Figure(figsize=(5.5, 5.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance (0.500)")
+    for name, (fpr, tpr, auc) in sorted(curves.items(), key=lambda kv: -kv[1][2]):
+        ax.plot(fpr, tpr, linewidth=1.8, label=f"{name} ({auc:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate", ylabel="True positive rate")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(title="model (AUC)", loc="lower right", frameon=True)
+    return _save(fig, path)
+
+
+def _figure_for_grid(grid: Grid, width_in: float = 8.0) -> tuple[Figure, Any]:
+    """A figure whose map panel has the grid's aspect ratio (room kept for a legend)."""
+    aspect = grid.height / grid.width
+    fig = Figure(figsize=(width_in, max(3.0, min(14.0, width_in * aspect * 0.9 + 0.8))))
+    return fig, fig.add_subplot()
+
+
+def map_axes(ax: Any, grid: Grid, dem: np.ndarray | None = None, *, title: str | None = None):
+    """Prepare ``ax`` as a map of ``grid``: grey hillshade, km ticks, scale bar, north arrow.
+
+    Reused by every map figure (susceptibility, blocks, credibility ...).
+    Returns the imshow extent ``(left, right, bottom, top)``.
+    """
+    left, bottom, right, top = grid.bounds
+    extent = (left, right, bottom, top)
+    if dem is not None:
+        if dem.shape != grid.shape:
+            raise ValueError(f"DEM shape {dem.shape} does not match the grid {grid.shape}")
+        shade = np.ma.masked_invalid(hillshade(dem, grid.cell_size))
+        ax.imshow(shade, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="bilinear")
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_aspect("equal")
+    projected = grid.crs is not None and grid.crs.is_projected
+    if projected:
+        km = FuncFormatter(lambda v, _pos: f"{v / 1000:.10g}")
+        ax.xaxis.set_major_formatter(km)
+        ax.yaxis.set_major_formatter(km)
+        unit = "km"
+        epsg = grid.crs.to_epsg()
+        crs_name = f"EPSG:{epsg}" if epsg else "projected CRS"
+        ax.set_xlabel(f"Easting ({unit}, {crs_name})")
+        ax.set_ylabel(f"Northing ({unit})")
+        _scale_bar(ax, left, right, bottom, top)
+    else:
+        ax.set_xlabel("Longitude")
+        ax.set_ylabel("Latitude")
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.yaxis.set_major_locator(MaxNLocator(7))
+    ax.tick_params(labelsize=8)
+    _north_arrow(ax)
+    if title:
+        ax.set_title(title)
+    return extent
+
+
+def _scale_bar(ax: Any, left: float, right: float, bottom: float, top: float) -> None:
+    """A black-and-white bar of a round length (1, 2 or 5 x 10^k m) in the lower left."""
+    target = (right - left) / 5
+    magnitude = 10 ** math.floor(math.log10(target))
+    length = max(m * magnitude for m in (1, 2, 5) if m * magnitude <= target)
+    x0 = left + 0.04 * (right - left)
+    y0 = bottom + 0.04 * (top - bottom)
+    h = 0.012 * (top - bottom)
+    for i, colour in enumerate(("black", "white")):
+        ax.add_patch(
+            Rectangle(
+                (x0 + i * length / 2, y0), length / 2, h, facecolor=colour,
+                edgecolor="black", linewidth=0.6, zorder=6,
+            )
+        )
+    text = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+    ax.text(x0 + length / 2, y0 + 1.8 * h, text, ha="center", va="bottom", fontsize=8,
+            zorder=6, bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+
+
+def _north_arrow(ax: Any) -> None:
+    ax.annotate(
+        "N", xy=(0.95, 0.96), xytext=(0.95, 0.87), xycoords="axes fraction",
+        ha="center", va="center", fontsize=10, fontweight="bold", zorder=7,
+        arrowprops={"arrowstyle": "-|>", "facecolor": "black", "linewidth": 1.2},
+        bbox={"boxstyle": "circle,pad=0.15", "facecolor": "white", "alpha": 0.7,
+              "edgecolor": "none"},
+    )
+
+
+def draw_inventory(ax: Any, inventory: Any, *, color: str = "black", linewidth: float = 0.35):
+    """Landslide outlines (polygons/lines) and points on ``ax`` (geometries in the grid CRS)."""
+    if inventory is None or len(inventory) == 0:
+        return
+    geoms = np.asarray(getattr(inventory, "geometry", inventory))
+    geoms = geoms[~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)]
+    kind = shapely.get_type_id(geoms)
+    points = geoms[np.isin(kind, (0, 4))]  # Point, MultiPoint
+    areal = geoms[np.isin(kind, (3, 6))]  # Polygon, MultiPolygon
+    lines = geoms[np.isin(kind, (1, 2, 5))]  # LineString, LinearRing, MultiLineString
+    outline = np.concatenate([shapely.boundary(areal), lines]) if areal.size else lines
+    if outline.size:
+        parts = shapely.get_parts(outline)
+        coords, index = shapely.get_coordinates(parts, return_index=True)
+        splits = np.flatnonzero(np.diff(index)) + 1
+        segments = np.split(coords, splits)
+        ax.add_collection(LineCollection(segments, colors=color, linewidths=linewidth, zorder=5))
+    if points.size:
+        xy = shapely.get_coordinates(points)
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, c=color, linewidths=0, zorder=5)
+
+
+def plot_raster_map(
+    array: np.ndarray,
+    grid: Grid,
+    path: str | Path,
+    *,
+    dem: np.ndarray | None = None,
+    inventory: Any = None,
+    cmap: str | Colormap = "viridis",
+    norm: Normalize | None = None,
+    alpha: float = 0.7,
+    title: str | None = None,
+    colorbar_label: str | None = None,
+    legend: Sequence[tuple[str, Any]] | None = None,
+    legend_title: str | None = None,
+    inventory_label: str = "landslide inventory",
+) -> Path:
+    """A raster over a hillshade with the inventory on top, in map coordinates.
+
+    NaN cells are transparent. ``legend`` (label, colour) pairs give a discrete
+    legend; otherwise a colour bar labelled ``colorbar_label`` is drawn.
+    """
+    array = np.asarray(array)
+    if array.shape != grid.shape:
+        raise ValueError(f"array shape {array.shape} does not match the grid {grid.shape}")
+    fig, ax = _figure_for_grid(grid)
+    extent = map_axes(ax, grid, dem, title=title)
+    data = np.ma.masked_invalid(array.astype(np.float64))
+    image = ax.imshow(
+        data, cmap=cmap, norm=norm, extent=extent, alpha=alpha if dem is not None else 1.0,
+        interpolation="nearest", zorder=2,
+    )
+    draw_inventory(ax, inventory)
+    handles = [Patch(facecolor=c, edgecolor="0.3", label=lab) for lab, c in (legend or [])]
+    if inventory is not None and len(inventory):
+        handles.append(Patch(facecolor="none", edgecolor="black", label=inventory_label))
+    if legend:
+        ax.legend(handles=handles, title=legend_title, loc="upper left", fontsize=8,
+                  title_fontsize=8, framealpha=0.85, bbox_to_anchor=(1.01, 1.0))
+    else:
+        bar = fig.colorbar(image, ax=ax, shrink=0.7, pad=0.02)
+        bar.solids.set_alpha(1.0)
+        if colorbar_label:
+            bar.set_label(colorbar_label)
+        if handles:
+            ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.85)
+    return _save(fig, path)
+
+
+def zone_colors(levels: int) -> list[tuple[float, float, float, float]]:
+    """``levels`` colours from green (lowest) to red (highest)."""
+    cmap = matplotlib.colormaps[ZONE_CMAP]
+    if levels == 1:
+        return [cmap(1.0)]
+    return [cmap(0.08 + 0.84 * i / (levels - 1)) for i in range(levels)]
+
+
+def plot_susceptibility_map(
+    zones_or_values: np.ndarray,
+    grid: Grid,
+    dem: np.ndarray | None,
+    inventory: Any,
+    path: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "Landslide susceptibility",
+    categorical: bool = True,
+) -> Path:
+    """The susceptibility map: zones (1..levels, 0 = nodata) or probabilities in [0, 1].
+
+    Categorical zones get a discrete green-to-red legend with ``labels``;
+    continuous probabilities a colour bar.
+    """
+    array = np.asarray(zones_or_values)
+    if categorical:
+        zones = array.astype(np.int64, copy=False)
+        levels = len(labels) if labels is not None else max(int(zones.max(initial=0)), 1)
+        if labels is None:
+            from metalsm.mapping import DEFAULT_LABELS
+
+            labels = DEFAULT_LABELS.get(levels, [f"Zone {i}" for i in range(1, levels + 1)])
+        colours = zone_colors(levels)
+        data = np.where((zones >= 1) & (zones <= levels), zones, np.nan)
+        return plot_raster_map(
+            data, grid, path, dem=dem, inventory=inventory, cmap=ListedColormap(colours),
+            norm=BoundaryNorm(np.arange(0.5, levels + 1.5), levels), title=title,
+            legend=list(zip(labels, colours, strict=True)), legend_title="susceptibility zone",
+        )
+    return plot_raster_map(
+        array, grid, path, dem=dem, inventory=inventory, cmap=ZONE_CMAP,
+        norm=Normalize(0.0, 1.0), title=title, colorbar_label="landslide probability",
+    )
+
+
+def plot_zone_bars(
+    zone_table: pd.DataFrame, path: str | Path, title: str = "Area and landslides per zone"
+) -> Path:
+    """Grouped bars: share of area vs share of landslides per zone, with the ratio on top.
+
+    A good map puts a small share of the area but a large share of landslides in
+    its highest zones.
+    """
+    required = {"label", "area_share", "landslide_share"}
+    if missing := required - set(zone_table.columns):
+        raise ValueError(f"zone table lacks columns {sorted(missing)} needed for {path}")
+    n = len(zone_table)
+    x = np.arange(n)
+    width = 0.38
+    fig = Figure(figsize=(max(5.0, 1.2 * n + 2.5), 4.2))
+    ax = fig.add_subplot()
+    area = zone_table["area_share"].to_numpy(dtype=float) * 100
+    slides = zone_table["landslide_share"].to_numpy(dtype=float) * 100
+    colours = zone_colors(n)
+    ax.bar(x - width / 2, area, width, color="0.75", edgecolor="0.3", label="area")
+    ax.bar(x + width / 2, slides, width, color=colours, edgecolor="0.3", label="landslides")
+    if "ratio" in zone_table.columns:
+        for xi, top, ratio in zip(x, np.fmax(area, slides), zone_table["ratio"], strict=True):
+            if np.isfinite(ratio):
+                ax.text(xi, top + 1, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [str(v) for v in zone_table["label"]])
+    ax.set_ylabel("share (%)")
+    ax.set_ylim(0, max(np.nanmax(np.concatenate([area, slides, [0]])) * 1.15, 1))
+    ax.set_title(title)
+    ax.legend(
+        handles=[Patch(facecolor="0.75", edgecolor="0.3", label="share of area"),
+                 Patch(facecolor=colours[-1], edgecolor="0.3", label="share of landslides")],
+        loc="upper left", fontsize=8,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,621 @@
+"""Terrain factors derived from a DEM, as plain functions over numpy arrays.
+
+Conventions shared by every function here:
+
+* DEMs are 2-D float arrays, row 0 at the north edge (north-up grids), NaN = no data;
+  ``cell_size`` is the (square) cell edge in metres. Results are float64 unless noted;
+  :func:`derive_terrain` casts its outputs to float32.
+* 3x3 neighbourhoods name their cells ``a b c / d e f / g h i`` (``e`` the centre,
+  ``b`` north, ``f`` east). A neighbour that lies outside the grid or is NaN is
+  replaced by the centre mirrored through its opposite neighbour (``2e - opposite``);
+  when the opposite is missing too, an orthogonal neighbour takes the centre value
+  and a diagonal one completes the plane through the centre and its two orthogonal
+  neighbours. This is exact for planes (slope and aspect are exact on the edges and
+  corners of a tilted plane) and only cells that are NaN themselves come out NaN.
+* Aspect is the compass direction of steepest *descent*, clockwise from north
+  (0 = north-facing, 90 = east-facing); it is returned as (sin, cos) so that it is
+  continuous across north. Flat cells give (0, 0).
+* Curvatures follow Zevenbergen & Thorne (1987) in 1/m (not ArcGIS' 1/100 m), with
+  **positive = convex for both**: profile curvature > 0 where the slope line is
+  convex-up (slope steepens downhill, flow accelerates), plan curvature > 0 where
+  contours are convex (ridges, divergent flow); negative values mark hollows and
+  valleys. On flat cells, where the slope direction is undefined, both equal the mean
+  directional curvature ``-(D + E)``.
+* D8 flow directions are int8 codes, clockwise from east:
+  ``0 E, 1 SE, 2 S, 3 SW, 4 W, 5 NW, 6 N, 7 NE`` (ESRI's 1, 2, 4, ..., 128 as
+  0..7); ``-1`` marks outlets (no lower neighbour) and no-data cells.
+* Flow accumulation counts upstream cells *including the cell itself*.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+from scipy import ndimage
+
+from metalsm.errors import MetalsmInputError
+from metalsm.grid import Grid
+
+log = logging.getLogger(__name__)
+
+TERRAIN_FACTORS: tuple[str, ...] = (
+    "elevation",
+    "slope",
+    "aspect_sin",
+    "aspect_cos",
+    "plan_curvature",
+    "profile_curvature",
+    "flow_accumulation",
+    "log_flow_accumulation",
+    "twi",
+    "spi",
+    "distance_to_drainage",
+)
+"""Names :func:`derive_terrain` understands."""
+
+#: Row / column offsets of the D8 codes 0..7 (E, SE, S, SW, W, NW, N, NE).
+D8_ROW_OFFSETS = np.array([0, 1, 1, 1, 0, -1, -1, -1], dtype=np.int64)
+D8_COL_OFFSETS = np.array([1, 1, 0, -1, -1, -1, 0, 1], dtype=np.int64)
+_D8_DISTANCE = np.array([1.0, math.sqrt(2.0)] * 4)
+
+#: Minimum slope used by :func:`twi` so that flat cells do not divide by zero.
+MIN_TWI_SLOPE_DEG = 0.1
+
+_FLAT_GRADIENT = 1e-10  # |grad z| below this counts as flat (no aspect, directionless curvature)
+
+_OFFSETS_3X3 = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _as_dem(dem: np.ndarray, what: str = "DEM") -> np.ndarray:
+    arr = np.asarray(dem, dtype=np.float64)
+    if arr.ndim != 2:
+        raise MetalsmInputError(f"{what} must be a 2-D array, got shape {arr.shape}")
+    return arr
+
+
+def _check_cell_size(cell_size: float) -> float:
+    cell_size = float(cell_size)
+    if not (np.isfinite(cell_size) and cell_size > 0):
+        raise MetalsmInputError(f"cell_size must be a positive number of metres, got {cell_size}")
+    return cell_size
+
+
+# ----------------------------------------------------------------- local derivatives (3x3)
+
+
+def _neighbourhood(dem: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """The 3x3 neighbours of every cell, missing ones mirrored through the centre."""
+    z = _as_dem(dem)
+    h, w = z.shape
+    padded = np.pad(z, 1, mode="constant", constant_values=np.nan)
+    raw = {(dr, dc): padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w] for dr, dc in _OFFSETS_3X3}
+    centre = raw[(0, 0)]
+    out = {(0, 0): centre}
+    # orthogonal neighbours first: the diagonal fallback below is built from them
+    for dr, dc in sorted(_OFFSETS_3X3, key=lambda o: abs(o[0]) + abs(o[1])):
+        if (dr, dc) == (0, 0):
+            continue
+        value = raw[(dr, dc)]
+        opposite = raw[(-dr, -dc)]
+        if dr == 0 or dc == 0:
+            fallback = centre
+        else:  # complete the plane through the centre and its two orthogonal neighbours
+            fallback = out[(dr, 0)] + out[(0, dc)] - centre
+        substitute = np.where(np.isnan(opposite), fallback, 2.0 * centre - opposite)
+        out[(dr, dc)] = np.where(np.isnan(value), substitute, value)
+    return out
+
+
+def _horn_gradient(dem: np.ndarray, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """dz/dx (towards east) and dz/dy (towards north) by Horn's (1981) weighted differences."""
+    cell_size = _check_cell_size(cell_size)
+    n = _neighbourhood(dem)
+    a, b, c = n[(-1, -1)], n[(-1, 0)], n[(-1, 1)]
+    d, f = n[(0, -1)], n[(0, 1)]
+    g, h, i = n[(1, -1)], n[(1, 0)], n[(1, 1)]
+    dzdx = ((c + 2.0 * f + i) - (a + 2.0 * d + g)) / (8.0 * cell_size)
+    dzdy = ((a + 2.0 * b + c) - (g + 2.0 * h + i)) / (8.0 * cell_size)
+    nodata = np.isnan(n[(0, 0)])  # Horn ignores the centre; keep no-data cells NaN
+    dzdx[nodata] = np.nan
+    dzdy[nodata] = np.nan
+    return dzdx, dzdy
+
+
+def slope_degrees(dem: np.ndarray, cell_size: float) -> np.ndarray:
+    """Slope angle in degrees, ``atan(|grad z|)`` with Horn's (1981) 3x3 gradient.
+
+    Horn's weighted finite differences are the GDAL/ArcGIS default and are robust
+    to noise on rough terrain; only NaN cells of ``dem`` are NaN in the result.
+    """
+    dzdx, dzdy = _horn_gradient(dem, cell_size)
+    return np.degrees(np.arctan(np.hypot(dzdx, dzdy)))
+
+
+def aspect(dem: np.ndarray, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """(sin, cos) of the aspect: direction of steepest descent, clockwise from north.
+
+    Uses Horn's (1981) gradient. Returned as sine/cosine because aspect is circular
+    (359 and 1 degree are neighbours). Flat cells give (0, 0).
+    """
+    dzdx, dzdy = _horn_gradient(dem, cell_size)
+    magnitude = np.hypot(dzdx, dzdy)
+    flat = magnitude < _FLAT_GRADIENT
+    safe = np.where(flat, 1.0, magnitude)
+    # descent vector is -grad z = (-dzdx east, -dzdy north); azimuth = atan2(east, north)
+    sin_aspect = np.where(flat, 0.0, -dzdx / safe)
+    cos_aspect = np.where(flat, 0.0, -dzdy / safe)
+    return sin_aspect, cos_aspect
+
+
+def curvatures(dem: np.ndarray, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """(plan, profile) curvature in 1/m from Zevenbergen & Thorne's (1987) quadratic fit.
+
+    With ``z = D x^2 + E y^2 + F xy + G x + H y + I`` fitted to the 3x3 window
+    (x east, y north, L = cell size)::
+
+        D = ((d + f) / 2 - e) / L^2        E = ((b + h) / 2 - e) / L^2
+        F = (c + g - a - i) / (4 L^2)      G = (f - d) / (2 L)    H = (b - h) / (2 L)
+        profile = -2 (D G^2 + E H^2 + F G H) / (G^2 + H^2)
+        plan    = -2 (D H^2 + E G^2 - F G H) / (G^2 + H^2)
+
+    i.e. minus the second derivative along the slope line (profile) and along the
+    contour (plan), so **positive = convex** for both (ridges, spurs, convex-up
+    slopes) and negative = concave (valleys, hollows). Where the surface is flat both
+    are ``-(D + E)``, the mean of the directional curvatures.
+    """
+    cell_size = _check_cell_size(cell_size)
+    n = _neighbourhood(dem)
+    a, b, c = n[(-1, -1)], n[(-1, 0)], n[(-1, 1)]
+    d, e, f = n[(0, -1)], n[(0, 0)], n[(0, 1)]
+    g, h, i = n[(1, -1)], n[(1, 0)], n[(1, 1)]
+    l2 = cell_size * cell_size
+    dd = ((d + f) / 2.0 - e) / l2
+    ee = ((b + h) / 2.0 - e) / l2
+    ff = (c + g - a - i) / (4.0 * l2)
+    gg = (f - d) / (2.0 * cell_size)
+    hh = (b - h) / (2.0 * cell_size)
+    g2h2 = gg * gg + hh * hh
+    flat = np.sqrt(g2h2) < _FLAT_GRADIENT
+    safe = np.where(flat, 1.0, g2h2)
+    mean = -(dd + ee)
+    profile = np.where(flat, mean, -2.0 * (dd * gg * gg + ee * hh * hh + ff * gg * hh) / safe)
+    plan = np.where(flat, mean, -2.0 * (dd * hh * hh + ee * gg * gg - ff * gg * hh) / safe)
+    return plan, profile
+
+
+# ------------------------------------------------------------------------ hydrology (numba)
+
+
+@njit(cache=True)
+def _priority_flood_eps(z: np.ndarray) -> None:
+    """Barnes, Lehman & Mulla (2014) Priority-Flood+epsilon, in place on float64 ``z``."""
+    nr, nc = z.shape
+    n = nr * nc
+    flat = z.ravel()
+    closed = np.zeros(n, dtype=np.bool_)
+    pit = np.empty(n, dtype=np.int64)  # FIFO of raised cells; each cell enters once
+    pit_head = 0
+    pit_tail = 0
+    heap = [(np.float64(0.0), np.int64(0), np.int64(0))]
+    heap.pop()
+    counter = np.int64(0)
+    dr = np.array([0, 1, 1, 1, 0, -1, -1, -1])
+    dc = np.array([1, 1, 0, -1, -1, -1, 0, 1])
+    # seeds: valid cells on the grid edge or next to a no-data cell drain out of the DEM
+    for r in range(nr):
+        for c in range(nc):
+            k = r * nc + c
+            if np.isnan(flat[k]):
+                continue
+            seed = r == 0 or c == 0 or r == nr - 1 or c == nc - 1
+            if not seed:
+                for j in range(8):
+                    if np.isnan(flat[(r + dr[j]) * nc + c + dc[j]]):
+                        seed = True
+                        break
+            if seed:
+                closed[k] = True
+                heapq.heappush(heap, (flat[k], counter, np.int64(k)))
+                counter += 1
+    while len(heap) > 0 or pit_head < pit_tail:
+        if pit_head < pit_tail:
+            k = pit[pit_head]
+            pit_head += 1
+        else:
+            k = heapq.heappop(heap)[2]
+        r = k // nc
+        c = k - r * nc
+        limit = np.nextafter(flat[k], np.inf)
+        for j in range(8):
+            rr = r + dr[j]
+            cc = c + dc[j]
+            if rr < 0 or rr >= nr or cc < 0 or cc >= nc:
+                continue
+            m = rr * nc + cc
+            if closed[m] or np.isnan(flat[m]):
+                continue
+            closed[m] = True
+            if flat[m] <= limit:
+                flat[m] = limit
+                pit[pit_tail] = m
+                pit_tail += 1
+            else:
+                heapq.heappush(heap, (flat[m], counter, np.int64(m)))
+                counter += 1
+
+
+def fill_depressions(dem: np.ndarray) -> np.ndarray:
+    """Depression-filled DEM (float64) by Priority-Flood+epsilon (Barnes et al., 2014).
+
+    Grid edges and cells next to no data are outlets. Every pit and flat is raised
+    so that each valid cell has a strictly lower neighbour on a path to an outlet;
+    the "epsilon" is one float64 ulp per step (``np.nextafter``), so pit-free terrain
+    changes by ~1e-12 m and pits are raised to their spill level plus a few ulps.
+    Keep the result in float64: casting to float32 would erase the gradients.
+    """
+    z = _as_dem(dem).copy()
+    _priority_flood_eps(z)
+    return z
+
+
+def d8_flow_directions(filled: np.ndarray) -> np.ndarray:
+    """D8 (O'Callaghan & Mark, 1984) receiver of every cell as an int8 code.
+
+    The receiver is the neighbour with the largest drop / distance (diagonals at
+    sqrt(2) cell sizes; ties go to the lowest code). Codes 0..7 are E, SE, S, SW, W,
+    NW, N, NE (see :data:`D8_ROW_OFFSETS`); -1 marks cells without a lower valid
+    neighbour (outlets, unfilled pits) and no-data cells. Run it on
+    :func:`fill_depressions` output to have -1 only at the grid edge or next to no data.
+    """
+    z = _as_dem(filled, "filled DEM")
+    h, w = z.shape
+    padded = np.pad(z, 1, mode="constant", constant_values=np.nan)
+    best = np.zeros((h, w))
+    codes = np.full((h, w), -1, dtype=np.int8)
+    for code in range(8):
+        dr, dc = int(D8_ROW_OFFSETS[code]), int(D8_COL_OFFSETS[code])
+        neighbour = padded[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]
+        with np.errstate(invalid="ignore"):
+            gradient = (z - neighbour) / _D8_DISTANCE[code]
+        better = gradient > best  # False for NaN on either side
+        best = np.where(better, gradient, best)
+        codes[better] = code
+    return codes
+
+
+@njit(cache=True)
+def _accumulate(directions: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, int]:
+    """Topological (in-degree / queue) accumulation, O(N); returns (acc, cells processed)."""
+    nr, nc = directions.shape
+    n = nr * nc
+    d = directions.ravel()
+    wt = weights.ravel()
+    dr = np.array([0, 1, 1, 1, 0, -1, -1, -1])
+    dc = np.array([1, 1, 0, -1, -1, -1, 0, 1])
+    receiver = np.full(n, -1, dtype=np.int64)
+    indegree = np.zeros(n, dtype=np.int32)
+    acc = wt.copy()
+    n_valid = 0
+    for k in range(n):
+        if np.isnan(wt[k]):
+            continue
+        n_valid += 1
+        code = d[k]
+        if code < 0 or code > 7:
+            continue
+        r = k // nc + dr[code]
+        c = k % nc + dc[code]
+        if r < 0 or r >= nr or c < 0 or c >= nc:
+            continue
+        m = r * nc + c
+        if np.isnan(wt[m]):
+            continue
+        receiver[k] = m
+        indegree[m] += 1
+    queue = np.empty(n, dtype=np.int64)
+    head = 0
+    tail = 0
+    for k in range(n):
+        if indegree[k] == 0 and not np.isnan(wt[k]):
+            queue[tail] = k
+            tail += 1
+    while head < tail:
+        k = queue[head]
+        head += 1
+        m = receiver[k]
+        if m >= 0:
+            acc[m] += acc[k]
+            indegree[m] -= 1
+            if indegree[m] == 0:
+                queue[tail] = m
+                tail += 1
+    return acc.reshape(nr, nc), tail - n_valid
+
+
+def flow_accumulation(directions: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Upstream cells (or summed ``weights``) draining through each cell, itself included.
+
+    A lone peak has 1. Computed in one O(N) topological pass (in-degree counting and
+    a queue, as in Barnes' RichDEM). Cells whose weight is NaN are excluded: they
+    contribute nothing and come out NaN, so pass ``np.where(np.isnan(dem), np.nan, 1)``
+    to mask no data (codes alone cannot tell an outlet from a no-data cell).
+    """
+    d = np.asarray(directions)
+    if d.ndim != 2 or not np.issubdtype(d.dtype, np.integer):
+        raise MetalsmInputError(
+            f"flow directions must be a 2-D integer array, got {d.dtype} {d.shape}"
+        )
+    if weights is None:
+        w = np.ones(d.shape)
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != d.shape:
+            raise MetalsmInputError(
+                f"weights shape {w.shape} does not match flow directions {d.shape}"
+            )
+    acc, missing = _accumulate(d.astype(np.int8, copy=False), np.ascontiguousarray(w))
+    if missing != 0:
+        raise MetalsmInputError(
+            f"flow directions contain cycles ({-missing} cells never drain); "
+            "derive them with d8_flow_directions on a depression-filled DEM"
+        )
+    return acc
+
+
+# ------------------------------------------------------------------------ compound indices
+
+
+def _specific_catchment_area(accumulation: np.ndarray, cell_size: float) -> np.ndarray:
+    # upslope area (acc * L^2) per unit contour width (L)
+    return np.asarray(accumulation, dtype=np.float64) * _check_cell_size(cell_size)
+
+
+def twi(accumulation: np.ndarray, slope_deg: np.ndarray, cell_size: float) -> np.ndarray:
+    """Topographic wetness index ``ln(a / tan(beta))`` (Beven & Kirkby, 1979).
+
+    ``a`` is the specific catchment area (accumulated cells x cell size, m^2/m);
+    ``beta`` is clipped below at :data:`MIN_TWI_SLOPE_DEG` so flats stay finite.
+    """
+    a = _specific_catchment_area(accumulation, cell_size)
+    beta = np.radians(np.maximum(np.asarray(slope_deg, dtype=np.float64), MIN_TWI_SLOPE_DEG))
+    return np.log(a / np.tan(beta))
+
+
+def spi(accumulation: np.ndarray, slope_deg: np.ndarray, cell_size: float) -> np.ndarray:
+    """Raw stream power index ``a * tan(beta)`` (Moore, Grayson & Ladson, 1991), in m."""
+    a = _specific_catchment_area(accumulation, cell_size)
+    return a * np.tan(np.radians(np.asarray(slope_deg, dtype=np.float64)))
+
+
+def log_spi(accumulation: np.ndarray, slope_deg: np.ndarray, cell_size: float) -> np.ndarray:
+    """``ln(1 + SPI)``: the stream power index on a log scale.
+
+    Raw SPI spans many orders of magnitude (channels vs. hillslopes), which swamps
+    distance-based models; the log keeps its ranking and is 0 on flats.
+    This is what :func:`derive_terrain` returns as ``"spi"``.
+    """
+    return np.log1p(spi(accumulation, slope_deg, cell_size))
+
+
+def drainage_network(accumulation: np.ndarray, threshold_cells: float) -> np.ndarray:
+    """Channel cells: accumulation of at least ``threshold_cells`` (NaN -> False)."""
+    if not threshold_cells > 0:
+        raise MetalsmInputError(
+            f"drainage threshold must be a positive number of cells, got {threshold_cells}"
+        )
+    acc = np.asarray(accumulation, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(acc, nan=-np.inf) >= threshold_cells
+
+
+def distance_to_mask(
+    mask: np.ndarray, cell_size: float, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Euclidean distance in metres from each cell centre to the nearest True cell.
+
+    Exact Euclidean distance transform (scipy's ``distance_transform_edt``, Maurer et
+    al., 2003); 0 on True cells. Cells where ``valid`` is False come out NaN.
+    """
+    cell_size = _check_cell_size(cell_size)
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise MetalsmInputError(f"mask must be a 2-D array, got shape {m.shape}")
+    if not m.any():
+        raise MetalsmInputError("mask has no True cells: distance to it is undefined")
+    distance = ndimage.distance_transform_edt(~m) * cell_size
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != m.shape:
+            raise MetalsmInputError(f"valid shape {valid.shape} does not match mask {m.shape}")
+        distance[~valid] = np.nan
+    return distance
+
+
+# --------------------------------------------------------------------------- vector layers
+
+
+def rasterize_vector_distance(path_or_gdf, grid: Grid, layer_name: str | None = None) -> np.ndarray:
+    """Distance in metres from each cell centre of ``grid`` to the nearest feature.
+
+    Reads points, lines or polygons (geopandas / pyogrio), reprojects to the grid CRS
+    when it differs, burns them with ``all_touched=True`` and measures with an exact
+    Euclidean distance transform, so touched cells (and polygon interiors) are 0.
+    Features just outside the grid count too: the raster is extended by up to one
+    grid diagonal, as far as the features reach. Raises :class:`MetalsmInputError`
+    naming the file when it is missing, unreadable, empty, has no CRS, or no feature
+    lies on or near (within one grid diagonal of) the grid.
+    """
+    import geopandas as gpd
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    if isinstance(path_or_gdf, gpd.GeoDataFrame | gpd.GeoSeries):
+        gdf = path_or_gdf
+        source = f"vector layer '{layer_name}'" if layer_name else "vector layer"
+    else:
+        path = Path(path_or_gdf)
+        source = f"vector file {path}" + (f" (layer '{layer_name}')" if layer_name else "")
+        if not path.exists():
+            raise MetalsmInputError(f"{source} not found")
+        try:
+            gdf = gpd.read_file(path)
+        except Exception as exc:  # pyogrio raises several error types
+            raise MetalsmInputError(f"cannot read {source}: {exc}") from exc
+    geoms = gdf.geometry if isinstance(gdf, gpd.GeoDataFrame) else gdf
+    geoms = geoms[geoms.notna() & ~geoms.is_empty]
+    if len(geoms) == 0:
+        raise MetalsmInputError(f"{source} has no features (or only empty geometries)")
+    if geoms.crs is None:
+        raise MetalsmInputError(
+            f"{source} has no CRS; add a .prj / set one (e.g. ogr2ogr -a_srs EPSG:XXXX)"
+        )
+    if geoms.crs != grid.crs:
+        log.info("reprojecting %s from %s to the grid CRS %s", source, geoms.crs, grid.crs)
+        geoms = geoms.to_crs(grid.crs)
+
+    cs = grid.cell_size
+    h, w = grid.shape
+    left, bottom, right, top = grid.bounds
+    fx0, fy0, fx1, fy1 = geoms.total_bounds
+    reach = int(math.ceil(math.hypot(h, w)))
+
+    def extend(distance: float) -> int:
+        return int(min(reach, max(0, math.ceil(distance / cs))))
+
+    pad_left, pad_right = extend(left - fx0), extend(fx1 - right)
+    pad_top, pad_bottom = extend(fy1 - top), extend(bottom - fy0)
+    t = grid.transform
+    if t.b != 0 or t.d != 0:
+        raise MetalsmInputError(f"grid must be north-up (no rotation) to rasterize {source}")
+    transform = t @ Affine.translation(-pad_left, -pad_top)
+    out_shape = (h + pad_top + pad_bottom, w + pad_left + pad_right)
+    burned = rasterize(
+        ((geom, 1) for geom in geoms),
+        out_shape=out_shape,
+        transform=transform,
+        fill=0,
+        all_touched=True,
+        dtype="uint8",
+    ).astype(bool)
+    if not burned.any():
+        raise MetalsmInputError(
+            f"no feature of {source} lies on or within one grid diagonal of the study grid "
+            f"(features span {tuple(round(v) for v in (fx0, fy0, fx1, fy1))}, "
+            f"grid spans {tuple(round(v) for v in grid.bounds)} in {grid.crs})"
+        )
+    distance = ndimage.distance_transform_edt(~burned) * cs
+    return distance[pad_top : pad_top + h, pad_left : pad_left + w].copy()
+
+
+# ---------------------------------------------------------------------------- orchestrator
+
+
+def derive_terrain(
+    dem: np.ndarray,
+    grid: Grid,
+    names: Iterable[str],
+    drainage_threshold_cells: float = 500,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Compute the requested :data:`TERRAIN_FACTORS` from ``dem`` on ``grid``.
+
+    Only what is asked is computed, and shared steps run once (gradient, fill,
+    D8, accumulation). Outputs are float32, NaN wherever ``dem`` is NaN, keyed in
+    request order:
+
+    * ``elevation`` (m), ``slope`` (degrees, Horn), ``aspect_sin``/``aspect_cos``;
+    * ``plan_curvature``/``profile_curvature`` (1/m, Zevenbergen & Thorne, + = convex);
+    * ``flow_accumulation``: upstream cells incl. itself (D8 on the filled DEM);
+      ``log_flow_accumulation``: its log10;
+    * ``twi``: ln(a / tan beta); ``spi``: ln(1 + a tan beta) (see :func:`log_spi`);
+    * ``distance_to_drainage`` (m) to cells with accumulation >= ``drainage_threshold_cells``.
+    """
+    step = progress or (lambda _message: None)
+    if isinstance(names, str):
+        names = [names]
+    requested = list(dict.fromkeys(names))
+    unknown = [n for n in requested if n not in TERRAIN_FACTORS]
+    if unknown:
+        raise MetalsmInputError(
+            f"unknown terrain factor(s) {unknown}; valid names are: {', '.join(TERRAIN_FACTORS)}"
+        )
+    z = _as_dem(dem)
+    if z.shape != grid.shape:
+        raise MetalsmInputError(f"DEM shape {z.shape} does not match the grid {grid.shape}")
+    cell_size = _check_cell_size(grid.cell_size)
+    nodata = np.isnan(z)
+    cache: dict[str, np.ndarray] = {}
+
+    def get_slope() -> np.ndarray:
+        if "slope" not in cache:
+            step("slope")
+            cache["slope"] = slope_degrees(z, cell_size)
+        return cache["slope"]
+
+    def get_accumulation() -> np.ndarray:
+        if "acc" not in cache:
+            step("filling depressions")
+            filled = fill_depressions(z)
+            step("D8 flow directions")
+            directions = d8_flow_directions(filled)
+            step("flow accumulation")
+            cache["acc"] = flow_accumulation(directions, np.where(nodata, np.nan, 1.0))
+        return cache["acc"]
+
+    def get_curvatures() -> tuple[np.ndarray, np.ndarray]:
+        if "plan" not in cache:
+            step("curvature")
+            cache["plan"], cache["profile"] = curvatures(z, cell_size)
+        return cache["plan"], cache["profile"]
+
+    def get_aspect() -> tuple[np.ndarray, np.ndarray]:
+        if "sin" not in cache:
+            step("aspect")
+            cache["sin"], cache["cos"] = aspect(z, cell_size)
+        return cache["sin"], cache["cos"]
+
+    out: dict[str, np.ndarray] = {}
+    for name in requested:
+        if name == "elevation":
+            value = z
+        elif name == "slope":
+            value = get_slope()
+        elif name == "aspect_sin":
+            value = get_aspect()[0]
+        elif name == "aspect_cos":
+            value = get_aspect()[1]
+        elif name == "plan_curvature":
+            value = get_curvatures()[0]
+        elif name == "profile_curvature":
+            value = get_curvatures()[1]
+        elif name == "flow_accumulation":
+            value = get_accumulation()
+        elif name == "log_flow_accumulation":
+            value = np.log10(get_accumulation())
+        elif name == "twi":
+            value = twi(get_accumulation(), get_slope(), cell_size)
+        elif name == "spi":
+            value = log_spi(get_accumulation(), get_slope(), cell_size)
+        else:  # distance_to_drainage
+            channels = drainage_network(get_accumulation(), drainage_threshold_cells)
+            if not channels.any():
+                raise MetalsmInputError(
+                    f"no cell reaches the drainage threshold of {drainage_threshold_cells} "
+                    f"cells (max accumulation {np.nanmax(get_accumulation()):.0f}); "
+                    "lower terrain.drainage_threshold_km2"
+                )
+            step("distance to drainage")
+            value = distance_to_mask(channels, cell_size)
+        result = np.asarray(value, dtype=np.float32).copy()
+        result[nodata] = np.nan
+        out[name] = result
+    return out

@@ -1,0 +1,139 @@
+import base64
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from shapely.geometry import Point, box
+
+from metalsm.grid import Grid
+from metalsm.report.figures import (
+    hillshade,
+    plot_raster_map,
+    plot_roc,
+    plot_susceptibility_map,
+    plot_zone_bars,
+)
+from metalsm.report.html import Section, render_report, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path, min_bytes=1000):
+    data = path.read_bytes()
+    return data.startswith(PNG_MAGIC) and len(data) > min_bytes
+
+
+def _zone_frame():
+    return pd.DataFrame(
+        {
+            "level": [1, 2, 3, 4],
+            "label": ["Low", "Moderate", "High", "Very high"],
+            "area_share": [0.25, 0.25, 0.25, 0.25],
+            "landslide_share": [0.05, 0.10, 0.25, 0.60],
+            "ratio": [0.2, 0.4, 1.0, 2.4],
+        }
+    )
+
+
+def test_hillshade_flat_and_facing():
+    flat = hillshade(np.full((20, 30), 1234.0), 30.0, azimuth=315, altitude=40)
+    assert np.allclose(flat, np.sin(np.radians(40)))
+    rows, cols = np.mgrid[0:40, 0:40].astype(float)
+    # terrain rising towards the south-east faces the north-west sun (azimuth 315)
+    facing = hillshade((rows + cols) * 10.0, 30.0)
+    away = hillshade(-(rows + cols) * 10.0, 30.0)
+    assert facing.min() > np.sin(np.radians(45)) > away.max()
+    assert ((facing >= 0) & (facing <= 1)).all() and ((away >= 0) & (away <= 1)).all()
+    # lit from the east, an east-facing slope (falling to the east) is bright
+    east = hillshade(-cols * 10.0, 30.0, azimuth=90)
+    assert east.mean() > hillshade(cols * 10.0, 30.0, azimuth=90).mean()
+    dem = np.ones((5, 5))
+    dem[2, 2] = np.nan
+    assert np.isnan(hillshade(dem, 1.0)[2, 2])
+
+
+def test_plot_roc(tmp_path):
+    fpr = np.linspace(0, 1, 50)
+    curves = {"rf": (fpr, np.sqrt(fpr), 0.667), "lr": (fpr, fpr**0.7, 0.588)}
+    path = plot_roc(curves, tmp_path / "roc.png")
+    assert _is_png(path, 10_000)
+    with pytest.raises(ValueError, match="at least one curve"):
+        plot_roc({}, tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
+
+def test_susceptibility_map_on_the_real_kaghan_grid(kaghan, tmp_path):
+    with rasterio.open(kaghan / "AW3D30.tif") as src:
+        grid = Grid(src.crs, src.transform, src.height, src.width)
+        dem = src.read(1, masked=True).astype(float).filled(np.nan)
+    dem[np.abs(dem) > 1e30] = np.nan
+    inventory = gpd.read_file(kaghan / "landslides.shp").to_crs(grid.crs)
+    # zones from elevation quartiles stand in for a model
+    edges = np.nanquantile(dem, [0.25, 0.5, 0.75])
+    zones = np.where(np.isfinite(dem), np.digitize(dem, edges) + 1, 0)
+    path = plot_susceptibility_map(
+        zones, grid, dem, inventory, tmp_path / "map.png",
+        labels=["Low", "Moderate", "High", "Very high"],
+    )
+    assert _is_png(path, 10_000)
+    probability = np.where(np.isfinite(dem), (dem - np.nanmin(dem)) / np.ptp(dem[np.isfinite(dem)]),
+                           np.nan)
+    continuous = plot_susceptibility_map(
+        probability, grid, dem, None, tmp_path / "prob.png", categorical=False
+    )
+    assert _is_png(continuous, 10_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.png", "prob.png"]
+
+
+def test_raster_map_with_points_and_no_dem(tmp_path):
+    grid = Grid(CRS.from_epsg(32643), rasterio.Affine(30, 0, 500000, 0, -30, 3800000), 50, 80)
+    inventory = gpd.GeoDataFrame(
+        geometry=[Point(500300, 3799500), box(501000, 3799000, 501300, 3799400)], crs=grid.crs
+    )
+    values = np.random.default_rng(0).random(grid.shape)
+    path = plot_raster_map(values, grid, tmp_path / "r.png", inventory=inventory,
+                           colorbar_label="value", title="random")
+    assert _is_png(path)
+    with pytest.raises(ValueError, match="shape"):
+        plot_raster_map(values[:10], grid, tmp_path / "bad.png")
+
+
+def test_plot_zone_bars(tmp_path):
+    assert _is_png(plot_zone_bars(_zone_frame(), tmp_path / "bars.png"), 10_000)
+    with pytest.raises(ValueError, match="landslide_share"):
+        plot_zone_bars(_zone_frame().drop(columns="landslide_share"), tmp_path / "x.png")
+
+
+def test_report_is_self_contained_and_escaped(tmp_path):
+    image = plot_zone_bars(_zone_frame(), tmp_path / "bars.png")
+    sections = [
+        Section(
+            "Summary",
+            text="AUC <b>0.9</b> & more\n\n- **bold** item\n- `code` item",
+            preformatted=[("metrics", {"auc": np.float64(0.91), "n": np.int64(3)})],
+        ),
+        Section("Zones", tables=[("Zone table", _zone_frame())], images=[("bars", image)]),
+    ]
+    path = write_report(tmp_path / "report.html", title="Kaghan <test> run", sections=sections)
+    text = path.read_text(encoding="utf-8")
+    assert "<title>Kaghan &lt;test&gt; run</title>" in text
+    assert "AUC &lt;b&gt;0.9&lt;/b&gt; &amp; more" in text and "<b>0.9" not in text
+    assert "<strong>bold</strong>" in text and "<code>code</code>" in text
+    encoded = base64.b64encode(image.read_bytes()).decode()
+    assert f"data:image/png;base64,{encoded}" in text
+    assert "Very high" in text and "2.4" in text and "0.6" in text
+    assert "<caption>Zone table</caption>" in text
+    assert "&quot;auc&quot;: 0.91" in text
+    assert text.count("<section") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.png", "report.html"]
+    assert render_report(title="t", sections=[]).startswith("<!DOCTYPE html>")
+
+
+def test_report_missing_image_names_it(tmp_path):
+    with pytest.raises(ValueError, match="nope.png"):
+        write_report(tmp_path / "r.html", title="t",
+                     sections=[Section("s", images=[tmp_path / "nope.png"])])
+    assert not (tmp_path / "r.html").exists()

@@ -1,0 +1,277 @@
+"""Validation: hand-checked metrics, random/spatial folds and CV on real Hong Kong samples."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import auc as sk_auc
+
+from metalsm.datasets import study_area
+from metalsm.errors import MetalsmInputError
+from metalsm.models import MODEL_NAMES, make_model
+from metalsm.validation import (
+    METRICS,
+    CVResult,
+    Evaluation,
+    classification_metrics,
+    cross_validate_model,
+    evaluate_models,
+    random_folds,
+    roc_points,
+    spatial_folds,
+)
+
+CATEGORICAL = ["land use", "lithology"]
+
+
+@cache
+def hk_slice(n: int = 2000, seed: int = 0) -> pd.DataFrame:
+    table = pd.read_csv(
+        study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig"
+    ).astype(float)
+    return table.sample(n, random_state=seed).reset_index(drop=True)
+
+
+def factors(table: pd.DataFrame) -> pd.DataFrame:
+    return table[[c for c in table.columns if c not in ("X", "Y", "label")]]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_metrics_perfect_predictions():
+    y = np.array([0, 0, 1, 1, 1])
+    m = classification_metrics(y, np.array([0.1, 0.2, 0.8, 0.9, 0.6]))
+    assert m == {metric: 1.0 for metric in METRICS}
+
+
+def test_metrics_hand_checked_case():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.4, 0.3, 0.1])
+    m = classification_metrics(y, p)
+    # TP=3 FN=1 FP=1 TN=3: accuracy=precision=recall=f1=0.75;
+    # kappa = (0.75 - 0.5) / (1 - 0.5) = 0.5; AUC = 13 of 16 pairs ranked right
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["precision"] == pytest.approx(0.75)
+    assert m["recall"] == pytest.approx(0.75)
+    assert m["f1"] == pytest.approx(0.75)
+    assert m["kappa"] == pytest.approx(0.5)
+    assert m["auc"] == pytest.approx(13 / 16)
+    # (n, 2) input and a threshold: at 0.65 the negative at 0.6 becomes TN -> precision 1
+    m2 = classification_metrics(y, np.column_stack([1 - p, p]), threshold=0.65)
+    assert m2["precision"] == 1.0
+    assert m2["recall"] == pytest.approx(0.75)
+    assert m2["auc"] == pytest.approx(13 / 16)
+
+
+def test_metrics_single_class_and_zero_division():
+    m = classification_metrics(np.zeros(4, dtype=int), np.array([0.1, 0.2, 0.3, 0.4]))
+    assert np.isnan(m["auc"])
+    assert m["accuracy"] == 1.0
+    assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["f1"] == 0.0
+    with pytest.raises(MetalsmInputError, match="0/1"):
+        classification_metrics(np.array([0, 2]), np.array([0.1, 0.9]))
+
+
+def test_roc_points():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.4, 0.3, 0.1])
+    fpr, tpr, thresholds, auc = roc_points(y, p)
+    assert auc == pytest.approx(13 / 16)
+    assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert thresholds.shape == fpr.shape
+    assert sk_auc(fpr, tpr) == pytest.approx(auc)
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def test_random_folds_are_stratified_and_seeded():
+    y = np.r_[np.zeros(60, dtype=int), np.ones(40, dtype=int)]
+    folds = random_folds(y, 5, seed=1)
+    assert folds.shape == (100,)
+    for k in range(5):
+        assert (folds == k).sum() == 20
+        assert y[folds == k].sum() == 8
+    np.testing.assert_array_equal(folds, random_folds(y, 5, seed=1))
+    assert not np.array_equal(folds, random_folds(y, 5, seed=2))
+    with pytest.raises(MetalsmInputError, match="n_folds"):
+        random_folds(y, 1, seed=0)
+
+
+def test_kmeans_folds_are_spatially_separate_and_hold_both_classes():
+    table = hk_slice(4000)
+    xy = table[["X", "Y"]].to_numpy()
+    y = table["label"].to_numpy(dtype=int)
+    folds = spatial_folds(xy[:, 0], xy[:, 1], 5, seed=0)
+    assert set(np.unique(folds)) == set(range(5))
+    centroids = np.array([xy[folds == k].mean(axis=0) for k in range(5)])
+    dist = np.linalg.norm(xy[:, None, :] - centroids[None, :, :], axis=2)
+    own = dist[np.arange(len(folds)), folds]
+    others = dist[np.arange(len(folds))[:, None], np.arange(5)[None, :]]
+    other_mean = (others.sum(axis=1) - own) / 4
+    assert own.mean() < 0.5 * other_mean.mean()
+    # every sample is nearest to its own fold's centroid (Voronoi regions: no interleaving)
+    assert np.mean(dist.argmin(axis=1) == folds) > 0.99
+    for k in range(5):
+        assert set(np.unique(y[folds == k])) == {0, 1}
+    np.testing.assert_array_equal(folds, spatial_folds(xy[:, 0], xy[:, 1], 5, seed=0))
+
+
+def test_grid_folds_keep_blocks_whole_and_balance_counts():
+    table = hk_slice(4000)
+    x, yc = table["X"].to_numpy(), table["Y"].to_numpy()
+    block = 3000.0
+    folds = spatial_folds(x, yc, 4, seed=0, method="grid", block_size=block)
+    cells = pd.DataFrame(
+        {"i": np.floor((x - x.min()) / block), "j": np.floor((yc - yc.min()) / block), "f": folds}
+    )
+    assert (cells.groupby(["i", "j"])["f"].nunique() == 1).all()
+    counts = np.bincount(folds, minlength=4)
+    assert counts.min() > 0.8 * counts.max()
+    default = spatial_folds(x, yc, 5, seed=0, method="grid")
+    assert set(np.unique(default)) == set(range(5))
+    with pytest.raises(MetalsmInputError, match="'kmeans' or 'grid'"):
+        spatial_folds(x, yc, 5, seed=0, method="hex")
+
+
+# --------------------------------------------------------------------------- cross-validation
+
+
+def _lr():
+    return make_model("lr")
+
+
+def test_cross_validate_model_out_of_fold_and_metrics():
+    table = hk_slice()
+    X, y = factors(table), table["label"].to_numpy(dtype=int)
+    folds = random_folds(y, 4, seed=0)
+    res = cross_validate_model(_lr, X, y, folds)
+    assert isinstance(res, CVResult)
+    assert res.oof_proba.shape == (len(y),)
+    assert np.isfinite(res.oof_proba).all()
+    assert len(res.fold_metrics) == 4
+    assert res.fold_metrics["n_test"].sum() == len(y)
+    assert res.mean["auc"] == pytest.approx(res.fold_metrics["auc"].mean())
+    assert res.std["auc"] == pytest.approx(res.fold_metrics["auc"].std(ddof=0))
+    assert res.mean["auc"] > 0.8
+    assert res.notes == []
+
+
+def test_cross_validate_single_class_test_fold_and_training_fold():
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40)})
+    y = np.r_[np.zeros(20, dtype=int), np.ones(20, dtype=int)]
+    folds = np.r_[np.zeros(10, dtype=int), np.ones(10, dtype=int), np.ones(20, dtype=int) * 2]
+    folds[[0, 20]] = 3  # fold 3 mixes classes; folds 0, 1 test negatives only, fold 2 positives
+    res = cross_validate_model(_lr, X, y, folds)
+    aucs = res.fold_metrics.set_index("fold")["auc"]
+    assert np.isnan(aucs[[0, 1, 2]]).all() and not np.isnan(aucs[3])
+    assert res.notes == [
+        "fold 0: test part holds class 0 only; AUC skipped",
+        "fold 1: test part holds class 0 only; AUC skipped",
+        "fold 2: test part holds class 1 only; AUC skipped",
+    ]
+    assert res.mean["auc"] == aucs[3]  # NaN folds are left out of the mean
+    assert np.isfinite(res.oof_proba).all()
+    with pytest.raises(
+        MetalsmInputError, match=r"fold 0: the training part holds a single class \(1\)"
+    ):
+        cross_validate_model(_lr, X, y, y)
+
+
+# --------------------------------------------------------------------------- model comparison
+
+
+@pytest.fixture(scope="module")
+def evaluation() -> Evaluation:
+    table = hk_slice()
+    calls: list[int] = []
+    ev = evaluate_models(
+        MODEL_NAMES,
+        factors(table),
+        table["label"].to_numpy(dtype=int),
+        table[["X", "Y"]],
+        CATEGORICAL,
+        n_folds=5,
+        seed=0,
+        model_params={"rf": {"n_estimators": 60}},
+        progress=calls.append,
+    )
+    ev.calls = calls  # type: ignore[attr-defined]
+    return ev
+
+
+def test_evaluate_models_table_and_oof(evaluation):
+    table = evaluation.table
+    assert len(table) == 2 * len(MODEL_NAMES)
+    assert set(zip(table["model"], table["scheme"], strict=True)) == {
+        (m, s) for m in MODEL_NAMES for s in ("random", "spatial")
+    }
+    for metric in METRICS:
+        assert {f"{metric}_mean", f"{metric}_std"} <= set(table.columns)
+    assert set(evaluation.oof) == {(m, s) for m in MODEL_NAMES for s in ("random", "spatial")}
+    for proba in evaluation.oof.values():
+        assert proba.shape == (2000,) and np.all((proba >= 0) & (proba <= 1))
+    assert sum(evaluation.calls) == 2 * 5 * len(MODEL_NAMES)
+    print("\n" + table[["model", "scheme", "auc_mean", "auc_std", "pooled_auc"]].to_string())
+
+
+def test_spatial_cv_is_not_more_optimistic_than_random_cv(evaluation):
+    auc = evaluation.table.set_index(["model", "scheme"])["auc_mean"]
+    for name in MODEL_NAMES:
+        # spatial holds out whole regions: no neighbour leakage, so no better than random
+        assert auc[(name, "spatial")] <= auc[(name, "random")] + 0.02
+        assert auc[(name, "random")] > 0.82
+        assert auc[(name, "spatial")] > 0.7
+
+
+def test_evaluate_models_rejects_unknown_model_before_fitting():
+    table = hk_slice()
+    calls: list[int] = []
+    with pytest.raises(MetalsmInputError, match="unknown model 'gbm'"):
+        evaluate_models(
+            ["lr", "gbm"],
+            factors(table),
+            table["label"],
+            table[["X", "Y"]],
+            CATEGORICAL,
+            progress=calls.append,
+        )
+    assert calls == []
+
+
+def test_evaluate_models_accepts_rich_style_progress():
+    class FakeProgress:
+        def __init__(self):
+            self.total = None
+            self.done = 0
+
+        def add_task(self, description, total):
+            self.total = total
+            return 1
+
+        def advance(self, task, n):
+            self.done += n
+
+    table = hk_slice(500)
+    progress = FakeProgress()
+    ev = evaluate_models(
+        ["fr"],
+        factors(table),
+        table["label"],
+        table[["X", "Y"]].to_numpy(),
+        CATEGORICAL,
+        n_folds=3,
+        seed=1,
+        schemes=("spatial",),
+        spatial_method="grid",
+        progress=progress,
+    )
+    assert progress.total == progress.done == 3
+    assert list(ev.table["scheme"]) == ["spatial"]
+    assert set(ev.folds) == {"spatial"}
