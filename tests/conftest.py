@@ -58,7 +58,10 @@ def write_config(path: Path, crop: Path, kaghan: Path, **sections: str) -> Path:
     }
     tables.update(sections)
     text = f'name = "kaghan-crop"\ndem = "{crop / "AW3D30.tif"}"\n\n'
-    text += f'[[rasters]]\nname = "geology"\npath = "{crop / "Geology.tif"}"\nkind = "categorical"\n\n'
+    text += (
+        f'[[rasters]]\nname = "geology"\npath = "{crop / "Geology.tif"}"\n'
+        'kind = "categorical"\n\n'
+    )
     text += (
         f'[[rasters]]\nname = "landcover"\npath = "{crop / "Landcover.tif"}"\n'
         'kind = "categorical"\n\n'

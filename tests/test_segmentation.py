@@ -227,7 +227,7 @@ HK_FACTORS = ["land use", "lithology", "DEM", "slope", "curvature", "aspect", "N
 
 def test_points_blocks_are_contiguous_and_cover_every_row(hk_table):
     k = 30
-    ids = seg.segment_points(hk_table, HK_FACTORS, n_blocks=k, compactness=0.5,
+    ids = seg.segment_points(hk_table, HK_FACTORS, n_blocks=k, compactness=2.0,
                              categorical=("land use", "lithology"))
     assert ids.shape == (len(hk_table),) and ids.dtype == np.int32
     n = ids.max() + 1

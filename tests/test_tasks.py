@@ -19,7 +19,7 @@ def hk_tasks():
     table = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
     table = table.iloc[:3000].reset_index(drop=True)
     factors = [c for c in table.columns if c not in ("X", "Y", "label", "DV")]
-    ids = segment_points(table, factors, n_blocks=30, compactness=0.5,
+    ids = segment_points(table, factors, n_blocks=30, compactness=2.0,
                          categorical=("land use", "lithology"))
     return ids, table["label"].to_numpy()
 

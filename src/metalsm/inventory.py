@@ -145,7 +145,8 @@ def positive_cells(
     rows, cols = rows[inside], cols[inside]
     on_valid = valid[rows, cols]
     if (~on_valid).any():
-        log.info("%d positive cell(s) fall on no-data cells and are dropped", int((~on_valid).sum()))
+        log.info("%d positive cell(s) fall on no-data cells and are dropped",
+                 int((~on_valid).sum()))
     flat = np.unique(rows[on_valid] * grid.width + cols[on_valid])
     if flat.size < MIN_POSITIVES:
         raise MetalsmInputError(

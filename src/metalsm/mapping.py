@@ -6,8 +6,10 @@ stays bounded by the window size, not by the size of the study area.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import EnvError
 from rasterio.windows import Window
 
 from metalsm.atomic import atomic_path
@@ -35,6 +38,9 @@ DEFAULT_LABELS: dict[int, tuple[str, ...]] = {
 }
 
 _ZONES_TAG = "METALSM_ZONE_EDGES"
+#: GDAL block cache (MB) used while mapping unless the user set GDAL_CACHEMAX. GDAL's
+#: default (5 % of RAM) lets resident memory grow with the raster up to gigabytes.
+GDAL_CACHE_MB = 256
 _JENKS_MAX_SAMPLE = 3000
 _BREAKS_MAX_SAMPLE = 1_000_000
 
@@ -48,11 +54,30 @@ def iter_windows(height: int, width: int, size: int) -> Iterator[Window]:
             yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
+def _bounded_gdal_cache(func: Callable) -> Callable:
+    """Run ``func`` with a bounded GDAL block cache, so memory stays flat as rasters grow."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if "GDAL_CACHEMAX" in os.environ:
+            return func(*args, **kwargs)
+        try:
+            if "GDAL_CACHEMAX" in rasterio.env.getenv():
+                return func(*args, **kwargs)
+        except EnvError:
+            pass
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 def _overview_factors(grid: Grid, overviews: Sequence[int]) -> list[int]:
     """Requested overview factors that still leave at least one pixel."""
     return sorted({int(f) for f in overviews if 1 < int(f) <= max(grid.height, grid.width)})
 
 
+@_bounded_gdal_cache
 def predict_raster(
     model: Any,
     factors_path: str | Path,
@@ -123,6 +148,7 @@ def predict_raster(
     return Path(out_path)
 
 
+@_bounded_gdal_cache
 def _read_valid_sample(
     path: str | Path, seed: int, max_sample: int, window_size: int = 512
 ) -> tuple[np.ndarray, float, float]:
@@ -264,6 +290,7 @@ def classify_values(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return zones
 
 
+@_bounded_gdal_cache
 def classify_raster(
     susceptibility_path: str | Path,
     zones_path: str | Path,
@@ -302,6 +329,7 @@ def classify_raster(
     return Path(zones_path)
 
 
+@_bounded_gdal_cache
 def zone_table(
     zones_path: str | Path,
     landslide_mask: np.ndarray | None,

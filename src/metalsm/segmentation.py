@@ -73,6 +73,14 @@ def _scale_continuous(values: np.ndarray, sample: np.ndarray) -> np.ndarray:
 
 def _rank_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Categorical codes -> dense ranks 0..n-1 (float32) and the sorted codes."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1_000_000 and np.array_equal(values, np.round(values)):
+        # integer codes in a modest range: O(n) lookup instead of a sort
+        offset = (values - lo).astype(np.int64)
+        present = np.bincount(offset, minlength=int(hi - lo) + 1) > 0
+        lookup = np.cumsum(present) - 1
+        codes = (np.flatnonzero(present) + lo).astype(values.dtype)
+        return lookup[offset].astype(np.float32), codes
     codes, ranks = np.unique(values, return_inverse=True)
     return ranks.astype(np.float32).reshape(values.shape), codes
 
@@ -96,13 +104,74 @@ def _normalize(stack: FactorStack) -> tuple[np.ndarray, np.ndarray, list[np.ndar
         layer = stack.values[i]
         if name in categorical:
             is_cat[i] = True
-            ranks, c = _rank_codes(layer[valid])
-            out[i][valid] = ranks
-            codes.append(c)
+            lo, hi, integral = _range_kernel(layer, valid)
+            if integral and hi - lo < 1_000_000:  # O(n) lookup instead of a sort
+                present = _presence_kernel(layer, valid, lo, int(hi - lo) + 1)
+                lookup = (np.cumsum(present) - 1).astype(np.float32)
+                _lookup_kernel(layer, valid, lo, lookup, out[i])
+                codes.append((np.flatnonzero(present) + lo).astype(layer.dtype))
+            else:
+                ranks, c = _rank_codes(layer[valid])
+                out[i][valid] = ranks
+                codes.append(c)
         else:
-            out[i][valid] = _scale_continuous(layer[valid], layer.ravel()[sample_idx])
+            lo, hi = np.percentile(layer.ravel()[sample_idx].astype(np.float64), [1.0, 99.0])
+            _scale_kernel(layer, valid, lo, hi, out[i])
             codes.append(np.empty(0))
     return out, is_cat, codes
+
+
+@njit(cache=True, parallel=True)
+def _scale_kernel(layer, valid, lo, hi, out):  # pragma: no cover
+    """out = clip((layer - lo) / (hi - lo), 0, 1) on valid cells (0 if hi <= lo), else NaN."""
+    height, width = layer.shape
+    span = hi - lo
+    for r in prange(height):
+        for c in range(width):
+            if not valid[r, c]:
+                out[r, c] = np.nan
+            elif not span > 0:
+                out[r, c] = 0.0
+            else:
+                v = (np.float64(layer[r, c]) - lo) / span
+                out[r, c] = np.float32(min(1.0, max(0.0, v)))
+
+
+@njit(cache=True)
+def _range_kernel(layer, valid):  # pragma: no cover
+    lo = np.inf
+    hi = -np.inf
+    integral = True
+    height, width = layer.shape
+    for r in range(height):
+        for c in range(width):
+            if valid[r, c]:
+                v = np.float64(layer[r, c])
+                lo = min(lo, v)
+                hi = max(hi, v)
+                if v != math.floor(v):
+                    integral = False
+    return lo, hi, integral
+
+
+@njit(cache=True)
+def _presence_kernel(layer, valid, lo, size):  # pragma: no cover
+    present = np.zeros(size, dtype=np.int64)
+    height, width = layer.shape
+    for r in range(height):
+        for c in range(width):
+            if valid[r, c]:
+                present[int(np.float64(layer[r, c]) - lo)] = 1
+    return present
+
+
+@njit(cache=True, parallel=True)
+def _lookup_kernel(layer, valid, lo, lookup, out):  # pragma: no cover
+    height, width = layer.shape
+    for r in prange(height):
+        for c in range(width):
+            if valid[r, c]:
+                out[r, c] = lookup[int(np.float64(layer[r, c]) - lo)]
 
 
 def normalize_factors(stack: FactorStack) -> np.ndarray:
@@ -298,25 +367,26 @@ def _assign_kernel(feat, is_cat, weights, valid, centres, step, m2s, labels, bes
                             labels[r, c] = k
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _update_kernel(feat, is_cat, n_classes, labels, centres):  # pragma: no cover
     """Centres <- mean row/col/continuous features and categorical modes of their cells.
 
-    Sums run in raster order (as ``np.bincount`` does); empty centres are left as they are.
+    Each (centre, channel) sum runs in raster order (as ``np.bincount`` does), so the
+    result is bit-identical to the NumPy reference; channels run in parallel. Empty
+    centres are left as they are.
     """
     n, height, width = feat.shape
     n_centres = centres.shape[0]
     count = np.zeros(n_centres, dtype=np.int64)
-    sums = np.zeros((n_centres, 2 + n), dtype=np.float64)
     for r in range(height):
         for c in range(width):
             k = labels[r, c]
             if k >= 0:
                 count[k] += 1
-                sums[k, 0] += r
-                sums[k, 1] += c
-    for m in range(n):
-        if is_cat[m]:
+    out = centres.copy()
+    for ch in prange(n + 2):
+        m = ch - 2
+        if m >= 0 and is_cat[m]:
             hist = np.zeros((n_centres, max(1, n_classes[m])), dtype=np.int64)
             for r in range(height):
                 for c in range(width):
@@ -329,20 +399,23 @@ def _update_kernel(feat, is_cat, n_classes, labels, centres):  # pragma: no cove
                     for j in range(1, hist.shape[1]):
                         if hist[k, j] > hist[k, top]:
                             top = j
-                    centres[k, 2 + m] = top
+                    out[k, ch] = top
         else:
+            sums = np.zeros(n_centres, dtype=np.float64)
             for r in range(height):
                 for c in range(width):
                     k = labels[r, c]
                     if k >= 0:
-                        sums[k, 2 + m] += feat[m, r, c]
-    for k in range(n_centres):
-        if count[k] > 0:
-            centres[k, 0] = sums[k, 0] / count[k]
-            centres[k, 1] = sums[k, 1] / count[k]
-            for m in range(n):
-                if not is_cat[m]:
-                    centres[k, 2 + m] = sums[k, 2 + m] / count[k]
+                        if ch == 0:
+                            sums[k] += r
+                        elif ch == 1:
+                            sums[k] += c
+                        else:
+                            sums[k] += feat[m, r, c]
+            for k in range(n_centres):
+                if count[k] > 0:
+                    out[k, ch] = sums[k] / count[k]
+    centres[:, :] = out
 
 
 @njit(cache=True)
@@ -681,7 +754,9 @@ def _enforce_raster_connectivity(normalized, valid, is_cat, weights, labels, cen
     comp_label[comp[valid]] = labels[valid]
     comp_feat = np.zeros((n_comp, 2 + normalized.shape[0]))
     _update_kernel(normalized, is_cat, _n_classes(normalized, is_cat, valid), comp, comp_feat)
-    edges = np.unique(_component_edges_kernel(comp), axis=0)
+    pairs = _component_edges_kernel(comp)
+    keys = np.unique(pairs[:, 0] * n_comp + pairs[:, 1])
+    edges = np.stack([keys // n_comp, keys % n_comp], axis=1)
     block_of_comp = _merge_fragments(
         comp_label, comp_size, comp_feat[:, 2:], edges, centres[:, 2:], is_cat, weights,
         min_size,

@@ -1,0 +1,134 @@
+"""End to end on a crop of the real Kaghan data: config → run directory, through the CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from conftest import write_config
+from typer.testing import CliRunner
+
+from metalsm.cli import app
+from metalsm.config import load_config
+from metalsm.errors import MetalsmInputError
+from metalsm.pipeline import run_pipeline
+
+EXPECTED_OUTPUTS = {
+    "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
+    "zones.csv", "metrics.json", "roc.png", "map.png", "zones.png", "manifest.json",
+    "report.html",
+}
+
+
+@pytest.fixture(scope="module")
+def crop_run(kaghan, kaghan_crop, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = write_config(out / "crop.toml", kaghan_crop, kaghan)
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out / "run"
+
+
+def test_every_output_is_written(crop_run):
+    names = {p.name for p in crop_run.iterdir()}
+    assert EXPECTED_OUTPUTS <= names
+    assert not [n for n in names if "partial" in n]
+
+
+def test_susceptibility_raster_is_on_the_input_grid(crop_run, kaghan_crop):
+    with rasterio.open(kaghan_crop / "AW3D30.tif") as dem, \
+            rasterio.open(crop_run / "susceptibility.tif") as sus:
+        assert sus.crs == dem.crs
+        assert sus.transform.almost_equals(dem.transform)
+        assert sus.shape == dem.shape
+        assert sus.dtypes[0] == "float32"
+        assert sus.overviews(1)
+        values = sus.read(1)
+    finite = values[np.isfinite(values)]
+    assert finite.size == values.size  # the crop has no nodata
+    assert 0.0 <= finite.min() and finite.max() <= 1.0
+
+
+def test_zones_are_equal_count_and_concentrate_landslides(crop_run):
+    zones = pd.read_csv(crop_run / "zones.csv")
+    assert list(zones["level"]) == [1, 2, 3, 4]
+    assert zones["area_share"].sum() == pytest.approx(1.0)
+    assert zones["landslide_share"].sum() == pytest.approx(1.0)
+    assert np.allclose(zones["area_share"], 0.25, atol=0.02)
+    # a useful map: the very-high zone holds far more than its share of landslides
+    assert zones["ratio"].iloc[-1] > 1.5 and zones["ratio"].iloc[0] < 0.7
+
+
+def test_metrics_report_honest_spatial_and_random_validation(crop_run):
+    metrics = json.loads((crop_run / "metrics.json").read_text())
+    spatial, random = metrics["validation"]["spatial"], metrics["validation"]["random"]
+    assert set(spatial) == set(random) == {"lr", "rf", "fr"}
+    for model in spatial:
+        assert 0.6 < spatial[model]["auc_mean"] < 0.95
+        assert 0.6 < random[model]["auc_mean"] < 0.98
+        for key in ("accuracy_mean", "precision_mean", "recall_mean", "f1_mean", "kappa_mean"):
+            assert key in spatial[model]
+    samples = metrics["samples"]
+    assert samples["positives"] == samples["negatives"] > 500
+    assert set(metrics["categorical_factors"]) == {"geology", "landcover"}
+
+
+def test_samples_are_unique_cells_with_the_buffer(crop_run):
+    samples = pd.read_csv(crop_run / "samples.csv")
+    assert not samples.duplicated(["row", "col"]).any()
+    assert set(samples["label"]) == {0, 1}
+    assert samples.drop(columns=["row", "col", "x", "y", "label"]).notna().all().all()
+
+
+def test_manifest_records_inputs_seeds_and_versions(crop_run, kaghan_crop):
+    manifest = json.loads((crop_run / "manifest.json").read_text())
+    assert manifest["seeds"] == {"sampling": 7, "model": 7, "validation": 7}
+    checksummed = set(manifest["inputs_sha256"])
+    assert str(kaghan_crop / "AW3D30.tif") in checksummed
+    assert any(p.endswith("Geology.tif.aux.xml") for p in checksummed)
+    assert any(p.endswith("landslides.dbf") for p in checksummed)
+    assert manifest["versions"]["torch"].startswith("2.13.0")
+    assert manifest["config"]["model"]["map_model"] == "rf"
+
+
+def test_report_embeds_its_figures(crop_run):
+    html = (crop_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3
+    assert "spatial" in html and "kaghan-crop" in html
+
+
+def test_same_seed_same_map(crop_run, kaghan, kaghan_crop, tmp_path):
+    config = load_config(write_config(tmp_path / "again.toml", kaghan_crop, kaghan,
+                                      model='names = ["rf"]\nmap_model = "rf"\nseed = 7'))
+    run_pipeline(config, tmp_path / "again", show_progress=False)
+    with rasterio.open(crop_run / "susceptibility.tif") as a, \
+            rasterio.open(tmp_path / "again" / "susceptibility.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1), equal_nan=True)
+
+
+def test_bad_config_exits_with_a_named_error_and_no_outputs(kaghan, kaghan_crop, tmp_path):
+    config = write_config(tmp_path / "bad.toml", kaghan_crop, kaghan,
+                          sampling='method = "random"\nratio = 1.0\nbufer_m = 5.0')
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "unknown key(s) bufer_m" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_raster_is_named(kaghan, kaghan_crop, tmp_path):
+    config = write_config(tmp_path / "c.toml", kaghan_crop, kaghan)
+    text = config.read_text().replace("Landcover.tif", "Landcover_missing.tif")
+    config.write_text(text)
+    with pytest.raises(MetalsmInputError, match="not found: .*Landcover_missing.tif"):
+        run_pipeline(load_config(config), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out" / "susceptibility.tif").exists()
+
+
+def test_init_writes_a_loadable_template(tmp_path):
+    target = tmp_path / "area.toml"
+    result = CliRunner().invoke(app, ["init", str(target)])
+    assert result.exit_code == 0
+    assert load_config(target).zones.levels == 4
+    again = CliRunner().invoke(app, ["init", str(target)])
+    assert again.exit_code == 2 and "exists" in again.output
