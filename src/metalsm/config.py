@@ -73,10 +73,54 @@ class InventoryConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    method: Literal["random"] = "random"
+    method: Literal["random", "credibility"] = "random"
     ratio: float = 1.0
     buffer_m: float = 100.0
     min_slope_deg: float | None = None
+    seed: int = 42
+    # method = "credibility": negatives only where credibility lies in [lo, hi)
+    # (hi = 1.0 is inclusive); the map is built as [credibility] says.
+    credibility_band: tuple[float, ...] = (0.7, 1.0)
+    # a band with fewer candidate cells than needed: False = warn and draw all there are,
+    # True = fail
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class FactorSelectionConfig:
+    """Frequency ratio tables, MIC, collinearity and the factor selection rule (factors.py)."""
+
+    n_classes: int = 10
+    binning: Literal["quantile", "natural_breaks"] = "quantile"
+    max_categories: int = 50
+    mic_min: float = 0.05
+    differentiation_min: float = 0.3
+    vif_max: float = 10.0
+    mic_samples: int = 2000
+    correlation_samples: int = 200_000
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class CredibilityConfig:
+    """Fuzzy-membership credibility of non-landslide cells and the band sweep experiment."""
+
+    factors: tuple[str, ...] = ()
+    combine: Literal["weighted_mean", "min"] = "weighted_mean"
+    weighting: Literal["differentiation", "equal"] = "differentiation"
+    rescale: bool = True
+    bands: tuple[tuple[float, ...], ...] = (
+        (0.0, 0.2),
+        (0.2, 0.4),
+        (0.4, 0.6),
+        (0.6, 0.8),
+        (0.8, 1.0),
+    )
+    models: tuple[str, ...] = ("fr-rf", "svm")
+    test_regions: int = 5
+    zone_method: Literal["quantile", "natural_breaks", "equal_interval"] = "natural_breaks"
+    max_area_cells: int = 100_000
+    n_estimators: int = 300
     seed: int = 42
 
 
@@ -117,6 +161,8 @@ class StudyAreaConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     terrain: TerrainConfig = field(default_factory=TerrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    factor_selection: FactorSelectionConfig = field(default_factory=FactorSelectionConfig)
+    credibility: CredibilityConfig = field(default_factory=CredibilityConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     zones: ZonesConfig = field(default_factory=ZonesConfig)
@@ -190,6 +236,10 @@ def _convert(hint: Any, value: Any, key: str, file: Path, base: Path) -> Any:
             choices = ", ".join(repr(a) for a in args)
             raise MetalsmInputError(f"{bad}: {value!r} is not one of {choices}")
         return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise MetalsmInputError(f"{bad}: expected true or false, got {value!r}")
+        return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise MetalsmInputError(f"{bad}: expected a number, got {value!r}")
@@ -221,8 +271,30 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
         )
     if config.sampling.ratio <= 0:
         raise MetalsmInputError(f"{path}: sampling.ratio must be > 0, got {config.sampling.ratio}")
+    _check_bands(config, path)
     if config.zones.labels and len(config.zones.labels) != config.zones.levels:
         raise MetalsmInputError(
             f"{path}: zones.labels has {len(config.zones.labels)} entries, "
             f"zones.levels is {config.zones.levels}"
         )
+
+
+def _check_bands(config: StudyAreaConfig, path: Path) -> None:
+    bands = [("sampling.credibility_band", config.sampling.credibility_band)]
+    bands += [(f"credibility.bands[{i}]", b) for i, b in enumerate(config.credibility.bands)]
+    for key, band in bands:
+        if len(band) != 2 or not 0.0 <= band[0] < band[1] <= 1.0:
+            raise MetalsmInputError(
+                f"{path}: {key} must be [lo, hi] with 0 <= lo < hi <= 1, got {list(band)}"
+            )
+    if not config.credibility.bands:
+        raise MetalsmInputError(f"{path}: credibility.bands is empty")
+    fs = config.factor_selection
+    if fs.n_classes < 2:
+        raise MetalsmInputError(f"{path}: factor_selection.n_classes must be >= 2")
+    if fs.max_categories < 2:
+        raise MetalsmInputError(f"{path}: factor_selection.max_categories must be >= 2")
+    if fs.vif_max <= 1.0:
+        raise MetalsmInputError(f"{path}: factor_selection.vif_max must be > 1")
+    if config.credibility.test_regions < 2:
+        raise MetalsmInputError(f"{path}: credibility.test_regions must be >= 2")

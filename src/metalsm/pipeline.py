@@ -61,7 +61,14 @@ class Samples:
 def draw_samples(
     config: StudyAreaConfig, stack: FactorStack, inventory, mask: np.ndarray
 ) -> Samples:
-    """Positives from the inventory by the configured rule; negatives by the configured sampler."""
+    """Positives from the inventory by the configured rule; negatives by the configured sampler.
+
+    ``sampling.method = "credibility"``: the credibility map is fitted on these
+    positives (all inventory cells of the run) as ``[credibility]`` says, and
+    negatives come from ``sampling.credibility_band``. The cross-validation of a
+    run then sees negatives chosen with knowledge of every landslide; the honest
+    band comparison with held-out landslides is ``metalsm experiment credibility``.
+    """
     valid = stack.valid
     dem = stack.layer("elevation") if "elevation" in stack.names else None
     pos = positive_cells(
@@ -81,10 +88,22 @@ def draw_samples(
         buffer_m=config.sampling.buffer_m,
         slope=stack.layer("slope") if "slope" in stack.names else None,
         min_slope_deg=config.sampling.min_slope_deg,
+        credibility=_credibility(config, stack, pos),
+        credibility_band=tuple(config.sampling.credibility_band),
+        strict=config.sampling.strict,
     )
     neg = draw_negatives(config.sampling.method, request, config.sampling.seed)
     table = sample_table(stack, pos, neg)
     return Samples(table, stack.names, stack.categorical)
+
+
+def _credibility(config: StudyAreaConfig, stack: FactorStack, pos) -> np.ndarray | None:
+    if config.sampling.method != "credibility":
+        return None
+    from metalsm.credibility import credibility_map
+
+    credibility, _ = credibility_map(stack, pos, config.credibility, config.factor_selection)
+    return credibility
 
 
 def run_pipeline(

@@ -7,6 +7,8 @@ credibility-based sampler plugs in here.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +22,12 @@ from metalsm.errors import MetalsmInputError
 if TYPE_CHECKING:
     from metalsm.stack import FactorStack
 
+log = logging.getLogger(__name__)
+
+
+class CredibilityBandWarning(UserWarning):
+    """A credibility band holds fewer candidate cells than negatives were asked for."""
+
 
 @dataclass(frozen=True)
 class NegativeRequest:
@@ -32,6 +40,9 @@ class NegativeRequest:
     buffer_m: float = 0.0
     slope: np.ndarray | None = None
     min_slope_deg: float | None = None
+    credibility: np.ndarray | None = None
+    credibility_band: tuple[float, float] = (0.7, 1.0)
+    strict: bool = False
 
     def candidates(self) -> np.ndarray:
         """Valid cells farther than the buffer from landslides (and steep enough, if asked)."""
@@ -64,7 +75,60 @@ def random_negatives(request: NegativeRequest, seed: int) -> tuple[np.ndarray, n
     return np.unravel_index(chosen, allowed.shape)
 
 
-NEGATIVE_SAMPLERS: dict[str, NegativeSampler] = {"random": random_negatives}
+def band_mask(credibility: np.ndarray, band: tuple[float, float]) -> np.ndarray:
+    """Cells whose credibility lies in ``[lo, hi)``; ``hi = 1`` includes 1 (NaN: never)."""
+    lo, hi = float(band[0]), float(band[1])
+    c = np.nan_to_num(credibility, nan=-1.0)
+    upper = c <= hi if hi >= 1.0 else c < hi
+    return (c >= lo) & upper
+
+
+def credibility_negatives(request: NegativeRequest, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random candidate cells whose credibility lies in ``request.credibility_band``.
+
+    Candidates are those of :meth:`NegativeRequest.candidates` (valid, outside
+    landslides and the buffer, steep enough when asked) inside the band. A band
+    with fewer candidates than ``request.n`` fails when ``request.strict``, else
+    warns (:class:`CredibilityBandWarning`, with the number available) and
+    returns every candidate.
+    """
+    if request.credibility is None:
+        raise MetalsmInputError(
+            "negative sampling method 'credibility' needs a credibility map "
+            "(NegativeRequest.credibility)"
+        )
+    if request.credibility.shape != request.valid.shape:
+        raise MetalsmInputError(
+            f"credibility map has shape {request.credibility.shape}, the grid "
+            f"{request.valid.shape}"
+        )
+    lo, hi = request.credibility_band
+    allowed = request.candidates() & band_mask(request.credibility, (lo, hi))
+    flat = np.flatnonzero(allowed)
+    closing = "]" if hi >= 1.0 else ")"
+    if flat.size < request.n:
+        message = (
+            f"credibility band [{lo:g}, {hi:g}{closing} has only {flat.size} candidate cell(s) "
+            f"outside landslides but {request.n} negatives are needed"
+        )
+        if request.strict or flat.size == 0:
+            raise MetalsmInputError(
+                message + "; widen sampling.credibility_band, lower sampling.ratio or "
+                "sampling.buffer_m"
+            )
+        log.warning("%s; drawing all %d", message, flat.size)
+        warnings.warn(f"{message}; drawing all {flat.size}", CredibilityBandWarning,
+                      stacklevel=2)
+        chosen = flat
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(flat, size=request.n, replace=False))
+    return np.unravel_index(chosen, allowed.shape)
+
+
+NEGATIVE_SAMPLERS: dict[str, NegativeSampler] = {
+    "random": random_negatives,
+    "credibility": credibility_negatives,
+}
 
 
 def draw_negatives(

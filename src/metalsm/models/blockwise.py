@@ -1,0 +1,290 @@
+"""Block-wise few-shot models: one adapted copy of the intermediate model per block.
+
+:func:`adapt_blocks` takes a fitted :class:`~metalsm.models.meta.MetaLearner` (the
+meta-learned intermediate model) and, for every block ``0..n_blocks-1``, adapts it with
+K labelled samples of that block (``k`` = an int such as 1 or 5, ``"half"`` of the
+block's labelled samples, or ``"all"``), drawn stratified by class, ``inner_steps``
+steps of ``inner_lr`` -- all blocks at once under ``vmap`` (padded support sets).
+
+Fallbacks, recorded per block in ``rule``/``reason``/``source_block``:
+
+* no labelled sample in the block (``reason="no-samples"``), or a single class while the
+  class-balanced loss is off (``reason="single-class"``; the paper's failure mode: an
+  all-positive support set teaches "always positive");
+* then the block uses the adapted model of the most similar adapted block by centre
+  features when ``centres`` are given (``rule="similar-block"``), otherwise the
+  intermediate model (``rule="intermediate"``).
+
+:class:`BlockModels` predicts a table of cells with their block ids (cells are grouped
+by block; one forward pass per block model), and saves/loads everything needed to
+re-make a map without retraining: ``intermediate.pt`` + ``intermediate.json``
+(factor names, normalization mean/std, architecture, seed) and ``blocks.pt`` (stacked
+block state dicts) + ``blocks.json`` (per block: id, rule, reason, source, K, shots).
+Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from metalsm.atomic import atomic_path, write_json
+from metalsm.errors import MetalsmInputError
+from metalsm.models.meta import MetaLearner, MetaNet, Params, _support_query, _TaskIndex, adapt_batch
+
+__all__ = ["BlockModels", "adapt_blocks", "load_intermediate", "save_intermediate"]
+
+_FORMAT = "metalsm-blockwise-1"
+_CHUNK = 65536
+
+
+def _arch(learner: MetaLearner) -> dict[str, Any]:
+    return {"n_inputs": int(learner.n_features_in_), "hidden": [int(h) for h in learner.hidden],
+            "activation": learner.activation, "normalization": learner.normalization}
+
+
+def _net(arch: dict[str, Any]) -> MetaNet:
+    return MetaNet(arch["n_inputs"], arch["hidden"], arch["activation"], arch["normalization"])
+
+
+def _learner_meta(learner: MetaLearner, factor_names: Sequence[str] | None) -> dict[str, Any]:
+    names = list(factor_names) if factor_names is not None else [
+        f"x{i}" for i in range(learner.n_features_in_)]
+    if len(names) != learner.n_features_in_:
+        raise MetalsmInputError(
+            f"{len(names)} factor names for a model of {learner.n_features_in_} factors")
+    params = {k: v for k, v in learner.get_params().items() if k != "pretrain"}
+    params["hidden"] = [int(h) for h in params["hidden"]]
+    params["pretrain"] = learner.pretrain is not False
+    return {"format": _FORMAT, "factor_names": names, "mean": learner.mean_.tolist(),
+            "std": learner.std_.tolist(), "arch": _arch(learner), "seed": int(learner.seed),
+            "learner_params": params}
+
+
+def save_intermediate(learner: MetaLearner, directory: str | Path,
+                      factor_names: Sequence[str] | None = None) -> Path:
+    """Write ``intermediate.pt`` (state dict) and ``intermediate.json``; returns the .pt path."""
+    directory = Path(directory)
+    pt = directory / "intermediate.pt"
+    with atomic_path(pt) as tmp:
+        torch.save({k: v.contiguous() for k, v in learner.params_.items()}, tmp)
+    write_json(directory / "intermediate.json", _learner_meta(learner, factor_names))
+    return pt
+
+
+def load_intermediate(directory: str | Path) -> tuple[MetaLearner, list[str]]:
+    """A fitted :class:`MetaLearner` (intermediate model) and its factor names."""
+    directory = Path(directory)
+    meta_path, pt = directory / "intermediate.json", directory / "intermediate.pt"
+    if not meta_path.exists() or not pt.exists():
+        raise MetalsmInputError(f"no saved intermediate model in {directory} "
+                                "(expected intermediate.pt and intermediate.json)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != _FORMAT:
+        raise MetalsmInputError(f"{meta_path} is not a metalsm block-wise model file")
+    params = dict(meta["learner_params"])
+    params["hidden"] = tuple(params["hidden"])
+    learner = MetaLearner(**params)
+    learner.n_features_in_ = meta["arch"]["n_inputs"]
+    learner.classes_ = np.array([0, 1])
+    learner.mean_ = np.asarray(meta["mean"], dtype=np.float64)
+    learner.std_ = np.asarray(meta["std"], dtype=np.float64)
+    learner.net_ = _net(meta["arch"])
+    state = torch.load(pt, weights_only=True)
+    learner.net_.load_state_dict(state)
+    learner.params_ = {k: v.detach().clone() for k, v in learner.net_.named_parameters()}
+    learner.adapted_ = {}
+    learner.meta_loss_ = np.zeros(0)
+    learner.pretrain_history_ = {}
+    return learner, list(meta["factor_names"])
+
+
+@dataclass
+class BlockModels:
+    """The intermediate model plus one model per block, with the rule each block used.
+
+    ``model_index[b]`` is the row of ``stacked`` block b predicts with (-1: the
+    intermediate model). ``support_samples`` (not saved) are the indices of the input
+    samples used as shots, so evaluation can leave them out.
+    """
+
+    learner: MetaLearner
+    factor_names: list[str]
+    stacked: Params
+    model_index: np.ndarray
+    rule: list[str]
+    reason: list[str]
+    source_block: np.ndarray
+    n_support: np.ndarray
+    k: int | str
+    seed: int
+    support_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.model_index.size)
+
+    def block_table(self) -> list[dict[str, Any]]:
+        """One record per block: id, rule, reason, source block, shots used."""
+        return [{"block": b, "rule": self.rule[b], "reason": self.reason[b],
+                 "source_block": int(self.source_block[b]), "n_support": int(self.n_support[b])}
+                for b in range(self.n_blocks)]
+
+    def predict_proba(self, X: Any, block_ids: Any) -> np.ndarray:
+        """P(landslide) per row by its block's model; NaN for block id -1 or non-finite rows."""
+        X = np.asarray(X, dtype=np.float64)
+        ids = np.asarray(block_ids, dtype=np.int64).ravel()
+        if X.ndim != 2 or X.shape[0] != ids.size:
+            raise MetalsmInputError(f"X {X.shape} and block ids ({ids.size}) must agree")
+        if ids.size and ids.max() >= self.n_blocks:
+            raise MetalsmInputError(f"block id {ids.max()} >= number of blocks {self.n_blocks}")
+        out = np.full(ids.size, np.nan)
+        ok = np.flatnonzero((ids >= 0) & np.isfinite(X).all(axis=1))
+        if ok.size == 0:
+            return out
+        model = self.model_index[ids[ok]]
+        order = np.argsort(model, kind="stable")
+        rows, model = ok[order], model[order]
+        cut = np.flatnonzero(np.r_[True, model[1:] != model[:-1], True])
+        Xs = torch.as_tensor(self.learner._standardize(X[rows]))
+        net = self.learner.net_
+        logits = torch.empty(rows.size)
+        with torch.no_grad():
+            for a, b in zip(cut[:-1], cut[1:], strict=True):
+                m = int(model[a])
+                params = self.learner.params_ if m < 0 else {
+                    k: v[m] for k, v in self.stacked.items()}
+                for s in range(a, b, _CHUNK):
+                    e = min(b, s + _CHUNK)
+                    logits[s:e] = functional_call(net, params, (Xs[s:e],))
+        out[rows] = torch.sigmoid(logits).double().numpy()
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the intermediate model and all block models with metadata; returns the dir."""
+        directory = Path(directory)
+        save_intermediate(self.learner, directory, self.factor_names)
+        with atomic_path(directory / "blocks.pt") as tmp:
+            torch.save({"stacked": {k: v.contiguous() for k, v in self.stacked.items()},
+                        "model_index": torch.as_tensor(self.model_index)}, tmp)
+        meta = _learner_meta(self.learner, self.factor_names)
+        meta.update(k=self.k, n_blocks=self.n_blocks, blocks=self.block_table())
+        write_json(directory / "blocks.json", meta)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BlockModels:
+        """Re-load what :meth:`save` wrote (predictions are identical)."""
+        directory = Path(directory)
+        learner, names = load_intermediate(directory)
+        meta_path = directory / "blocks.json"
+        if not meta_path.exists():
+            raise MetalsmInputError(f"no block models in {directory} (blocks.json missing)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        saved = torch.load(directory / "blocks.pt", weights_only=True)
+        table = meta["blocks"]
+        return cls(
+            learner=learner, factor_names=names, stacked=saved["stacked"],
+            model_index=saved["model_index"].numpy().astype(np.int64),
+            rule=[r["rule"] for r in table], reason=[r["reason"] for r in table],
+            source_block=np.array([r["source_block"] for r in table], dtype=np.int64),
+            n_support=np.array([r["n_support"] for r in table], dtype=np.int64),
+            k=meta["k"], seed=int(meta["seed"]),
+        )
+
+
+def _shots(k: int | str, n: np.ndarray) -> np.ndarray:
+    if k == "all":
+        return n.copy()
+    if k == "half":
+        return np.where(n > 0, np.maximum(1, n // 2), 0)
+    if isinstance(k, str) or int(k) < 1:
+        raise MetalsmInputError(f"k must be a positive int, 'half' or 'all', got {k!r}")
+    return np.minimum(int(k), n)
+
+
+def adapt_blocks(
+    learner: MetaLearner,
+    X: Any,
+    y: Any,
+    sample_blocks: Any,
+    k: int | str = 5,
+    *,
+    n_blocks: int | None = None,
+    centres: np.ndarray | None = None,
+    factor_names: Sequence[str] | None = None,
+    seed: int = 0,
+) -> BlockModels:
+    """Adapt the intermediate model to every block from K labelled samples (vmap over blocks).
+
+    ``sample_blocks`` is the block id of each labelled sample (-1: outside every block).
+    ``centres`` [n_blocks, d] (e.g. ``Blocks.centres``) enables the similar-block fallback;
+    columns are z-scored before distances are taken.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y).astype(np.float32).ravel()
+    ids = np.asarray(sample_blocks, dtype=np.int64).ravel()
+    if X.shape[0] != y.size or ids.size != y.size:
+        raise MetalsmInputError(f"X {X.shape}, y ({y.size}) and block ids ({ids.size}) differ")
+    n_blocks = int(n_blocks if n_blocks is not None else (ids.max(initial=-1) + 1))
+    if ids.size and ids.max() >= n_blocks:
+        raise MetalsmInputError(f"sample block id {ids.max()} >= number of blocks {n_blocks}")
+    inside = ids >= 0
+    Xs = learner._standardize(X)
+    codes = np.where(inside, ids, n_blocks)  # outside samples go to a spare task, never used
+    index = _TaskIndex.build(codes, n_blocks + 1)
+    n = index.counts[:n_blocks]
+    pos = np.bincount(ids[inside & (y == 1)], minlength=n_blocks)
+    single = (n > 0) & ((pos == 0) | (pos == n))
+    usable = (n > 0) & (~single | learner.balanced)
+    blocks = np.flatnonzero(usable)
+    shots = _shots(k, n)
+
+    rng = np.random.default_rng(seed)
+    stacked: Params = {}
+    support = np.zeros(0, dtype=np.int64)
+    if blocks.size:
+        drawn = _support_query(index, y, blocks, shots[blocks], 0, rng)
+        idx, mask = drawn["support_idx"], drawn["support_mask"]
+        xs = np.where(mask[..., None], Xs[idx], 0.0).astype(np.float32)
+        ys = np.where(mask, y[idx], 0.0).astype(np.float32)
+        stacked = adapt_batch(learner.net_, learner.params_, torch.as_tensor(xs),
+                              torch.as_tensor(ys), torch.as_tensor(mask),
+                              inner_lr=learner.inner_lr, steps=learner.inner_steps,
+                              balanced=learner.balanced)
+        support = np.sort(idx[mask])
+
+    model_index = np.full(n_blocks, -1, dtype=np.int64)
+    model_index[blocks] = np.arange(blocks.size)
+    source = np.full(n_blocks, -1, dtype=np.int64)
+    source[blocks] = blocks
+    rule = np.where(usable, "adapted", "intermediate").astype(object)
+    reason = np.where(n == 0, "no-samples", np.where(usable, "", "single-class")).astype(object)
+    n_support = np.where(usable, shots, 0)
+    fallback = np.flatnonzero(~usable)
+    if centres is not None and fallback.size and blocks.size:
+        c = np.asarray(centres, dtype=np.float64)
+        if c.shape[0] != n_blocks:
+            raise MetalsmInputError(f"centres has {c.shape[0]} rows for {n_blocks} blocks")
+        sd = np.nanstd(c, axis=0)
+        c = np.nan_to_num((c - np.nanmean(c, axis=0)) / np.where(sd > 0, sd, 1.0))
+        d = ((c[fallback, None, :] - c[None, blocks, :]) ** 2).sum(-1)
+        nearest = blocks[np.argmin(d, axis=1)]
+        model_index[fallback] = model_index[nearest]
+        source[fallback] = nearest
+        rule[fallback] = "similar-block"
+    return BlockModels(
+        learner=learner,
+        factor_names=list(factor_names) if factor_names is not None else [
+            f"x{i}" for i in range(learner.n_features_in_)],
+        stacked=stacked, model_index=model_index, rule=list(rule), reason=list(reason),
+        source_block=source, n_support=n_support.astype(np.int64), k=k, seed=int(seed),
+        support_samples=support,
+    )
