@@ -137,3 +137,23 @@ def test_report_missing_image_names_it(tmp_path):
         write_report(tmp_path / "r.html", title="t",
                      sections=[Section("s", images=[tmp_path / "nope.png"])])
     assert not (tmp_path / "r.html").exists()
+
+
+def test_block_boundaries_mark_both_sides_of_an_edge():
+    from metalsm.report.figures import block_boundaries
+
+    labels = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [-1, -1, 1, 1]])
+    expected = np.array([[0, 1, 1, 0], [1, 1, 1, 0], [0, 0, 1, 0]], dtype=bool)
+    assert np.array_equal(block_boundaries(labels), expected)
+
+
+def test_block_map_is_drawn(tmp_path):
+    from metalsm.report.figures import plot_block_map
+
+    grid = Grid(CRS.from_epsg(32643), rasterio.Affine(30.0, 0, 0, 0, -30.0, 3000.0), 100, 100)
+    labels = (np.arange(100)[:, None] // 50) * 2 + (np.arange(100)[None, :] // 50)
+    dem = np.add.outer(np.arange(100.0), np.arange(100.0))
+    path = plot_block_map(labels, grid, tmp_path / "blocks.png", dem=dem)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="does not match the grid"):
+        plot_block_map(labels[:50], grid, tmp_path / "bad.png")

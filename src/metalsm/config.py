@@ -93,7 +93,7 @@ class FactorSelectionConfig:
     n_classes: int = 10
     binning: Literal["quantile", "natural_breaks"] = "quantile"
     max_categories: int = 50
-    mic_min: float = 0.05
+    mic_min: float = 0.15
     differentiation_min: float = 0.3
     vif_max: float = 10.0
     mic_samples: int = 2000

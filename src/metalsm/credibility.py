@@ -222,3 +222,42 @@ def plot_credibility(
         norm=Normalize(0.0, 1.0), title=title,
         colorbar_label="credibility (1 = surely stable ground)",
     )
+
+
+def run_credibility(config, out_dir: str | Path) -> tuple[dict[str, Path], float]:
+    """``metalsm credibility``: the credibility map of ``config``'s study area.
+
+    Fitted on every positive cell of the inventory (rule ``inventory.rule``);
+    writes ``credibility.tif``, ``credibility.png`` and ``membership.csv`` (the
+    per-class FR, membership and factor weight). Returns the paths and the
+    seconds the map took (fit + map, stack building excluded).
+    """
+    import time
+
+    from metalsm.inventory import positive_cells, read_inventory
+    from metalsm.stack import build_factor_stack
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stack = build_factor_stack(config)
+    inventory = read_inventory(
+        config.inventory.path, stack.grid, crs=config.inventory.crs,
+        x_column=config.inventory.x_column, y_column=config.inventory.y_column,
+    )
+    dem = stack.layer("elevation") if "elevation" in stack.names else None
+    positives = positive_cells(
+        inventory, stack.grid, stack.valid, rule=config.inventory.rule, dem=dem,
+        cells_per_polygon=config.inventory.cells_per_polygon, seed=config.sampling.seed,
+    )
+    start = time.perf_counter()
+    cred, model = credibility_map(stack, positives, config.credibility, config.factor_selection)
+    seconds = time.perf_counter() - start
+    paths = {"credibility": write_credibility(cred, stack.grid, out / "credibility.tif")}
+    paths["figure"] = plot_credibility(cred, stack.grid, out / "credibility.png", dem=dem,
+                                       inventory=inventory,
+                                       title=f"Credibility as a non-landslide sample, "
+                                             f"{config.name}")
+    with atomic_path(out / "membership.csv") as tmp:
+        model.fr_tables.round(6).to_csv(tmp, index=False)
+    paths["membership"] = out / "membership.csv"
+    return paths, seconds

@@ -310,3 +310,56 @@ def plot_zone_bars(
     )
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def block_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Cells on the edge of their block (a 4-neighbour has another label)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    vertical = labels[1:, :] != labels[:-1, :]
+    horizontal = labels[:, 1:] != labels[:, :-1]
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return edge & (labels >= 0)
+
+
+def plot_block_map(
+    labels: np.ndarray,
+    grid: Grid,
+    path: str | Path,
+    *,
+    dem: np.ndarray | None = None,
+    inventory: Any = None,
+    title: str = "Blocks",
+) -> Path:
+    """Block outlines and ids over the hillshade, blocks lightly tinted, inventory on top."""
+    labels = np.asarray(labels)
+    if labels.shape != grid.shape:
+        raise ValueError(f"block labels shape {labels.shape} does not match the grid {grid.shape}")
+    n_blocks = int(labels.max(initial=-1)) + 1
+    if n_blocks == 0:
+        raise ValueError(f"no blocks to draw for {path}")
+    fig, ax = _figure_for_grid(grid)
+    extent = map_axes(ax, grid, dem, title=title)
+    tint = matplotlib.colormaps["tab20"]
+    ax.imshow(np.ma.masked_less(labels % 20, 0) if n_blocks else labels, cmap=tint,
+              vmin=0, vmax=19, alpha=0.25, extent=extent, interpolation="nearest", zorder=2)
+    ax.imshow(np.ma.masked_where(~block_boundaries(labels), labels), cmap="Greys", vmin=-1,
+              vmax=0, extent=extent, interpolation="nearest", zorder=3)
+    rows, cols = np.nonzero(labels >= 0)
+    ids = labels[rows, cols]
+    counts = np.bincount(ids, minlength=n_blocks)
+    mean_row = np.bincount(ids, rows, minlength=n_blocks) / np.maximum(counts, 1)
+    mean_col = np.bincount(ids, cols, minlength=n_blocks) / np.maximum(counts, 1)
+    x, y = grid.xy(mean_row - 0.5, mean_col - 0.5)
+    for block in np.flatnonzero(counts):
+        ax.text(x[block], y[block], str(block), ha="center", va="center", fontsize=6,
+                zorder=6, color="black",
+                bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none", "pad": 0.5})
+    draw_inventory(ax, inventory, color="#b2182b", linewidth=0.3)
+    if inventory is not None and len(inventory):
+        ax.legend(handles=[Patch(facecolor="none", edgecolor="#b2182b",
+                                 label="landslide inventory")],
+                  loc="upper left", fontsize=8, framealpha=0.85)
+    return _save(fig, path)
