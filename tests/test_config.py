@@ -44,8 +44,15 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     ("text", "message"),
     [
         (MINIMAL + "rule_typo = 1\n", "unknown key(s) rule_typo"),
-        (MINIMAL.replace('dem = "dem.tif"\n', ""), "missing required key 'dem'"),
-        ('name = "x"\ndem = "d.tif"\n', "missing required key 'inventory'"),
+        (MINIMAL.replace('dem = "dem.tif"\n', ""), "missing required key(s) 'dem'"),
+        ('name = "x"\ndem = "d.tif"\n', "missing required key(s) 'inventory'"),
+        ('dem = "d.tif"\n[inventory]\npath = "s.shp"\n', "missing required key 'name'"),
+        (MINIMAL + '[table]\npath = "t.csv"\n', "either a raster study area"),
+        (MINIMAL + "[blocks]\nn_blocks = 0\n", "blocks.n_blocks must be >= 1, got 0"),
+        (MINIMAL + "[blocks]\ncompactness = -1\n", "blocks.compactness must be > 0"),
+        (MINIMAL + "[blocks]\nfactor_weights = { slope = 2 }\n", "weighting = \"given\""),
+        (MINIMAL + "[blocks]\nweighting = \"given\"\nfactor_weights = { slope = \"x\" }\n",
+         "'blocks.factor_weights.slope': expected a number"),
         (MINIMAL + 'rule = "everywhere"\n', "'inventory.rule': 'everywhere' is not one of"),
         (MINIMAL + "[sampling]\nratio = \"one\"\n", "'sampling.ratio': expected a number"),
         (MINIMAL + "[sampling]\nbuffer = 3\n", "[sampling]: unknown key(s) buffer"),
@@ -75,3 +82,14 @@ def test_data_root_honours_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("METALSM_DATA", str(tmp_path / "absent"))
     with pytest.raises(MetalsmInputError, match="absent"):
         data_root()
+
+
+def test_blocks_and_table_sections(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL + "[blocks]\nn_blocks = 32\n"
+                                "weighting = \"given\"\nfactor_weights = { slope = 2 }\n"))
+    assert config.blocks.n_blocks == 32 and config.blocks.factor_weights == {"slope": 2.0}
+    assert load_config(_write(tmp_path, MINIMAL)).blocks is None
+    table = load_config(_write(tmp_path, 'name = "hk"\n[table]\npath = "t.csv"\n'
+                               'categorical = ["lithology"]\n'))
+    assert table.dem is None and table.table.path == str(tmp_path / "t.csv")
+    assert table.table.categorical == ("lithology",)

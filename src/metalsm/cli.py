@@ -82,3 +82,101 @@ def demo(out: OutDir = Path("outputs/kaghan"), quiet: Quiet = False) -> None:
     from metalsm.datasets import EXAMPLES_DIR
 
     _run(EXAMPLES_DIR / "kaghan.toml", out, quiet)
+
+
+def _guarded(config_path: Path, quiet: bool, work):
+    """Load ``config_path`` and call ``work(config)``; bad input -> red message, exit code 2."""
+    from metalsm.config import load_config
+
+    _setup_logging(quiet)
+    try:
+        return work(load_config(config_path))
+    except MetalsmInputError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+
+
+@app.command()
+def factors(
+    config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
+    out: OutDir,
+    quiet: Quiet = False,
+) -> None:
+    """Frequency ratio tables, MIC, collinearity and the factor selection."""
+    from metalsm.factors import run_factor_analysis
+
+    analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(cfg, out))
+    console.print(f"[green]done[/] — outputs in [bold]{out}[/]")
+    console.print(f"  selected factors: {', '.join(analysis.selected)}")
+    for path in paths.values():
+        console.print(f"  {path}")
+
+
+@app.command()
+def credibility(
+    config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
+    out: OutDir,
+    quiet: Quiet = False,
+) -> None:
+    """Credibility of every cell as a non-landslide sample (credibility.tif, credibility.png)."""
+    from metalsm.credibility import run_credibility
+
+    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(cfg, out))
+    console.print(f"[green]done[/] — credibility map in {seconds:.1f} s, outputs in [bold]{out}[/]")
+    for path in paths.values():
+        console.print(f"  {path}")
+
+
+@app.command()
+def experiment(
+    name: Annotated[str, typer.Argument(help="Experiment name: credibility.")],
+    config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
+    out: OutDir,
+    quiet: Quiet = False,
+) -> None:
+    """Run a named experiment (credibility: the credibility band sweep)."""
+    from metalsm.experiments import EXPERIMENTS
+
+    if name not in EXPERIMENTS:
+        console.print(
+            f"[bold red]error:[/] unknown experiment '{name}'; available: "
+            f"{', '.join(EXPERIMENTS)}"
+        )
+        raise typer.Exit(code=2)
+    result = _guarded(config, quiet, lambda cfg: EXPERIMENTS[name](cfg, out))
+    console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{out}[/]")
+    for path in result.paths.values():
+        console.print(f"  {path}")
+
+
+@app.command()
+def segment(
+    config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
+    out: OutDir,
+    blocks: Annotated[
+        int | None, typer.Option("--blocks", "-k", help="Number of blocks K (default: config).")
+    ] = None,
+    compactness: Annotated[
+        float | None, typer.Option("--compactness", "-m", help="Compactness M (default: config).")
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(help="SLIC iterations (default 5).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Segment the study area into blocks (weighted SLIC); write blocks, tasks and a map."""
+    from metalsm.blocks_run import block_statistics, segment_study_area, with_blocks
+    from metalsm.config import load_config
+
+    _setup_logging(quiet)
+    try:
+        settings = with_blocks(load_config(config), blocks, compactness, iterations)
+        stage = segment_study_area(settings, out, show_progress=not quiet)
+    except MetalsmInputError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    stats = block_statistics(stage.tasks)
+    console.print(
+        f"[green]done[/]: {stats['blocks']} blocks, samples per block "
+        f"{stats['samples_min']}/{stats['samples_median']:g}/{stats['samples_max']} "
+        f"(min/median/max), {stats['single_class_share']:.0%} single-class, "
+        f"{stats['empty_blocks']} empty — outputs in [bold]{out}[/]"
+    )

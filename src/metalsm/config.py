@@ -152,10 +152,45 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class BlocksConfig:
+    """Scene segmentation into blocks (weighted SLIC); each block is one few-shot task.
+
+    ``weighting``: ``equal`` (all 1), ``given`` (``factor_weights``, others 1),
+    ``fr_differentiation`` or ``rf_importance`` (learnt from the samples, see
+    :func:`metalsm.segmentation.weights_from_data`).
+    """
+
+    n_blocks: int = 64
+    compactness: float = 0.5
+    iterations: int = 5
+    min_size_fraction: float = 0.25
+    weighting: Literal["equal", "given", "fr_differentiation", "rf_importance"] = "equal"
+    factor_weights: dict[str, float] = field(default_factory=dict)
+    meta_train_fraction: float = 0.6
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """A study area given as a table of samples (no rasters), e.g. the Hong Kong data."""
+
+    path: str
+    label_column: str = "label"
+    x_column: str = "X"
+    y_column: str = "Y"
+    crs: str | None = None
+    factors: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    missing_values: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class StudyAreaConfig:
     name: str
-    dem: str
-    inventory: InventoryConfig
+    dem: str | None = None
+    inventory: InventoryConfig | None = None
+    table: TableConfig | None = None
+    blocks: BlocksConfig | None = None
     rasters: tuple[RasterInput, ...] = ()
     vectors: tuple[VectorInput, ...] = ()
     grid: GridConfig = field(default_factory=GridConfig)
@@ -225,6 +260,12 @@ def _convert(hint: Any, value: Any, key: str, file: Path, base: Path) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, key, file, base)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MetalsmInputError(f"{bad}: expected a table, got {value!r}")
+        return {
+            str(k): _convert(args[1], v, f"{key}.{k}", file, base) for k, v in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, list):
             raise MetalsmInputError(f"{bad}: expected a list, got {value!r}")
@@ -259,6 +300,34 @@ def _convert(hint: Any, value: Any, key: str, file: Path, base: Path) -> Any:
 
 
 def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
+    if config.table is None and (config.dem is None or config.inventory is None):
+        missing = [k for k in ("dem", "inventory") if getattr(config, k) is None]
+        raise MetalsmInputError(
+            f"{path}: missing required key(s) {', '.join(repr(k) for k in missing)} "
+            "(a raster study area needs 'dem' and [inventory]; a table study area needs [table])"
+        )
+    if config.table is not None and config.dem is not None:
+        raise MetalsmInputError(
+            f"{path}: give either a raster study area ('dem', [inventory]) or [table], not both"
+        )
+    blocks = config.blocks
+    if blocks is not None:
+        if blocks.n_blocks < 1:
+            raise MetalsmInputError(f"{path}: blocks.n_blocks must be >= 1, got {blocks.n_blocks}")
+        if blocks.compactness <= 0:
+            raise MetalsmInputError(
+                f"{path}: blocks.compactness must be > 0, got {blocks.compactness}"
+            )
+        if blocks.factor_weights and blocks.weighting != "given":
+            raise MetalsmInputError(
+                f"{path}: blocks.factor_weights is set but blocks.weighting is "
+                f"'{blocks.weighting}'; set weighting = \"given\" to use them"
+            )
+        if not 0 < blocks.meta_train_fraction < 1:
+            raise MetalsmInputError(
+                f"{path}: blocks.meta_train_fraction must be in (0, 1), "
+                f"got {blocks.meta_train_fraction}"
+            )
     names = [r.name for r in config.rasters] + [v.name for v in config.vectors]
     names += list(config.terrain.factors)
     duplicates = sorted({n for n in names if names.count(n) > 1})

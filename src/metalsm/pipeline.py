@@ -17,12 +17,14 @@ import pandas as pd
 from metalsm import mapping, validation
 from metalsm.atomic import atomic_path, write_json
 from metalsm.config import StudyAreaConfig
+from metalsm.errors import MetalsmInputError
 from metalsm.inventory import landslide_mask, positive_cells, read_inventory
 from metalsm.manifest import build_manifest
 from metalsm.models.classic import make_model
 from metalsm.progress import RunProgress
 from metalsm.report import figures
 from metalsm.report.html import Section, write_report
+from metalsm.sample_table import Samples
 from metalsm.sampling import NegativeRequest, draw_negatives, sample_table
 from metalsm.stack import FactorStack, build_factor_stack
 
@@ -35,27 +37,6 @@ class RunResult:
     seconds: float
     metrics: dict
     headline: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Samples:
-    """Positive and negative cells with their factor values (one row per cell)."""
-
-    table: pd.DataFrame
-    factor_names: tuple[str, ...]
-    categorical: tuple[str, ...]
-
-    @property
-    def X(self) -> pd.DataFrame:  # noqa: N802 - the scikit-learn name
-        return self.table[list(self.factor_names)]
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.table["label"].to_numpy()
-
-    @property
-    def coords(self) -> np.ndarray:
-        return self.table[["x", "y"]].to_numpy()
 
 
 def draw_samples(
@@ -110,6 +91,11 @@ def run_pipeline(
     config: StudyAreaConfig, out_dir: str | Path, *, show_progress: bool = True
 ) -> RunResult:
     """Run every stage of ``config`` and write all outputs into ``out_dir``."""
+    if config.table is not None:
+        raise MetalsmInputError(
+            f"{config.source}: '{config.name}' is a sample-table study area (no rasters to map); "
+            "use `metalsm segment` for its blocks"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -140,6 +126,12 @@ def run_pipeline(
             samples = draw_samples(config, stack, inventory, mask)
             _write_csv(samples.table, out / "samples.csv")
         t = timed("samples", t)
+
+        if config.blocks is not None:
+            from metalsm.blocks_run import segment_stack
+
+            segment_stack(config, stack, samples, inventory, out, progress)
+            t = timed("blocks", t)
 
         names = config.model.names
         n_tasks = 2 * len(names) * config.validation.n_folds

@@ -10,7 +10,9 @@ Fallbacks, recorded per block in ``rule``/``reason``/``source_block``:
 
 * no labelled sample in the block (``reason="no-samples"``), or a single class while the
   class-balanced loss is off (``reason="single-class"``; the paper's failure mode: an
-  all-positive support set teaches "always positive");
+  all-positive support set teaches "always positive"). Both are judged on all the
+  labelled samples of the block, not on the K drawn (at K = 1 every support set holds
+  one class by construction);
 * then the block uses the adapted model of the most similar adapted block by centre
   features when ``centres`` are given (``rule="similar-block"``), otherwise the
   intermediate model (``rule="intermediate"``).
@@ -37,7 +39,14 @@ from torch.func import functional_call
 
 from metalsm.atomic import atomic_path, write_json
 from metalsm.errors import MetalsmInputError
-from metalsm.models.meta import MetaLearner, MetaNet, Params, _support_query, _TaskIndex, adapt_batch
+from metalsm.models.meta import (
+    MetaLearner,
+    MetaNet,
+    Params,
+    _support_query,
+    _TaskIndex,
+    adapt_batch,
+)
 
 __all__ = ["BlockModels", "adapt_blocks", "load_intermediate", "save_intermediate"]
 
@@ -175,7 +184,8 @@ class BlockModels:
             torch.save({"stacked": {k: v.contiguous() for k, v in self.stacked.items()},
                         "model_index": torch.as_tensor(self.model_index)}, tmp)
         meta = _learner_meta(self.learner, self.factor_names)
-        meta.update(k=self.k, n_blocks=self.n_blocks, blocks=self.block_table())
+        meta.update(k=self.k, adapt_seed=self.seed, n_blocks=self.n_blocks,
+                    blocks=self.block_table())
         write_json(directory / "blocks.json", meta)
         return directory
 
@@ -196,7 +206,7 @@ class BlockModels:
             rule=[r["rule"] for r in table], reason=[r["reason"] for r in table],
             source_block=np.array([r["source_block"] for r in table], dtype=np.int64),
             n_support=np.array([r["n_support"] for r in table], dtype=np.int64),
-            k=meta["k"], seed=int(meta["seed"]),
+            k=meta["k"], seed=int(meta["adapt_seed"]),
         )
 
 

@@ -530,7 +530,7 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
             logit[:] = self.logits(X)
         else:
             groups = np.asarray(groups).ravel()
-            adapted = np.array([g in self.adapted_ for g in groups.tolist()], dtype=bool)
+            adapted = np.isin(groups, np.array(list(self.adapted_)))
             if (~adapted).any():
                 logit[~adapted] = self.logits(X[~adapted])
             for g in np.unique(groups[adapted]).tolist():

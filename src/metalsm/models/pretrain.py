@@ -117,7 +117,8 @@ def train_rbm(
     means (standard practice for Gaussian units; lowers CD variance).
     """
     if data.ndim != 2 or data.shape[0] == 0:
-        raise MetalsmInputError(f"RBM training needs a non-empty 2-D table, got {tuple(data.shape)}")
+        raise MetalsmInputError(
+            f"RBM training needs a non-empty 2-D table, got {tuple(data.shape)}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     n, n_vis = data.shape
     W = (torch.randn(n_vis, n_hidden, generator=g, dtype=data.dtype) * init_std).requires_grad_()
@@ -176,7 +177,8 @@ def train_dae(
     fixed noise draw of the whole set.
     """
     if data.ndim != 2 or data.shape[0] == 0:
-        raise MetalsmInputError(f"DAE training needs a non-empty 2-D table, got {tuple(data.shape)}")
+        raise MetalsmInputError(
+            f"DAE training needs a non-empty 2-D table, got {tuple(data.shape)}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     n, n_in = data.shape
     bound_enc = (6.0 / (n_in + n_hidden)) ** 0.5

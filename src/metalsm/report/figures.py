@@ -363,3 +363,41 @@ def plot_block_map(
                                  label="landslide inventory")],
                   loc="upper left", fontsize=8, framealpha=0.85)
     return _save(fig, path)
+
+
+def plot_point_blocks(
+    x: np.ndarray,
+    y: np.ndarray,
+    blocks: np.ndarray,
+    path: str | Path,
+    *,
+    labels: np.ndarray | None = None,
+    title: str = "Blocks of the sample table",
+) -> Path:
+    """Sample points coloured by block (landslides as filled dots), block ids at centroids."""
+    x, y, blocks = np.asarray(x, float), np.asarray(y, float), np.asarray(blocks)
+    if not (x.shape == y.shape == blocks.shape) or x.size == 0:
+        raise ValueError(f"x, y and blocks must be equal-length non-empty arrays for {path}")
+    span_x, span_y = np.ptp(x) or 1.0, np.ptp(y) or 1.0
+    fig = Figure(figsize=(8.0, max(3.0, min(12.0, 8.0 * span_y / span_x))))
+    ax = fig.add_subplot()
+    tint = matplotlib.colormaps["tab20"]
+    colours = tint((blocks % 20) / 19)
+    stable = np.ones(x.size, bool) if labels is None else np.asarray(labels) == 0
+    ax.scatter(x[stable], y[stable], s=3, c=colours[stable], marker="o", linewidths=0)
+    if labels is not None:
+        slid = ~stable
+        ax.scatter(x[slid], y[slid], s=5, c=colours[slid], marker="^", linewidths=0)
+    n = int(blocks.max()) + 1
+    counts = np.bincount(blocks, minlength=n)
+    cx = np.bincount(blocks, x, minlength=n) / np.maximum(counts, 1)
+    cy = np.bincount(blocks, y, minlength=n) / np.maximum(counts, 1)
+    for block in np.flatnonzero(counts):
+        ax.text(cx[block], cy[block], str(block), fontsize=6, ha="center", va="center",
+                bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none", "pad": 0.5})
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.set_title(title)
+    ax.tick_params(labelsize=8)
+    return _save(fig, path)

@@ -1,0 +1,175 @@
+"""The block stage of a study area: segmentation into blocks, tasks, and their outputs.
+
+Raster study areas are segmented cell by cell (weighted SLIC on the factor stack);
+table study areas (no rasters) by the same distance applied to the sample points.
+Either way each block is one few-shot task, and a seeded share of blocks is set
+aside for meta-testing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metalsm.atomic import atomic_path
+from metalsm.config import BlocksConfig, StudyAreaConfig
+from metalsm.inventory import landslide_mask, read_inventory
+from metalsm.progress import RunProgress
+from metalsm.report import figures
+from metalsm.sample_table import Samples, read_sample_table
+from metalsm.segmentation import Blocks, segment_points, segment_raster, weights_from_data
+from metalsm.segmentation import write_blocks as write_block_rasters
+from metalsm.stack import FactorStack, build_factor_stack
+from metalsm.tasks import block_task_table, split_blocks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BlockStage:
+    """Block id per sample, the per-block task table, and (rasters) the block labels."""
+
+    samples: Samples
+    sample_blocks: np.ndarray
+    tasks: pd.DataFrame
+    blocks: Blocks | None
+    weights: dict[str, float] | None
+
+
+def factor_weights(
+    blocks: BlocksConfig, samples: Samples, stack: FactorStack | None
+) -> dict[str, float] | None:
+    """The per-factor segmentation weights that ``[blocks] weighting`` asks for."""
+    if blocks.weighting == "equal":
+        return None
+    if blocks.weighting == "given":
+        # unlisted factors weigh 1; unknown names are left in so segmentation rejects them
+        return {**dict.fromkeys(samples.factor_names, 1.0), **blocks.factor_weights}
+    return weights_from_data(stack, samples.X, samples.y, blocks.weighting,
+                             categorical=samples.categorical, seed=blocks.seed)
+
+
+def task_table(sample_blocks: np.ndarray, samples: Samples, n_blocks: int | Blocks,
+               blocks: BlocksConfig) -> pd.DataFrame:
+    """Per-block counts with the meta-train / meta-test split of the blocks."""
+    tasks = block_task_table(sample_blocks, samples.y, n_blocks)
+    train, _ = split_blocks(tasks["block"], blocks.meta_train_fraction, blocks.seed)
+    tasks["split"] = np.where(tasks["block"].isin(train), "meta-train", "meta-test")
+    return tasks
+
+
+def segment_study_area(
+    config: StudyAreaConfig,
+    out_dir: str | Path,
+    *,
+    show_progress: bool = True,
+) -> BlockStage:
+    """Segment the study area of ``config`` (its ``[blocks]``) and write the block outputs.
+
+    Rasters: ``blocks.tif``, ``blocks.gpkg``, ``blocks.png``; tables: ``blocks.csv``
+    (block per sample) and ``blocks.png``; both: ``tasks.csv``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = config.blocks or BlocksConfig()
+    with RunProgress(enabled=show_progress) as progress:
+        if config.table is not None:
+            return _segment_table(config, settings, out, progress)
+        return _segment_raster(config, settings, out, progress)
+
+
+def _segment_raster(config, settings: BlocksConfig, out: Path, progress) -> BlockStage:
+    from metalsm.pipeline import draw_samples
+
+    n_steps = 2 + len(config.rasters) + len(config.vectors)
+    with progress.stage("factor stack", total=n_steps) as advance:
+        stack = build_factor_stack(config, progress=lambda note: advance(1, note))
+    with progress.stage("samples"):
+        inventory = read_inventory(config.inventory.path, stack.grid, crs=config.inventory.crs,
+                                   x_column=config.inventory.x_column,
+                                   y_column=config.inventory.y_column)
+        samples = draw_samples(config, stack, inventory, landslide_mask(inventory, stack.grid))
+    return segment_stack(config, stack, samples, inventory, out, progress)
+
+
+def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples, inventory,
+                  out: Path, progress: RunProgress) -> BlockStage:
+    """Segment a factor stack whose samples are already drawn; write the block outputs."""
+    settings = config.blocks or BlocksConfig()
+    with progress.stage(f"segmentation into ~{settings.n_blocks} blocks"):
+        weights = factor_weights(settings, samples, stack)
+        blocks = segment_raster(stack, settings.n_blocks, settings.compactness, weights=weights,
+                                iterations=settings.iterations,
+                                min_size_fraction=settings.min_size_fraction, seed=settings.seed)
+    with progress.stage("block outputs"):
+        rows = samples.table["row"].to_numpy()
+        cols = samples.table["col"].to_numpy()
+        sample_blocks = blocks.block_of(rows, cols)
+        tasks = task_table(sample_blocks, samples, blocks, settings)
+        write_block_rasters(blocks, out, samples_table=samples.table, inventory=inventory)
+        _write_csv(tasks, out / "tasks.csv")
+        dem = stack.layer("elevation") if "elevation" in stack.names else None
+        figures.plot_block_map(
+            blocks.labels, stack.grid, out / "blocks.png", dem=dem, inventory=inventory,
+            title=f"{config.name}: {blocks.n_blocks} blocks (K={settings.n_blocks}, "
+            f"M={settings.compactness:g})",
+        )
+    return BlockStage(samples, sample_blocks, tasks, blocks, weights)
+
+
+def _segment_table(config, settings: BlocksConfig, out: Path, progress) -> BlockStage:
+    with progress.stage("sample table"):
+        samples = read_sample_table(config.table)
+    with progress.stage(f"segmentation into ~{settings.n_blocks} blocks"):
+        weights = factor_weights(settings, samples, None)
+        sample_blocks = segment_points(
+            samples.table, list(samples.factor_names), x="x", y="y",
+            n_blocks=settings.n_blocks, compactness=settings.compactness, weights=weights,
+            iterations=settings.iterations, categorical=samples.categorical,
+            min_size_fraction=settings.min_size_fraction,
+        )
+    with progress.stage("block outputs"):
+        n_blocks = int(sample_blocks.max()) + 1
+        tasks = task_table(sample_blocks, samples, n_blocks, settings)
+        per_sample = samples.table[["x", "y", "label"]].assign(block=sample_blocks)
+        _write_csv(per_sample, out / "blocks.csv")
+        _write_csv(tasks, out / "tasks.csv")
+        figures.plot_point_blocks(
+            per_sample["x"].to_numpy(), per_sample["y"].to_numpy(), sample_blocks,
+            out / "blocks.png", labels=samples.y,
+            title=f"{config.name}: {n_blocks} blocks (K={settings.n_blocks}, "
+            f"M={settings.compactness:g})",
+        )
+    return BlockStage(samples, sample_blocks, tasks, None, weights)
+
+
+def with_blocks(config: StudyAreaConfig, n_blocks: int | None, compactness: float | None,
+                iterations: int | None = None) -> StudyAreaConfig:
+    """``config`` with command-line overrides of its ``[blocks]`` settings."""
+    settings = config.blocks or BlocksConfig()
+    overrides = {k: v for k, v in (("n_blocks", n_blocks), ("compactness", compactness),
+                                   ("iterations", iterations)) if v is not None}
+    return replace(config, blocks=replace(settings, **overrides))
+
+
+def block_statistics(tasks: pd.DataFrame) -> dict[str, float]:
+    """Blocks, samples per block (min/median/max), share of single-class and empty blocks."""
+    samples = tasks["samples"]
+    return {
+        "blocks": int(len(tasks)),
+        "samples_min": int(samples.min()),
+        "samples_median": float(samples.median()),
+        "samples_max": int(samples.max()),
+        "single_class_share": float(tasks["single_class"].mean()),
+        "empty_blocks": int(tasks["empty"].sum()),
+    }
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path

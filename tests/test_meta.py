@@ -1,0 +1,261 @@
+"""Weighted MAML (models/meta.py): meta-gradients, vmap vs loop, task weights, sampling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.base import clone
+
+from metalsm.datasets import study_area
+from metalsm.models.meta import (
+    MetaLearner,
+    MetaNet,
+    TaskBatch,
+    init_params,
+    inner_sample_weights,
+    make_task_batch,
+    meta_objective,
+    sample_meta_batch,
+    task_weights,
+)
+
+torch.set_num_threads(1)
+
+FACTORS = ["land use", "lithology", "DEM", "slope", "curvature", "aspect", "NDVI", "SPI", "TWI",
+           "dis2road", "dis2drainage", "dis2catchment", "dis2faults", "DV"]
+
+
+@pytest.fixture(scope="module")
+def hk() -> pd.DataFrame:
+    """Hong Kong samples with 40 stand-in tasks: a coarse grid on X/Y (every 4th row)."""
+    df = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
+    df = df.iloc[::4].reset_index(drop=True)
+    gx = pd.qcut(df["X"], 8, labels=False)
+    gy = pd.qcut(df["Y"], 5, labels=False)
+    df["block"] = (gx * 5 + gy).astype(int)
+    return df
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def test_task_weights_known_values() -> None:
+    n = np.array([10, 30, 60])
+    w = task_weights(n, 200, "softmax")
+    e = [math.exp(0.05), math.exp(0.15), math.exp(0.30)]
+    expected = [v / sum(e) for v in e]
+    assert torch.allclose(w, torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+    assert w.sum().item() == pytest.approx(1.0)
+    # 0.3226, 0.3565, 0.4812 / ... : bigger tasks weigh more, but gently
+    assert w[2] > w[1] > w[0]
+    assert torch.allclose(task_weights(n, 200, "uniform"), torch.full((3,), 1 / 3,
+                                                                      dtype=torch.float64))
+
+
+def test_inner_sample_weights_balanced_and_masked() -> None:
+    y = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0]])
+    m = torch.tensor([[True, True, True, True, False], [True, True, False, False, False]])
+    plain = inner_sample_weights(y, m, balanced=False)
+    assert torch.allclose(plain[0], torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0]))
+    bal = inner_sample_weights(y, m, balanced=True)
+    # task 0: 3 positives share 1/2, the one negative gets 1/2; padding 0
+    assert torch.allclose(bal[0], torch.tensor([1 / 6, 1 / 6, 1 / 6, 0.5, 0.0]))
+    # task 1: one class only -> plain average
+    assert torch.allclose(bal[1], torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0]))
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def _tiny_problem(seed: int = 0):
+    """Three tasks of unequal size, padded, float64; padding rows hold garbage (finite)."""
+    g = torch.Generator().manual_seed(seed)
+    net = MetaNet(3, hidden=(4, 3)).double()
+    init_params(net, g)
+    sizes_s, sizes_q = [2, 4, 3], [3, 5, 1]
+    S, Q = max(sizes_s), max(sizes_q)
+    xs = torch.randn(3, S, 3, generator=g, dtype=torch.float64) * 3
+    xq = torch.randn(3, Q, 3, generator=g, dtype=torch.float64) * 3
+    ys = (torch.rand(3, S, generator=g) > 0.5).double()
+    yq = (torch.rand(3, Q, generator=g) > 0.5).double()
+    ms = torch.arange(S)[None] < torch.tensor(sizes_s)[:, None]
+    mq = torch.arange(Q)[None] < torch.tensor(sizes_q)[:, None]
+    batch = TaskBatch(xs, ys, ms, xq, yq, mq)
+    return net, batch, sizes_s, sizes_q
+
+
+def _forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Hand-written forward of MetaNet(3, (4, 3)): independent of functional_call."""
+    h = torch.sigmoid(x @ p["hidden.0.weight"].T + p["hidden.0.bias"])
+    h = torch.sigmoid(h @ p["hidden.1.weight"].T + p["hidden.1.bias"])
+    return (h @ p["out.weight"].T + p["out.bias"]).squeeze(-1)
+
+
+def _reference_meta_grad(net, batch, sizes_s, sizes_q, weights, alpha, steps, first_order):
+    """Explicit Python loop over unpadded tasks with nested torch.autograd.grad."""
+    names = [n for n, _ in net.named_parameters()]
+    theta = [p.detach().clone().requires_grad_() for _, p in net.named_parameters()]
+    total = 0.0
+    for k in range(3):
+        xs, ys = batch.xs[k, :sizes_s[k]], batch.ys[k, :sizes_s[k]]
+        xq, yq = batch.xq[k, :sizes_q[k]], batch.yq[k, :sizes_q[k]]
+        fast = list(theta)
+        for _ in range(steps):
+            loss = F.binary_cross_entropy_with_logits(_forward(dict(zip(names, fast,
+                                                                         strict=True)), xs), ys)
+            grads = torch.autograd.grad(loss, fast, create_graph=not first_order)
+            fast = [p - alpha * g for p, g in zip(fast, grads, strict=True)]
+        q = F.binary_cross_entropy_with_logits(_forward(dict(zip(names, fast, strict=True)), xq),
+                                               yq)
+        total = total + weights[k] * q
+    return total, torch.autograd.grad(total, theta)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "uniform"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_matches_nested_autograd(mode: str, first_order: bool) -> None:
+    net, batch, sizes_s, sizes_q = _tiny_problem()
+    w = task_weights(np.array([10, 40, 25]), 120, mode)
+    params = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
+    loss = meta_objective(net, params, batch, w, inner_lr=0.1, steps=3,
+                          first_order=first_order)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    ref_loss, ref_grads = _reference_meta_grad(net, batch, sizes_s, sizes_q, w, 0.1, 3,
+                                               first_order)
+    assert loss.item() == pytest.approx(ref_loss.item(), abs=1e-12)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-10, rtol=1e-9)
+
+
+def test_second_order_gradient_differs_from_first_order_and_matches_finite_differences() -> None:
+    net, batch, *_ = _tiny_problem(seed=3)
+    w = task_weights(np.array([5, 9, 7]), 40, "softmax")
+    params = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
+
+    def objective(p, first_order=False):
+        return meta_objective(net, p, batch, w, inner_lr=0.5, steps=2, first_order=first_order)
+
+    g2 = torch.autograd.grad(objective(params), list(params.values()))
+    g1 = torch.autograd.grad(objective(params, True), list(params.values()))
+    assert max((a - b).abs().max().item() for a, b in zip(g2, g1, strict=True)) > 1e-4
+    # central finite differences along a random direction
+    gen = torch.Generator().manual_seed(1)
+    direction = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype) for n, p in params.items()}
+    eps = 1e-5
+    with torch.no_grad():
+        plus = {n: p + eps * direction[n] for n, p in params.items()}
+        minus = {n: p - eps * direction[n] for n, p in params.items()}
+    fd = (objective(plus) - objective(minus)).item() / (2 * eps)
+    analytic = sum((g * direction[n]).sum() for g, n in zip(g2, params, strict=True)).item()
+    assert analytic == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
+def test_padding_does_not_change_gradient() -> None:
+    net, batch, *_ = _tiny_problem(seed=5)
+    w = task_weights(np.array([5, 9, 7]), 40, "softmax")
+    params = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
+    g_a = torch.autograd.grad(meta_objective(net, params, batch, w), list(params.values()))
+    # wider padding with different garbage in the padded rows
+    pad = 3
+    big = TaskBatch(
+        torch.cat([batch.xs, 50 * torch.ones(3, pad, 3, dtype=torch.float64)], 1),
+        torch.cat([batch.ys, torch.ones(3, pad, dtype=torch.float64)], 1),
+        torch.cat([batch.ms, torch.zeros(3, pad, dtype=torch.bool)], 1),
+        torch.cat([batch.xq, -7 * torch.ones(3, pad, 3, dtype=torch.float64)], 1),
+        torch.cat([batch.yq, torch.zeros(3, pad, dtype=torch.float64)], 1),
+        torch.cat([batch.mq, torch.zeros(3, pad, dtype=torch.bool)], 1),
+    )
+    g_b = torch.autograd.grad(meta_objective(net, params, big, w), list(params.values()))
+    for a, b in zip(g_a, g_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_vmap_equals_python_loop(hk: pd.DataFrame, balanced: bool) -> None:
+    X = ((hk[FACTORS] - hk[FACTORS].mean()) / hk[FACTORS].std()).to_numpy(np.float32)
+    y = hk["label"].to_numpy(np.float32)
+    rng = np.random.default_rng(0)
+    sampled = sample_meta_batch(hk["block"].to_numpy(), y, 8, 5, 10, rng)
+    batch = make_task_batch(X, y, sampled)
+    net = MetaNet(len(FACTORS))
+    init_params(net, torch.Generator().manual_seed(0))
+    params = dict(net.named_parameters())
+    w = task_weights(np.bincount(hk["block"])[sampled["tasks"]], len(hk))
+    out = []
+    for vectorize in (True, False):
+        loss = meta_objective(net, params, batch, w, balanced=balanced, vectorize=vectorize)
+        out.append((loss.detach(), torch.autograd.grad(loss, list(params.values()))))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-6, rtol=1e-6)
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_sampler_is_stratified_disjoint_and_padded(hk: pd.DataFrame) -> None:
+    codes = hk["block"].to_numpy()
+    y = hk["label"].to_numpy()
+    # make task 0 tiny (3 samples) to exercise padding
+    small = np.flatnonzero(codes == 0)[3:]
+    codes = codes.copy()
+    codes[small] = 1
+    out = sample_meta_batch(codes, y, 40, 6, 12, np.random.default_rng(1))
+    assert out["support_idx"].shape == (40, 6) and out["query_idx"].shape == (40, 12)
+    assert sorted(out["tasks"].tolist()) == list(range(40))  # without replacement
+    for t, task in enumerate(out["tasks"]):
+        s = out["support_idx"][t][out["support_mask"][t]]
+        q = out["query_idx"][t][out["query_mask"][t]]
+        assert np.all(codes[s] == task) and np.all(codes[q] == task)
+        assert not set(s) & set(q)
+        n = int((codes == task).sum())
+        if task == 0:
+            assert (s.size, q.size) == (2, 1)  # keeps one sample for the query
+        else:
+            assert s.size == min(6, max(n - 1, 1), n) and q.size == min(12, n - s.size)
+            n_pos = int((y[codes == task] == 1).sum())
+            if min(n_pos, n - n_pos) >= 3 and n > 6:
+                assert int(y[s].sum()) == 3  # balanced support when both classes allow
+        # mask is a prefix
+        assert not np.any(np.diff(out["support_mask"][t].astype(int)) > 0)
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+def test_same_seed_bit_identical_and_different_seed_differs(hk: pd.DataFrame) -> None:
+    X, y, g = hk[FACTORS].to_numpy(), hk["label"].to_numpy(), hk["block"].to_numpy()
+    kw = dict(iterations=15, outer_lr=1e-2,
+              pretrain=__import__("metalsm.models.pretrain", fromlist=["x"]).PretrainConfig(
+                  epochs=1, batch_size=256), n_threads=1)
+    a = MetaLearner(seed=3, **kw).fit(X, y, groups=g)
+    b = clone(a).fit(X, y, groups=g)
+    c = MetaLearner(seed=4, **kw).fit(X, y, groups=g)
+    pa, pb = a.predict_proba(X), b.predict_proba(X)
+    assert np.array_equal(pa, pb)
+    assert not np.array_equal(pa, c.predict_proba(X))
+    assert np.array_equal(a.meta_loss_, b.meta_loss_)
+    a.adapt_groups(X[:300], y[:300], g[:300])
+    b.adapt_groups(X[:300], y[:300], g[:300])
+    assert np.array_equal(a.predict_proba(X, groups=g), b.predict_proba(X, groups=g))
+    assert a.get_params()["seed"] == 3 and a.get_params()["inner_lr"] == 0.1
+
+
+def test_adapt_groups_uses_group_models_else_intermediate(hk: pd.DataFrame) -> None:
+    X, y, g = hk[FACTORS].to_numpy(), hk["label"].to_numpy(), hk["block"].to_numpy()
+    m = MetaLearner(iterations=5, pretrain=False, n_threads=1).fit(X, y, groups=g)
+    base = m.predict_proba(X)
+    one = g == 7
+    m.adapt_groups(X[one][:5], y[one][:5], g[one][:5])
+    p = m.predict_proba(X, groups=g)
+    assert np.array_equal(p[~one], base[~one])
+    assert not np.allclose(p[one], base[one])
+    params = m.adapt(X[one][:5], y[one][:5])
+    direct = m.logits(X[one], params)
+    np.testing.assert_allclose(1 / (1 + np.exp(-direct)), p[one][:, 1], rtol=1e-6)
+    assert p.shape == (len(X), 2) and np.allclose(p.sum(1), 1)
