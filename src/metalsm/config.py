@@ -171,6 +171,38 @@ class BlocksConfig:
 
 
 @dataclass(frozen=True)
+class MetaConfig:
+    """Block-wise few-shot meta-learning (RBM/DAE pretraining, task-weighted MAML).
+
+    Defaults are the paper's settings. ``k_shots``: the K values evaluated on the
+    meta-test blocks ("half" = half of the block's samples, "all" = all of them);
+    ``map_k``: the K used to adapt every block for the map. ``task_weighting =
+    "uniform"`` with ``pretrain = false`` is plain MAML.
+    """
+
+    hidden: tuple[int, ...] = (32, 32, 16)
+    pretrain: bool = True
+    pretrain_epochs: int = 20
+    rbm_lr: float = 1e-3
+    dae_lr: float = 1e-5
+    unlabelled_cells: int = 0
+    inner_lr: float = 0.1
+    inner_steps: int = 5
+    meta_batch: int = 16
+    meta_lr: float = 1e-4
+    iterations: int = 5000
+    k_support: int = 5
+    k_query: int = 15
+    task_weighting: Literal["softmax", "uniform"] = "softmax"
+    first_order: bool = False
+    balanced: bool = False
+    k_shots: tuple[str, ...] = ("1", "5", "half")
+    map_k: str = "5"
+    repeats: int = 5
+    seed: int = 42
+
+
+@dataclass(frozen=True)
 class TableConfig:
     """A study area given as a table of samples (no rasters), e.g. the Hong Kong data."""
 
@@ -191,6 +223,7 @@ class StudyAreaConfig:
     inventory: InventoryConfig | None = None
     table: TableConfig | None = None
     blocks: BlocksConfig | None = None
+    meta: MetaConfig | None = None
     rasters: tuple[RasterInput, ...] = ()
     vectors: tuple[VectorInput, ...] = ()
     grid: GridConfig = field(default_factory=GridConfig)
@@ -310,6 +343,17 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
         raise MetalsmInputError(
             f"{path}: give either a raster study area ('dem', [inventory]) or [table], not both"
         )
+    meta = config.meta
+    if meta is not None:
+        for key in ("map_k", *(f"k_shots[{i}]" for i in range(len(meta.k_shots)))):
+            value = meta.map_k if key == "map_k" else meta.k_shots[int(key[8:-1])]
+            if not (value.isdigit() and int(value) >= 1) and value not in ("half", "all"):
+                raise MetalsmInputError(
+                    f"{path}: meta.{key} must be a positive integer (as a string), "
+                    f"\"half\" or \"all\", got {value!r}"
+                )
+        if config.blocks is None:
+            raise MetalsmInputError(f"{path}: [meta] needs a [blocks] section (blocks are tasks)")
     blocks = config.blocks
     if blocks is not None:
         if blocks.n_blocks < 1:
