@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import rasterio
 from rasterio.windows import Window
@@ -73,3 +75,18 @@ def write_config(path: Path, crop: Path, kaghan: Path, **sections: str) -> Path:
     text += "\n\n".join(f"[{k}]\n{v}" for k, v in tables.items() if v is not None) + "\n"
     path.write_text(text)
     return path
+
+
+HK_FACTORS = ["land use", "lithology", "DEM", "slope", "curvature", "aspect", "NDVI", "SPI",
+              "TWI", "dis2road", "dis2drainage", "dis2catchment", "dis2faults", "DV"]
+
+
+@cache
+def hongkong_table() -> pd.DataFrame:
+    """The real Hong Kong sample table (read once per test session; do not modify it)."""
+    return pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
+
+
+def hk_slice(n: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """A seeded random slice of the Hong Kong table, all columns as float."""
+    return hongkong_table().astype(float).sample(n, random_state=seed).reset_index(drop=True)

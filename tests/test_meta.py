@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import HK_FACTORS, hongkong_table
 from sklearn.base import clone
 
-from metalsm.datasets import study_area
 from metalsm.models.meta import (
     MetaLearner,
     MetaNet,
@@ -26,14 +26,13 @@ from metalsm.models.meta import (
 
 torch.set_num_threads(1)
 
-FACTORS = ["land use", "lithology", "DEM", "slope", "curvature", "aspect", "NDVI", "SPI", "TWI",
-           "dis2road", "dis2drainage", "dis2catchment", "dis2faults", "DV"]
+FACTORS = HK_FACTORS
 
 
 @pytest.fixture(scope="module")
 def hk() -> pd.DataFrame:
     """Hong Kong samples with 40 stand-in tasks: a coarse grid on X/Y (every 4th row)."""
-    df = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
+    df = hongkong_table()
     df = df.iloc[::4].reset_index(drop=True)
     gx = pd.qcut(df["X"], 8, labels=False)
     gy = pd.qcut(df["Y"], 5, labels=False)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import warnings
-from functools import cache
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import hk_slice
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 from sklearn.utils.estimator_checks import check_estimator
 from sklearn.utils.validation import check_is_fitted
 
-from metalsm.datasets import study_area
 from metalsm.errors import MetalsmInputError
 from metalsm.models import MODEL_NAMES, FrequencyRatioClassifier, make_model
 
@@ -22,12 +21,6 @@ CATEGORICAL = ["land use", "lithology"]
 FAST = {"rf": {"n_estimators": 60}}
 
 
-@cache
-def hk_slice(n: int = 2000, seed: int = 0) -> pd.DataFrame:
-    table = pd.read_csv(
-        study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig"
-    ).astype(float)
-    return table.sample(n, random_state=seed).reset_index(drop=True)
 
 
 def hk_xy(n: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from conftest import HK_FACTORS, hongkong_table
 
-from metalsm.datasets import study_area
 from metalsm.models.meta import MetaNet
 from metalsm.models.pretrain import PretrainConfig, pretrain_network, train_dae, train_rbm
 
 torch.set_num_threads(1)
 
-FACTORS = ["land use", "lithology", "DEM", "slope", "curvature", "aspect", "NDVI", "SPI", "TWI",
-           "dis2road", "dis2drainage", "dis2catchment", "dis2faults", "DV"]
+FACTORS = HK_FACTORS
 
 
 @pytest.fixture(scope="module")
 def vectors() -> torch.Tensor:
     """3,000 standardized real sample vectors (every 5th row of the Hong Kong table)."""
-    df = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
+    df = hongkong_table()
     X = df[FACTORS].to_numpy(np.float64)[::5][:3000]
     X = (X - X.mean(0)) / X.std(0)
     return torch.as_tensor(X, dtype=torch.float32)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import hk_slice
 from sklearn.metrics import auc as sk_auc
 
-from metalsm.datasets import study_area
 from metalsm.errors import MetalsmInputError
 from metalsm.models import MODEL_NAMES, make_model
 from metalsm.validation import (
@@ -27,12 +25,6 @@ from metalsm.validation import (
 CATEGORICAL = ["land use", "lithology"]
 
 
-@cache
-def hk_slice(n: int = 2000, seed: int = 0) -> pd.DataFrame:
-    table = pd.read_csv(
-        study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig"
-    ).astype(float)
-    return table.sample(n, random_state=seed).reset_index(drop=True)
 
 
 def factors(table: pd.DataFrame) -> pd.DataFrame:
