@@ -180,3 +180,54 @@ def segment(
         f"(min/median/max), {stats['single_class_share']:.0%} single-class, "
         f"{stats['empty_blocks']} empty — outputs in [bold]{out}[/]"
     )
+
+
+# --------------------------------------------------------------------------- meta-learning steps
+# `metalsm run` with model.map_model = "meta-blockwise" does all of these in one go; the
+# steps below save/load their state in OUT/models so one stage can be re-run alone.
+
+Config = Annotated[Path, typer.Argument(help="Study-area TOML configuration with [meta].")]
+
+
+@app.command()
+def pretrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
+    """Blocks, then RBM/RBM/DAE pretraining: OUT/models/pretrained.pt."""
+    from metalsm.meta_run import pretrain_step
+
+    result = _guarded(config, quiet, lambda cfg: pretrain_step(cfg, out,
+                                                               show_progress=not quiet))
+    console.print(f"[green]done[/]: pretraining in {result['seconds']:.1f} s — "
+                  f"[bold]{result['path']}[/]")
+    for layer, (before, after) in result["errors"].items():
+        console.print(f"  {layer} reconstruction error {before:.4f} → {after:.4f}")
+
+
+@app.command()
+def metatrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
+    """Meta-train the intermediate model (starts from OUT/models/pretrained.pt if present)."""
+    from metalsm.meta_run import metatrain_step
+
+    result = _guarded(config, quiet, lambda cfg: metatrain_step(cfg, out,
+                                                                show_progress=not quiet))
+    source = "saved pretraining" if result["used_saved_pretraining"] else "fresh start"
+    console.print(f"[green]done[/]: meta-training in {result['seconds']:.1f} s ({source}) — "
+                  f"[bold]{result['path']}[/]")
+
+
+@app.command()
+def adapt(
+    config: Config,
+    out: OutDir,
+    k: Annotated[str | None, typer.Option("--k", help="Shots per block: N, half or all "
+                                          "(default: meta.map_k).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Adapt every block from OUT/models/intermediate.pt; write block models and the map."""
+    from metalsm.meta_run import adapt_step
+
+    result = _guarded(config, quiet, lambda cfg: adapt_step(cfg, out, k,
+                                                            show_progress=not quiet))
+    rules = ", ".join(f"{n} {rule}" for rule, n in result["rules"].items())
+    console.print(f"[green]done[/]: blocks {rules} — outputs in [bold]{out}[/]")
+    for path in result["paths"].values():
+        console.print(f"  {path}")

@@ -377,7 +377,17 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise MetalsmInputError(f"{path}: factor name(s) used twice: {', '.join(duplicates)}")
-    if config.model.map_model not in config.model.names:
+    if config.model.map_model == "meta-blockwise":
+        # the block-wise meta-learned model (meta_run.py); model.names stay the
+        # classic models cross-validated beside it
+        missing = [repr(k) for k in ("blocks", "meta") if getattr(config, k) is None]
+        if missing:
+            raise MetalsmInputError(
+                f"{path}: model.map_model = 'meta-blockwise' needs the {' and '.join(missing)} "
+                "section(s) of the config (blocks are the tasks; meta holds the "
+                "meta-learning settings)"
+            )
+    elif config.model.map_model not in config.model.names:
         raise MetalsmInputError(
             f"{path}: model.map_model '{config.model.map_model}' is not in model.names "
             f"{list(config.model.names)}"

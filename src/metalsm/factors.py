@@ -393,7 +393,7 @@ def select_factors(
     differentiation_min: float,
     vif_max: float,
 ) -> pd.DataFrame:
-    """Apply the selection rule; return ``summary`` with ``vif``, ``tolerance``, ``kept``, ``reason``.
+    """Apply the selection rule: ``summary`` plus ``vif``, ``tolerance``, ``kept``, ``reason``.
 
     ``summary`` is indexed by factor with ``mic`` and ``differentiation`` columns;
     ``corr`` is the Pearson matrix. Rule: relevant when MIC >= ``mic_min`` or
@@ -567,7 +567,7 @@ def write_factor_outputs(analysis: FactorAnalysis, out_dir: str | Path) -> dict[
 
 def plot_fr_tables(fr_tables: pd.DataFrame, path: str | Path) -> Path:
     """One bar panel per factor: FR per class, with the FR = 1 line."""
-    from metalsm.report.figures import _save
+    from metalsm.report.figures import save_figure
 
     factors = list(dict.fromkeys(fr_tables["factor"]))
     ncol = 3
@@ -586,12 +586,12 @@ def plot_fr_tables(fr_tables: pd.DataFrame, path: str | Path) -> Path:
         ax.tick_params(axis="y", labelsize=7)
     fig.suptitle("Frequency ratio per class (landslide share / area share)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_correlation(pearson: pd.DataFrame, spearman: pd.DataFrame, path: str | Path) -> Path:
     """Pearson and Spearman heatmaps side by side, values written in the cells."""
-    from metalsm.report.figures import _save
+    from metalsm.report.figures import save_figure
 
     n = len(pearson)
     size = max(4.5, 0.45 * n + 2)
@@ -609,7 +609,7 @@ def plot_correlation(pearson: pd.DataFrame, spearman: pd.DataFrame, path: str | 
         ax.set_title(f"{title} correlation")
         fig.colorbar(image, ax=ax, shrink=0.7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_factor_analysis(config, out_dir: str | Path) -> tuple[FactorAnalysis, dict[str, Path]]:

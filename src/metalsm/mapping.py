@@ -423,3 +423,68 @@ def _share(counts: np.ndarray) -> np.ndarray:
     if total == 0:
         return np.full(counts.shape, np.nan)
     return counts / total
+
+
+@_bounded_gdal_cache
+def predict_blockwise_raster(
+    block_models: Any,
+    encoder: Any,
+    factors_path: str | Path,
+    blocks_path: str | Path,
+    out_path: str | Path,
+    *,
+    window_size: int = 512,
+    overviews: Sequence[int] = (2, 4, 8, 16),
+    progress: Callable[[int, int], Any] | None = None,
+) -> Path:
+    """Write the block-wise susceptibility: every cell predicted by its own block's model.
+
+    ``factors.tif`` and ``blocks.tif`` (int32 block id, -1 outside) are read window by
+    window together, so memory does not grow with the raster. ``encoder.factor_names``
+    are the raw bands the models need and ``encoder.transform(cells)`` turns a
+    ``[n, n_factors]`` array into the model's feature matrix (one-hot categories);
+    ``block_models.predict_proba(features, block_ids)`` gives P(landslide). Cells
+    with a missing factor or outside every block are NaN. Output as :func:`predict_raster`.
+    """
+    feature_names = list(encoder.factor_names)
+    with open_raster(factors_path) as src, open_raster(blocks_path) as bsrc:
+        names, _ = stack_metadata(src)
+        missing = [n for n in feature_names if n not in names]
+        if missing:
+            raise MetalsmInputError(
+                f"factor '{missing[0]}' used by the block models is not a band of "
+                f"{factors_path} (bands: {', '.join(names)})"
+            )
+        if bsrc.shape != src.shape or not bsrc.transform.almost_equals(src.transform):
+            raise MetalsmInputError(
+                f"block raster {blocks_path} {bsrc.shape} is not on the grid of "
+                f"{factors_path} {src.shape}"
+            )
+        indexes = [names.index(n) + 1 for n in feature_names]
+        nodata = src.nodata
+        grid = Grid(src.crs, src.transform, src.height, src.width)
+        profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
+        done = 0
+        with atomic_path(out_path) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for win in iter_windows(grid.height, grid.width, window_size):
+                    block = src.read(indexes, window=win, out_dtype=np.float64)
+                    if nodata is not None and not np.isnan(nodata):
+                        block[block == nodata] = np.nan
+                    ids = bsrc.read(1, window=win).astype(np.int64)
+                    valid = np.isfinite(block).all(axis=0) & (ids >= 0)
+                    out = np.full(valid.shape, np.nan, dtype=np.float32)
+                    n_new = int(valid.sum())
+                    if n_new:
+                        features = encoder.transform(block[:, valid].T)
+                        out[valid] = block_models.predict_proba(features, ids[valid])
+                    dst.write(out, 1, window=win)
+                    done += n_new
+                    if progress is not None:
+                        progress(n_new, done)
+                factors = _overview_factors(grid, overviews)
+                if factors:
+                    dst.build_overviews(factors, Resampling.average)
+                    dst.update_tags(ns="rio_overview", resampling="average")
+                dst.set_band_description(1, "landslide susceptibility (probability, block-wise)")
+    return Path(out_path)

@@ -91,6 +91,10 @@ def run_pipeline(
     config: StudyAreaConfig, out_dir: str | Path, *, show_progress: bool = True
 ) -> RunResult:
     """Run every stage of ``config`` and write all outputs into ``out_dir``."""
+    if config.table is not None and config.meta is not None:
+        from metalsm.meta_run import run_table_pipeline
+
+        return run_table_pipeline(config, out_dir, show_progress=show_progress)
     if config.table is not None:
         raise MetalsmInputError(
             f"{config.source}: '{config.name}' is a sample-table study area (no rasters to map); "
@@ -130,10 +134,10 @@ def run_pipeline(
         if config.blocks is not None:
             from metalsm.blocks_run import segment_stack
 
-            segment_stack(config, stack, samples, inventory, out, progress)
+            block_stage = segment_stack(config, stack, samples, inventory, out, progress)
             t = timed("blocks", t)
 
-        names = config.model.names
+        names = tuple(n for n in config.model.names if n != "meta-blockwise")
         n_tasks = 2 * len(names) * config.validation.n_folds
         with progress.stage("validation (random and spatial folds)", total=n_tasks) as advance:
             evaluation = validation.evaluate_models(
@@ -150,23 +154,33 @@ def run_pipeline(
             _write_csv(evaluation.table, out / "validation.csv", index=False)
         t = timed("validation", t)
 
-        with progress.stage(f"fit {config.model.map_model} on all samples"):
-            model = make_model(config.model.map_model, samples.categorical, config.model.seed)
-            model.fit(samples.X, samples.y)
-        t = timed("fit_map_model", t)
+        meta_result = None
+        if config.model.map_model == "meta-blockwise":  # block-wise models (meta_run.py)
+            from metalsm.meta_run import run_meta_stage
 
-        n_valid = int(stack.valid.sum())
-        with progress.stage("susceptibility map", total=n_valid) as advance:
-            mapping.predict_raster(
-                model,
-                out / "factors.tif",
-                out / "susceptibility.tif",
-                feature_names=samples.factor_names,
-                window_size=config.output.window_size,
-                overviews=config.output.overviews,
-                progress=lambda new, _done: advance(new),
-            )
-        t = timed("predict_map", t)
+            meta_result = run_meta_stage(config, block_stage, out, progress, stack=stack,
+                                         factors_path=out / "factors.tif")
+            timings.update({f"meta_{k}": v for k, v in meta_result.timings.items()})
+            t = time.perf_counter()
+        else:
+            with progress.stage(f"fit {config.model.map_model} on all samples"):
+                model = make_model(config.model.map_model, samples.categorical,
+                                   config.model.seed)
+                model.fit(samples.X, samples.y)
+            t = timed("fit_map_model", t)
+
+            n_valid = int(stack.valid.sum())
+            with progress.stage("susceptibility map", total=n_valid) as advance:
+                mapping.predict_raster(
+                    model,
+                    out / "factors.tif",
+                    out / "susceptibility.tif",
+                    feature_names=samples.factor_names,
+                    window_size=config.output.window_size,
+                    overviews=config.output.overviews,
+                    progress=lambda new, _done: advance(new),
+                )
+            t = timed("predict_map", t)
 
         with progress.stage("zones"):
             edges = mapping.zone_breaks(
@@ -183,6 +197,8 @@ def run_pipeline(
 
         with progress.stage("figures and report"):
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
+            if meta_result is not None:
+                metrics["meta"] = meta_result.metrics
             _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config)
             write_json(out / "metrics.json", metrics)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
@@ -203,13 +219,18 @@ def run_pipeline(
         timed("report", t)
 
     seconds = time.perf_counter() - started
-    spatial = metrics["validation"]["spatial"][config.model.map_model]
     headline = {
         "samples": f"{metrics['samples']['positives']} positives, "
         f"{metrics['samples']['negatives']} negatives",
-        f"spatial AUC ({config.model.map_model})": f"{spatial['auc_mean']:.3f} "
-        f"± {spatial['auc_std']:.3f}",
     }
+    if meta_result is not None:
+        from metalsm.meta_run import headline_of
+
+        headline.update(headline_of(meta_result.kshot))
+    else:
+        spatial = metrics["validation"]["spatial"][config.model.map_model]
+        headline[f"spatial AUC ({config.model.map_model})"] = (
+            f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}")
     return RunResult(out, seconds, metrics, headline)
 
 
@@ -349,5 +370,9 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                                                     "timings_s")}],
         ),
     ]
+    if "meta" in metrics:
+        from metalsm.meta_run import report_section
+
+        sections.insert(1, report_section(metrics["meta"], out))
     write_report(out / "report.html", title=f"Landslide susceptibility — {config.name}",
                  sections=sections)

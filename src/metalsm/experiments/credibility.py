@@ -19,12 +19,13 @@ How bands are compared on equal terms (:func:`spatial_holdout`):
   as many as ``sampling.ratio`` times the test positives, and reused for every
   band and model. Training samples (positives and band negatives) come only
   from outside the test region.
-* **Zones.** Each model also predicts a seeded sample of at most
+* **Zones.** Each model also predicts a seeded uniform sample of at most
   ``credibility.max_area_cells`` valid cells of the test region (the same cells
-  for every band) plus every landslide cell of the test region; five zones
+  for every band; the area ``B``) and every landslide cell of the test region
+  (``A``); five zones
   (very low ... very high) by ``credibility.zone_method`` breaks of the area
-  sample; per zone: share of test landslide cells ``A``, share of area ``B``
-  and ``A / B``.
+  sample (uniform over the region, landslide cells included); per zone: share
+  of test landslide cells ``A``, share of area ``B`` and ``A / B``.
 
 Outputs: ``band_metrics.csv``, ``band_zones.csv``, ``band_metrics.png``,
 ``band_zones.png``, ``credibility.tif``/``.png`` (the training-landslide map)
@@ -254,7 +255,7 @@ def run_credibility_experiment(
             "test_negative_cells": int(test_neg[0].size),
             "test_region_cells": int(split.test_region.sum()),
             "area_sample_cells": int((~area_is_slide).sum()),
-            "test_landslide_cells_in_area_sample": int(area_is_slide.sum()),
+            "test_region_landslide_cells": int(area_is_slide.sum()),
         },
         "credibility": {
             "combine": settings.combine, "weighting": settings.weighting,
@@ -280,8 +281,9 @@ def _band(cred: np.ndarray, band: tuple[float, float]) -> np.ndarray:
 def _area_cells(
     region: np.ndarray, mask: np.ndarray, max_cells: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A seeded sample of region cells (area) plus every landslide cell of the region."""
-    flat = np.flatnonzero(region & ~mask)
+    """A seeded uniform sample of region cells (the area, B) followed by every landslide
+    cell of the region (A); ``is_slide`` flags the second part."""
+    flat = np.flatnonzero(region)
     rng = np.random.default_rng(seed + 2)
     if flat.size > max_cells:
         flat = np.sort(rng.choice(flat, max_cells, replace=False))
@@ -296,10 +298,10 @@ def _area_cells(
 
 def _zone_rows(band: str, model: str, proba: np.ndarray, is_slide: np.ndarray,
                method: str, seed: int) -> list[dict[str, Any]]:
-    # the area is every region cell: sampled stable cells and the landslide cells
-    edges = mapping.zone_breaks(proba, method=method, levels=5, seed=seed)
+    """Five zones by breaks of the area sample; A from the landslide cells, B from the area."""
+    edges = mapping.zone_breaks(proba[~is_slide], method=method, levels=5, seed=seed)
     zone = mapping.classify_values(proba, edges)
-    area = np.bincount(zone, minlength=6)[1:6]
+    area = np.bincount(zone[~is_slide], minlength=6)[1:6]
     slides = np.bincount(zone[is_slide], minlength=6)[1:6]
     a = slides / max(slides.sum(), 1)
     b = area / max(area.sum(), 1)
@@ -308,7 +310,7 @@ def _zone_rows(band: str, model: str, proba: np.ndarray, is_slide: np.ndarray,
     return [
         {"band": band, "model": model, "zone": i + 1, "label": ZONE_LABELS[i],
          "landslide_share": a[i], "area_share": b[i], "ratio": ratio[i],
-         "n_cells": int(area[i]), "n_landslide_cells": int(slides[i])}
+         "n_area_cells": int(area[i]), "n_landslide_cells": int(slides[i])}
         for i in range(5)
     ]
 
@@ -321,7 +323,7 @@ def _csv(frame: pd.DataFrame, path: Path) -> Path:
 
 def plot_band_metrics(metrics: pd.DataFrame, path: str | Path) -> Path:
     """Precision, recall, F1 and AUC per band, one line per model."""
-    from metalsm.report.figures import _save
+    from metalsm.report.figures import save_figure
 
     bands = list(dict.fromkeys(metrics["band"]))
     fig = Figure(figsize=(11, 3.4))
@@ -338,12 +340,12 @@ def plot_band_metrics(metrics: pd.DataFrame, path: str | Path) -> Path:
             ax.legend(fontsize=8)
     fig.suptitle("Held-out test (spatial) by credibility band of the training negatives")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_band_zones(zones: pd.DataFrame, path: str | Path) -> Path:
     """Per model: A/B (landslide share / area share) per zone, one bar per band."""
-    from metalsm.report.figures import _save
+    from metalsm.report.figures import save_figure
 
     models = list(dict.fromkeys(zones["model"]))
     bands = list(dict.fromkeys(zones["band"]))
@@ -362,4 +364,4 @@ def plot_band_zones(zones: pd.DataFrame, path: str | Path) -> Path:
         ax.legend(fontsize=7, ncol=2, title="band")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -53,7 +53,7 @@ def hillshade(
     return shade
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Render to PNG atomically; the figure is then unreferenced and freed."""
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
@@ -80,7 +80,7 @@ def plot_roc(
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(title="model (AUC)", loc="lower right", frameon=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _figure_for_grid(grid: Grid, width_in: float = 8.0) -> tuple[Figure, Any]:
@@ -226,7 +226,7 @@ def plot_raster_map(
             bar.set_label(colorbar_label)
         if handles:
             ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.85)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def zone_colors(levels: int) -> list[tuple[float, float, float, float]]:
@@ -309,7 +309,7 @@ def plot_zone_bars(
         loc="upper left", fontsize=8,
     )
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def block_boundaries(labels: np.ndarray) -> np.ndarray:
@@ -362,7 +362,7 @@ def plot_block_map(
         ax.legend(handles=[Patch(facecolor="none", edgecolor="#b2182b",
                                  label="landslide inventory")],
                   loc="upper left", fontsize=8, framealpha=0.85)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_point_blocks(
@@ -400,4 +400,4 @@ def plot_point_blocks(
     ax.set_ylabel("y (m)")
     ax.set_title(title)
     ax.tick_params(labelsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,0 +1,782 @@
+"""The block-wise meta-learning stage of a study area: intermediate model, K-shot table, map.
+
+One sample's path: its factor values are encoded (:class:`FactorEncoder`: categorical
+factors one-hot over the categories seen in the samples, continuous factors as they
+are; the network standardizes) -> its block is a task -> the meta-train blocks train
+the intermediate model (:func:`fit_intermediate`: RBM/RBM/DAE pretraining on all
+sample vectors, labels unused, plus optional unlabelled raster cells, then weighted
+MAML) -> the meta-test blocks score the few-shot adaptation (:func:`kshot_table`) ->
+every block is adapted with ``map_k`` of its samples (:func:`adapt_all_blocks`) and
+each map cell is predicted by its block's model
+(:func:`metalsm.mapping.predict_blockwise_raster`).
+
+Honest K-shot numbers: every setting comes from the config; the meta-test blocks'
+labels are used only as the K shots of each block and as the query it is scored on
+(shots excluded), never to choose anything. The baselines get the same shots:
+plain MAML (no pretraining, uniform task weights) and a global MLP (the same network
+trained on all meta-train samples, then fine-tuned per block with the same inner loop).
+
+Saved state (``models/`` of a run directory): ``encoder.json``, ``pretrained.pt`` +
+``pretrained.json`` (``metalsm pretrain``), ``intermediate.pt/json``
+(``metalsm metatrain``), ``blocks.pt/json`` (``metalsm adapt``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metalsm import mapping, validation
+from metalsm.atomic import atomic_path, write_json
+from metalsm.blocks_run import BlockStage
+from metalsm.config import MetaConfig, StudyAreaConfig
+from metalsm.errors import MetalsmInputError
+from metalsm.models.blockwise import BlockModels, adapt_blocks, load_intermediate
+from metalsm.models.meta import MetaLearner, MetaNet, flush_denormals, init_params
+from metalsm.models.pretrain import PretrainConfig, PretrainResult, pretrain_network
+from metalsm.progress import RunProgress
+from metalsm.report.html import Section
+
+log = logging.getLogger(__name__)
+
+META_MODEL = "meta-blockwise"
+METHODS = ("proposed", "maml", "global_mlp")
+METHOD_LABELS = {
+    "proposed": "meta-learned (pretraining + weighted tasks)",
+    "maml": "plain MAML (no pretraining, uniform weights)",
+    "global_mlp": "global MLP, fine-tuned",
+}
+#: Global-MLP baseline: Adam on all meta-train samples (fixed, not tuned on meta-test).
+GLOBAL_EPOCHS = 60
+GLOBAL_LR = 1e-3
+GLOBAL_BATCH = 64
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+@dataclass(frozen=True)
+class FactorEncoder:
+    """Raw factor values -> the network's feature matrix.
+
+    ``categories[name]`` lists the class codes of a categorical factor (from the
+    samples); each becomes a 0/1 column ``name=code``. A code not in the list (a map
+    cell of a class no sample has) gets all zeros. A missing value stays NaN.
+    """
+
+    factor_names: tuple[str, ...]
+    categories: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_samples(cls, frame: pd.DataFrame, factor_names: Sequence[str],
+                     categorical: Sequence[str]) -> FactorEncoder:
+        cats = {}
+        for name in categorical:
+            values = frame[name].to_numpy(dtype=np.float64)
+            cats[name] = tuple(float(v) for v in np.unique(values[np.isfinite(values)]))
+        return cls(tuple(factor_names), cats)
+
+    @property
+    def feature_names(self) -> list[str]:
+        out: list[str] = []
+        for name in self.factor_names:
+            if name in self.categories:
+                out += [f"{name}={_code(c)}" for c in self.categories[name]]
+            else:
+                out.append(name)
+        return out
+
+    def transform(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``[n, n_factors]`` raw values (columns in ``factor_names`` order) -> features."""
+        if isinstance(X, pd.DataFrame):
+            missing = [n for n in self.factor_names if n not in X.columns]
+            if missing:
+                raise MetalsmInputError(f"factor column(s) {missing} missing from the table")
+            X = X[list(self.factor_names)].to_numpy(dtype=np.float64)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.factor_names):
+            raise MetalsmInputError(
+                f"expected {len(self.factor_names)} factor columns, got shape {X.shape}")
+        parts = []
+        for j, name in enumerate(self.factor_names):
+            col = X[:, j]
+            if name in self.categories:
+                codes = np.asarray(self.categories[name], dtype=np.float64)
+                onehot = (col[:, None] == codes[None, :]).astype(np.float64)
+                onehot[~np.isfinite(col)] = np.nan
+                parts.append(onehot)
+            else:
+                parts.append(col[:, None])
+        return np.hstack(parts) if parts else np.zeros((X.shape[0], 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factor_names": list(self.factor_names),
+                "categories": {k: list(v) for k, v in self.categories.items()},
+                "feature_names": self.feature_names}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FactorEncoder:
+        return cls(tuple(raw["factor_names"]),
+                   {k: tuple(float(c) for c in v) for k, v in raw["categories"].items()})
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FactorEncoder:
+        path = Path(path)
+        if not path.exists():
+            raise MetalsmInputError(f"no factor encoder at {path} (run `metalsm metatrain`)")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _code(c: float) -> str:
+    return str(int(c)) if float(c).is_integer() else f"{c:g}"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class MetaData:
+    """Encoded samples of a block stage and the meta-train / meta-test split."""
+
+    encoder: FactorEncoder
+    X: np.ndarray
+    y: np.ndarray
+    blocks: np.ndarray
+    n_blocks: int
+    train_blocks: np.ndarray
+    test_blocks: np.ndarray
+    centres: np.ndarray
+
+    @property
+    def train(self) -> np.ndarray:
+        return np.isin(self.blocks, self.train_blocks)
+
+    @property
+    def test(self) -> np.ndarray:
+        return np.isin(self.blocks, self.test_blocks)
+
+
+def meta_data(stage: BlockStage, encoder: FactorEncoder | None = None) -> MetaData:
+    """Encode the samples of ``stage`` and split them by the meta-train/test blocks."""
+    samples = stage.samples
+    encoder = encoder or FactorEncoder.from_samples(samples.table, samples.factor_names,
+                                                    samples.categorical)
+    X = encoder.transform(samples.table)
+    blocks = np.asarray(stage.sample_blocks, dtype=np.int64)
+    tasks = stage.tasks
+    n_blocks = int(stage.blocks.n_blocks if stage.blocks is not None else len(tasks))
+    train = tasks.loc[tasks["split"] == "meta-train", "block"].to_numpy(np.int64)
+    test = tasks.loc[tasks["split"] == "meta-test", "block"].to_numpy(np.int64)
+    if stage.blocks is not None:
+        centres = np.asarray(stage.blocks.centres, dtype=np.float64)
+    else:  # point blocks: mean coordinates and mean encoded features of the block
+        feats = np.column_stack([samples.coords, X])
+        centres = np.full((n_blocks, feats.shape[1]), np.nan)
+        inside = blocks >= 0
+        counts = np.bincount(blocks[inside], minlength=n_blocks)
+        for j in range(feats.shape[1]):
+            sums = np.bincount(blocks[inside], weights=feats[inside, j], minlength=n_blocks)
+            centres[:, j] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return MetaData(encoder, X, np.asarray(samples.y, dtype=np.int64), blocks, n_blocks,
+                    train, test, centres)
+
+
+def unlabelled_cells(stack: Any, n: int, seed: int) -> pd.DataFrame | None:
+    """A seeded random subsample of ``n`` valid cells of a factor stack (raw values)."""
+    if stack is None or n <= 0:
+        return None
+    flat = np.flatnonzero(stack.valid.ravel())
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(flat, size=min(n, flat.size), replace=False))
+    rows, cols = np.unravel_index(pick, stack.grid.shape)
+    return stack.sample(rows, cols)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def make_learner(meta: MetaConfig, *, plain: bool = False, seed: int | None = None
+                 ) -> MetaLearner:
+    """The :class:`MetaLearner` of ``[meta]`` (``plain``: the plain-MAML baseline)."""
+    return MetaLearner(
+        hidden=tuple(meta.hidden), inner_lr=meta.inner_lr, inner_steps=meta.inner_steps,
+        meta_batch=meta.meta_batch, outer_lr=meta.meta_lr, iterations=meta.iterations,
+        k_support=meta.k_support, k_query=meta.k_query,
+        task_weighting="uniform" if plain else meta.task_weighting,
+        first_order=meta.first_order, balanced=meta.balanced,
+        pretrain=False if plain else (_pretrain_config(meta) if meta.pretrain else False),
+        seed=meta.seed if seed is None else seed,
+    )
+
+
+def _pretrain_config(meta: MetaConfig) -> PretrainConfig:
+    return PretrainConfig(epochs=meta.pretrain_epochs, rbm_lr=meta.rbm_lr, dae_lr=meta.dae_lr)
+
+
+def pretrain_state(meta: MetaConfig, data: MetaData, X_unlabelled: np.ndarray | None = None,
+                   seed: int | None = None) -> PretrainResult:
+    """Greedy RBM/RBM/DAE pretraining on every sample vector (labels unused) and the
+    optional unlabelled cells, standardized with the meta-train mean/std -- exactly
+    the start :meth:`MetaLearner.fit` would pretrain itself from the same seed."""
+    seed = meta.seed if seed is None else seed
+    Xtr = data.X[data.train]
+    mean, std = Xtr.mean(0), Xtr.std(0)
+    std = np.where(std > 0, std, 1.0)
+    unl = data.X if X_unlabelled is None else np.vstack([data.X, X_unlabelled])
+    unl = ((unl - mean) / std).astype(np.float32)
+    gen = torch.Generator().manual_seed(int(seed))
+    init_params(MetaNet(data.X.shape[1], meta.hidden), gen)  # same generator state as fit
+    with flush_denormals():
+        return pretrain_network(unl, meta.hidden, _pretrain_config(meta), gen)
+
+
+def fit_intermediate(config: StudyAreaConfig, stage: BlockStage | MetaData,
+                     X_unlabelled: np.ndarray | None = None,
+                     pretrained: PretrainResult | None = None,
+                     seed: int | None = None) -> MetaLearner:
+    """The intermediate model: weighted MAML on the meta-train blocks (groups = block ids),
+    started from pretrained hidden layers when ``[meta] pretrain`` (computed here
+    unless ``pretrained`` is given)."""
+    meta = _meta(config)
+    data = stage if isinstance(stage, MetaData) else meta_data(stage)
+    learner = make_learner(meta, seed=seed)
+    if meta.pretrain and pretrained is None:
+        pretrained = pretrain_state(meta, data, X_unlabelled, seed)
+    train = data.train
+    learner.fit(data.X[train], data.y[train], groups=data.blocks[train],
+                init_state=pretrained.state if meta.pretrain else None)
+    if meta.pretrain:
+        learner.pretrain_history_ = pretrained.history
+    return learner
+
+
+def fit_plain_maml(meta: MetaConfig, data: MetaData, seed: int | None = None) -> MetaLearner:
+    learner = make_learner(meta, plain=True, seed=seed)
+    train = data.train
+    return learner.fit(data.X[train], data.y[train], groups=data.blocks[train])
+
+
+def fit_global_mlp(meta: MetaConfig, data: MetaData, seed: int | None = None) -> MetaLearner:
+    """The same network trained on all meta-train samples as one task (plain supervised
+    Adam, ``GLOBAL_EPOCHS`` epochs), wrapped as a MetaLearner so it is fine-tuned per
+    block with exactly the inner loop of the meta-learned models."""
+    seed = meta.seed if seed is None else seed
+    train = data.train
+    learner = make_learner(meta, plain=True, seed=seed).set_params(iterations=0)
+    learner.fit(data.X[train], data.y[train], groups=np.zeros(int(train.sum())))
+    Xs = torch.as_tensor(learner._standardize(data.X[train]))
+    ys = torch.as_tensor(data.y[train].astype(np.float32))
+    net = learner.net_
+    params = {k: v.clone().requires_grad_(True) for k, v in learner.params_.items()}
+    opt = torch.optim.Adam(params.values(), lr=GLOBAL_LR)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    with flush_denormals():
+        _train_global(net, params, opt, Xs, ys, gen)
+    learner.params_ = {k: v.detach().clone() for k, v in params.items()}
+    net.load_state_dict(learner.params_)
+    return learner
+
+
+def _train_global(net, params, opt, Xs, ys, gen) -> None:
+    for _ in range(GLOBAL_EPOCHS):
+        order = torch.randperm(ys.numel(), generator=gen)
+        for s in range(0, ys.numel(), GLOBAL_BATCH):
+            idx = order[s:s + GLOBAL_BATCH]
+            logits = torch.func.functional_call(net, params, (Xs[idx],))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, ys[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _k_value(k: str | int) -> int | str:
+    return int(k) if str(k).isdigit() else str(k)
+
+
+def kshot_scores(learner: MetaLearner, data: MetaData, k: int | str, seed: int
+                 ) -> dict[str, float]:
+    """Adapt each meta-test block from K of its samples; score the rest (pooled)."""
+    test = np.flatnonzero(data.test)
+    models = adapt_blocks(learner, data.X[test], data.y[test], data.blocks[test], k=k,
+                          n_blocks=data.n_blocks, centres=data.centres, seed=seed)
+    query = np.ones(test.size, dtype=bool)
+    query[models.support_samples] = False
+    if not query.any():
+        return {"accuracy": np.nan, "f1": np.nan, "auc": np.nan, "n_query": 0}
+    p = models.predict_proba(data.X[test][query], data.blocks[test][query])
+    m = validation.classification_metrics(data.y[test][query], p)
+    return {"accuracy": m["accuracy"], "f1": m["f1"], "auc": m["auc"],
+            "n_query": int(query.sum())}
+
+
+def kshot_table(models: dict[str, MetaLearner], data: MetaData, k_shots: Sequence[str],
+                repeats: int, seed: int) -> pd.DataFrame:
+    """Accuracy, F1, AUC on the meta-test queries, mean ± std over ``repeats`` shot draws.
+
+    One row per (method, K). ``models`` maps method name -> fitted learner (or a list
+    of learners, one per repeat, when the training itself is repeated with seeds).
+    The raw per-repeat scores are in ``table.attrs["runs"]``.
+    """
+    if not data.test.any():
+        raise MetalsmInputError("no meta-test samples: every block is a meta-train block")
+    runs = []
+    for method, learner in models.items():
+        for k in k_shots:
+            for r in range(repeats):
+                model = learner[r] if isinstance(learner, list | tuple) else learner
+                scores = kshot_scores(model, data, _k_value(k), seed + r)
+                runs.append({"method": method, "k": str(k), "repeat": r, **scores})
+    raw = pd.DataFrame(runs)
+    rows = []
+    for (method, k), group in raw.groupby(["method", "k"], sort=False):
+        row: dict[str, Any] = {"method": method, "k": k, "repeats": len(group),
+                               "n_query": float(group["n_query"].mean())}
+        for metric in ("accuracy", "f1", "auc"):
+            row[f"{metric}_mean"] = float(group[metric].mean())
+            row[f"{metric}_std"] = float(group[metric].std(ddof=0))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs["runs"] = raw
+    return table
+
+
+# --------------------------------------------------------------------------- stage
+
+
+@dataclass
+class MetaResult:
+    """What the block-wise stage produced (for metrics.json and the report)."""
+
+    learner: MetaLearner
+    block_models: BlockModels | None
+    kshot: pd.DataFrame
+    metrics: dict
+    timings: dict[str, float]
+    paths: dict[str, Path]
+
+
+def _meta(config: StudyAreaConfig) -> MetaConfig:
+    if config.meta is None:
+        raise MetalsmInputError(f"{config.source}: the block-wise model needs a [meta] section")
+    return config.meta
+
+
+def adapt_all_blocks(learner: MetaLearner, data: MetaData, k: str | int, seed: int
+                     ) -> BlockModels:
+    """Adapt every block with K of its samples (fallbacks as :func:`adapt_blocks`)."""
+    return adapt_blocks(learner, data.X, data.y, data.blocks, k=_k_value(k),
+                        n_blocks=data.n_blocks, centres=data.centres,
+                        factor_names=data.encoder.feature_names, seed=seed)
+
+
+def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
+                   progress: RunProgress, *, stack: Any = None,
+                   factors_path: Path | None = None) -> MetaResult:
+    """Intermediate model, baselines, K-shot table, block models (and the map for rasters).
+
+    Writes ``kshot.csv``, ``block_models.csv`` and ``models/`` into ``out``; with a
+    ``factors_path`` (rasters) also ``susceptibility.tif`` from ``out/blocks.tif``.
+    """
+    meta = _meta(config)
+    timings: dict[str, float] = {}
+    models_dir = out / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    data = meta_data(stage)
+    data.encoder.save(models_dir / "encoder.json")
+
+    t = time.perf_counter()
+    unl = None
+    if meta.unlabelled_cells > 0:
+        cells = unlabelled_cells(stack, meta.unlabelled_cells, meta.seed)
+        if cells is None:
+            log.warning("meta.unlabelled_cells is set but a table study area has no cells")
+        else:
+            unl = data.encoder.transform(cells)
+    pretrained = None
+    if meta.pretrain:
+        with progress.stage("pretraining (RBM, RBM, DAE)"):
+            pretrained = pretrain_state(meta, data, unl)
+            save_pretrained(pretrained, meta, models_dir)
+    timings["pretrain"] = _since(t)
+
+    t = time.perf_counter()
+    with progress.stage(f"meta-training ({meta.iterations} iterations)"):
+        learner = fit_intermediate(config, data, unl, pretrained)
+    timings["metatrain"] = _since(t)
+
+    t = time.perf_counter()
+    with progress.stage("baselines: plain MAML, global MLP", total=2) as advance:
+        maml = fit_plain_maml(meta, data)
+        advance()
+        mlp = fit_global_mlp(meta, data)
+        advance()
+    timings["baselines"] = _since(t)
+
+    t = time.perf_counter()
+    with progress.stage("K-shot evaluation on meta-test blocks"):
+        kshot = kshot_table({"proposed": learner, "maml": maml, "global_mlp": mlp}, data,
+                            meta.k_shots, meta.repeats, meta.seed)
+        _write_csv(kshot, out / "kshot.csv")
+    timings["kshot"] = _since(t)
+
+    t = time.perf_counter()
+    with progress.stage(f"adapting every block (K = {meta.map_k})"):
+        block_models = adapt_all_blocks(learner, data, meta.map_k, meta.seed)
+        block_models.save(models_dir)
+        _write_csv(block_table(block_models, stage), out / "block_models.csv")
+    timings["adapt"] = _since(t)
+
+    paths = {"models": models_dir, "kshot": out / "kshot.csv"}
+    if factors_path is not None:
+        t = time.perf_counter()
+        n_valid = int((stage.blocks.labels >= 0).sum())
+        with progress.stage("block-wise susceptibility map", total=n_valid) as advance:
+            paths["susceptibility"] = mapping.predict_blockwise_raster(
+                block_models, data.encoder, factors_path, out / "blocks.tif",
+                out / "susceptibility.tif", window_size=config.output.window_size,
+                overviews=config.output.overviews, progress=lambda new, _d: advance(new))
+        timings["map"] = _since(t)
+    metrics = meta_metrics(config, data, learner, block_models, kshot, timings)
+    return MetaResult(learner, block_models, kshot, metrics, timings, paths)
+
+
+def save_pretrained(result: PretrainResult, meta: MetaConfig, directory: Path) -> Path:
+    pt = directory / "pretrained.pt"
+    with atomic_path(pt) as tmp:
+        torch.save({k: v.contiguous() for k, v in result.state.items()}, tmp)
+    write_json(directory / "pretrained.json", {
+        "hidden": list(meta.hidden), "seed": meta.seed, "epochs": meta.pretrain_epochs,
+        "rbm_lr": meta.rbm_lr, "dae_lr": meta.dae_lr, "history": result.history})
+    return pt
+
+
+def load_pretrained(directory: Path) -> PretrainResult | None:
+    pt, js = directory / "pretrained.pt", directory / "pretrained.json"
+    if not pt.exists() or not js.exists():
+        return None
+    history = json.loads(js.read_text(encoding="utf-8")).get("history", {})
+    return PretrainResult(torch.load(pt, weights_only=True), history)
+
+
+def block_table(models: BlockModels, stage: BlockStage) -> pd.DataFrame:
+    """Per block: the rule used (adapted / intermediate / similar-block), why, shots, split."""
+    table = pd.DataFrame(models.block_table())
+    split = stage.tasks.set_index("block")["split"]
+    table["split"] = table["block"].map(split)
+    return table
+
+
+def meta_metrics(config: StudyAreaConfig, data: MetaData, learner: MetaLearner,
+                 block_models: BlockModels | None, kshot: pd.DataFrame,
+                 timings: dict[str, float]) -> dict:
+    meta = _meta(config)
+    out = {
+        "model": META_MODEL,
+        "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                     for k, v in meta.__dict__.items()},
+        "features": data.encoder.feature_names,
+        "blocks": {"total": data.n_blocks, "meta_train": int(data.train_blocks.size),
+                   "meta_test": int(data.test_blocks.size),
+                   "meta_train_samples": int(data.train.sum()),
+                   "meta_test_samples": int(data.test.sum())},
+        "kshot": kshot.to_dict("records"),
+        "meta_loss": {"first": _finite(learner.meta_loss_[:50].mean()),
+                      "last": _finite(learner.meta_loss_[-50:].mean())}
+        if learner.meta_loss_.size else {},
+        "pretrain_history": learner.pretrain_history_,
+        "timings_s": timings,
+    }
+    if block_models is not None:
+        rules = pd.Series(block_models.rule).value_counts()
+        out["block_rules"] = {str(k): int(v) for k, v in rules.items()}
+        out["map_k"] = str(block_models.k)
+    return out
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def kshot_display(kshot: pd.DataFrame) -> pd.DataFrame:
+    """Method × K table with ``mean ± std`` strings (report, CLI)."""
+    out = pd.DataFrame({
+        "method": kshot["method"].map(lambda m: METHOD_LABELS.get(m, m)),
+        "K": kshot["k"],
+    })
+    for metric in ("accuracy", "f1", "auc"):
+        out[metric] = (kshot[f"{metric}_mean"].map("{:.3f}".format) + " ± "
+                       + kshot[f"{metric}_std"].map("{:.3f}".format))
+    out["query samples"] = kshot["n_query"].round(0).astype(int)
+    return out
+
+
+def report_section(metrics: dict, out: Path) -> Section:
+    """The report section of the block-wise model."""
+    settings, blocks = metrics["settings"], metrics["blocks"]
+    kshot = kshot_display(pd.DataFrame(metrics["kshot"]))
+    rules = ", ".join(f"{v} {k}" for k, v in metrics.get("block_rules", {}).items())
+    text = (
+        f"Intermediate model: network {len(metrics['features'])} → "
+        f"{' → '.join(str(h) for h in settings['hidden'])} → 1, "
+        f"{'RBM/RBM/DAE pretraining, ' if settings['pretrain'] else ''}"
+        f"{settings['iterations']} meta-iterations of {settings['task_weighting']}-weighted "
+        f"MAML on {blocks['meta_train']} meta-train blocks "
+        f"({blocks['meta_train_samples']} samples). Each block's model: {settings['inner_steps']} "
+        f"steps of lr {settings['inner_lr']:g} on K samples of the block.\n\n"
+        f"K-shot evaluation on {blocks['meta_test']} held-out meta-test blocks "
+        f"({blocks['meta_test_samples']} samples): each block adapted from K of its samples, "
+        f"scored on the rest (pooled over blocks), mean ± std over {settings['repeats']} "
+        "shot draws. Nothing was chosen on the meta-test blocks.\n\n"
+        f"Map: every block adapted with K = {metrics.get('map_k', settings['map_k'])}; "
+        f"blocks: {rules or 'n/a'} (fallback for blocks without samples or with one class: "
+        "the adapted model of the most similar block by centre features; see "
+        "`block_models.csv`)."
+    )
+    return Section("Block-wise meta-learning", text=text,
+                   tables=[("K-shot results on meta-test blocks", kshot)],
+                   preformatted=[("Timings (s)", metrics["timings_s"])])
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
+                       show_progress: bool = True) -> Any:
+    """A sample-table study area end to end: blocks, tasks, classic validation, the
+    meta-learned models and their K-shot table, metrics.json and the report (no rasters)."""
+    from metalsm.blocks_run import _segment_table
+    from metalsm.config import BlocksConfig
+    from metalsm.manifest import build_manifest
+    from metalsm.pipeline import RunResult
+    from metalsm.report.html import write_report
+
+    meta = _meta(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    with RunProgress(enabled=show_progress) as progress:
+        t = time.perf_counter()
+        stage = _segment_table(config, config.blocks or BlocksConfig(), out, progress)
+        timings["blocks"] = _since(t)
+        samples = stage.samples
+        t = time.perf_counter()
+        names = [n for n in config.model.names if n != META_MODEL]
+        evaluation = None
+        if names:
+            n_tasks = 2 * len(names) * config.validation.n_folds
+            with progress.stage("validation (random and spatial folds)",
+                                total=n_tasks) as advance:
+                evaluation = validation.evaluate_models(
+                    names, samples.X, samples.y, samples.coords,
+                    categorical=samples.categorical, n_folds=config.validation.n_folds,
+                    seed=config.validation.seed,
+                    spatial_method=config.validation.spatial_method, progress=advance)
+                _write_csv(evaluation.table, out / "validation.csv")
+        timings["validation"] = _since(t)
+        result = run_meta_stage(config, stage, out, progress)
+        timings.update({f"meta_{k}": v for k, v in result.timings.items()})
+        t = time.perf_counter()
+        metrics = {
+            "study_area": config.name,
+            "samples": {"positives": int((samples.y == 1).sum()),
+                        "negatives": int((samples.y == 0).sum())},
+            "factors": list(samples.factor_names),
+            "categorical_factors": list(samples.categorical),
+            "validation": _by_scheme(evaluation),
+            "map_model": config.model.map_model,
+            "meta": result.metrics,
+        }
+        write_json(out / "metrics.json", metrics)
+        outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        manifest = build_manifest(
+            config=config.to_dict(), inputs=[config.table.path],
+            seeds={"blocks": config.blocks.seed, "meta": meta.seed,
+                   "validation": config.validation.seed},
+            metrics=metrics, timings_s=timings,
+            outputs=outputs + ["manifest.json", "report.html"])
+        write_json(out / "manifest.json", manifest)
+        sections = [report_section(result.metrics, out)]
+        if evaluation is not None:
+            sections.append(Section("Validation of the global models",
+                                    text="Cross-validation, random and spatial folds.",
+                                    tables=[evaluation.table.round(4)]))
+        sections.append(Section("Blocks", images=[("Blocks", out / "blocks.png")]))
+        sections.append(Section("Provenance", preformatted=[
+            {k: manifest[k] for k in ("versions", "seeds", "inputs_sha256", "timings_s")}]))
+        write_report(out / "report.html", title=f"Block-wise meta-learning — {config.name}",
+                     sections=sections)
+        timings["report"] = _since(t)
+    seconds = time.perf_counter() - started
+    return RunResult(out, seconds, metrics, headline_of(result.kshot))
+
+
+def _by_scheme(evaluation: Any) -> dict:
+    if evaluation is None:
+        return {}
+    by_scheme: dict[str, dict[str, dict[str, float]]] = {}
+    for row in evaluation.table.to_dict("records"):
+        entry = {k: v for k, v in row.items() if k not in ("model", "scheme")}
+        by_scheme.setdefault(row["scheme"], {})[row["model"]] = entry
+    return by_scheme
+
+
+def headline_of(kshot: pd.DataFrame) -> dict[str, str]:
+    """One line per method at the largest integer K evaluated (CLI summary)."""
+    out = {}
+    for row in kshot.to_dict("records"):
+        out[f"K={row['k']} AUC ({row['method']})"] = (
+            f"{row['auc_mean']:.3f} ± {row['auc_std']:.3f}")
+    return out
+
+
+# --------------------------------------------------------------------------- CLI steps
+
+
+def prepare_stage(config: StudyAreaConfig, out: Path, progress: RunProgress
+                  ) -> tuple[BlockStage, Any]:
+    """Blocks of ``config`` (and, for rasters, the factor stack written to factors.tif)."""
+    from metalsm.blocks_run import _segment_table, segment_stack
+    from metalsm.config import BlocksConfig
+    from metalsm.inventory import landslide_mask, read_inventory
+    from metalsm.pipeline import draw_samples
+    from metalsm.stack import build_factor_stack
+
+    _meta(config)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.table is not None:
+        return _segment_table(config, config.blocks or BlocksConfig(), out, progress), None
+    n_steps = 2 + len(config.rasters) + len(config.vectors)
+    with progress.stage("factor stack", total=n_steps) as advance:
+        stack = build_factor_stack(config, progress=lambda note: advance(1, note))
+        stack.write(out / "factors.tif")
+    with progress.stage("samples"):
+        inventory = read_inventory(config.inventory.path, stack.grid, crs=config.inventory.crs,
+                                   x_column=config.inventory.x_column,
+                                   y_column=config.inventory.y_column)
+        samples = draw_samples(config, stack, inventory, landslide_mask(inventory, stack.grid))
+    return segment_stack(config, stack, samples, inventory, out, progress), stack
+
+
+def pretrain_step(config: StudyAreaConfig, out: str | Path, *, show_progress: bool = True
+                  ) -> dict[str, Any]:
+    """``metalsm pretrain``: blocks, then RBM/RBM/DAE weights into ``out/models``."""
+    meta = _meta(config)
+    out = Path(out)
+    with RunProgress(enabled=show_progress) as progress:
+        stage, stack = prepare_stage(config, out, progress)
+        data = meta_data(stage)
+        models = out / "models"
+        models.mkdir(exist_ok=True)
+        data.encoder.save(models / "encoder.json")
+        cells = unlabelled_cells(stack, meta.unlabelled_cells, meta.seed)
+        unl = None if cells is None else data.encoder.transform(cells)
+        t = time.perf_counter()
+        with progress.stage("pretraining (RBM, RBM, DAE)"):
+            result = pretrain_state(meta, data, unl)
+        seconds = _since(t)
+        path = save_pretrained(result, meta, models)
+    return {"path": path, "seconds": seconds,
+            "errors": {k: (v[0], v[-1]) for k, v in result.history.items()}}
+
+
+def metatrain_step(config: StudyAreaConfig, out: str | Path, *, show_progress: bool = True
+                   ) -> dict[str, Any]:
+    """``metalsm metatrain``: the intermediate model into ``out/models`` (uses
+    ``pretrained.pt`` there when present, else pretrains first if ``[meta] pretrain``)."""
+    from metalsm.models.blockwise import save_intermediate
+
+    meta = _meta(config)
+    out = Path(out)
+    with RunProgress(enabled=show_progress) as progress:
+        stage, stack = prepare_stage(config, out, progress)
+        data = meta_data(stage)
+        models = out / "models"
+        models.mkdir(exist_ok=True)
+        data.encoder.save(models / "encoder.json")
+        pretrained = load_pretrained(models) if meta.pretrain else None
+        unl = None
+        if meta.pretrain and pretrained is None:
+            cells = unlabelled_cells(stack, meta.unlabelled_cells, meta.seed)
+            unl = None if cells is None else data.encoder.transform(cells)
+        t = time.perf_counter()
+        with progress.stage(f"meta-training ({meta.iterations} iterations)"):
+            learner = fit_intermediate(config, data, unl, pretrained)
+        seconds = _since(t)
+        path = save_intermediate(learner, models, data.encoder.feature_names)
+    return {"path": path, "seconds": seconds, "used_saved_pretraining": pretrained is not None,
+            "meta_loss": (float(learner.meta_loss_[:50].mean()),
+                          float(learner.meta_loss_[-50:].mean()))
+            if learner.meta_loss_.size else None}
+
+
+def adapt_step(config: StudyAreaConfig, out: str | Path, k: str | None = None, *,
+               show_progress: bool = True) -> dict[str, Any]:
+    """``metalsm adapt``: load ``out/models`` intermediate model, adapt every block with K
+    samples, save the block models, and (rasters) write susceptibility.tif and zones."""
+    meta = _meta(config)
+    out = Path(out)
+    k = k or meta.map_k
+    if not (str(k).isdigit() and int(k) >= 1) and k not in ("half", "all"):
+        raise MetalsmInputError(f"--k must be a positive integer, 'half' or 'all', got {k!r}")
+    models = out / "models"
+    learner, names = load_intermediate(models)
+    encoder = FactorEncoder.load(models / "encoder.json")
+    if names != encoder.feature_names:
+        raise MetalsmInputError(f"{models}: intermediate model and encoder.json disagree")
+    paths: dict[str, Path] = {}
+    with RunProgress(enabled=show_progress) as progress:
+        stage, _ = prepare_stage(config, out, progress)
+        data = meta_data(stage, encoder)
+        t = time.perf_counter()
+        with progress.stage(f"adapting every block (K = {k})"):
+            block_models = adapt_all_blocks(learner, data, k, meta.seed)
+            block_models.save(models)
+            _write_csv(block_table(block_models, stage), out / "block_models.csv")
+        seconds = {"adapt": _since(t)}
+        paths["models"] = models
+        if config.table is None:
+            t = time.perf_counter()
+            paths.update(write_blockwise_map(config, block_models, encoder, out))
+            seconds["map"] = _since(t)
+    rules = pd.Series(block_models.rule).value_counts().to_dict()
+    return {"paths": paths, "seconds": seconds, "rules": rules}
+
+
+def write_blockwise_map(config: StudyAreaConfig, block_models: BlockModels,
+                        encoder: FactorEncoder, out: Path,
+                        progress: Callable[[int, int], Any] | None = None) -> dict[str, Path]:
+    """susceptibility.tif from out/factors.tif + out/blocks.tif, then zones.tif/zones.csv."""
+    sus = mapping.predict_blockwise_raster(
+        block_models, encoder, out / "factors.tif", out / "blocks.tif",
+        out / "susceptibility.tif", window_size=config.output.window_size,
+        overviews=config.output.overviews, progress=progress)
+    edges = mapping.zone_breaks(sus, method=config.zones.method, levels=config.zones.levels,
+                                seed=config.model.seed)
+    zones = mapping.classify_raster(sus, out / "zones.tif", edges)
+    return {"susceptibility": sus, "zones": zones}
+
+
+def _since(t: float) -> float:
+    return round(time.perf_counter() - t, 3)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
