@@ -188,3 +188,10 @@ def test_a_second_run_with_the_same_seed_gives_the_same_map(meta_run, tmp_path):
             rasterio.open(tmp_path / "susceptibility.tif") as b:
         assert np.array_equal(a.read(1), b.read(1), equal_nan=True)
     assert (pd.read_csv(run / "kshot.csv")).equals(pd.read_csv(tmp_path / "kshot.csv"))
+
+
+def test_bundled_meta_examples_load():
+    for name in ("kaghan-meta.toml", "hongkong-meta.toml"):
+        config = load_config(EXAMPLES_DIR / name)
+        assert config.model.map_model == "meta-blockwise"
+        assert config.meta is not None and config.blocks is not None

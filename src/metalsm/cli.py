@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from metalsm.errors import MetalsmInputError
 
@@ -34,17 +35,28 @@ def _setup_logging(quiet: bool) -> None:
     )
 
 
-def _run(config_path: Path, out: Path, quiet: bool) -> None:
+def _fail(message: str) -> typer.Exit:
+    """Print a bad-input message (verbatim: '[meta]' is not markup) and give exit code 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code=2)
+
+
+def _guarded(config_path: Path, quiet: bool, work):
+    """Load ``config_path`` and call ``work(config)``; bad input -> red message, exit code 2."""
     from metalsm.config import load_config
-    from metalsm.pipeline import run_pipeline
 
     _setup_logging(quiet)
     try:
-        config = load_config(config_path)
-        result = run_pipeline(config, out, show_progress=not quiet)
+        return work(load_config(config_path))
     except MetalsmInputError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from exc
+        raise _fail(str(exc)) from exc
+
+
+def _run(config_path: Path, out: Path, quiet: bool) -> None:
+    from metalsm.pipeline import run_pipeline
+
+    result = _guarded(config_path, quiet,
+                      lambda config: run_pipeline(config, out, show_progress=not quiet))
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{out}[/]")
     for name, value in result.headline.items():
         console.print(f"  {name}: {value}")
@@ -58,8 +70,7 @@ def init(
 ) -> None:
     """Write a commented study-area configuration template."""
     if path.exists() and not force:
-        console.print(f"[bold red]error:[/] {path} exists; use --force to overwrite")
-        raise typer.Exit(code=2)
+        raise _fail(f"{path} exists; use --force to overwrite")
     template = resources.files("metalsm") / "templates" / "study_area.toml"
     with resources.as_file(template) as source:
         shutil.copyfile(source, path)
@@ -82,18 +93,6 @@ def demo(out: OutDir = Path("outputs/kaghan"), quiet: Quiet = False) -> None:
     from metalsm.datasets import EXAMPLES_DIR
 
     _run(EXAMPLES_DIR / "kaghan.toml", out, quiet)
-
-
-def _guarded(config_path: Path, quiet: bool, work):
-    """Load ``config_path`` and call ``work(config)``; bad input -> red message, exit code 2."""
-    from metalsm.config import load_config
-
-    _setup_logging(quiet)
-    try:
-        return work(load_config(config_path))
-    except MetalsmInputError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from exc
 
 
 @app.command()
@@ -138,11 +137,7 @@ def experiment(
     from metalsm.experiments import EXPERIMENTS
 
     if name not in EXPERIMENTS:
-        console.print(
-            f"[bold red]error:[/] unknown experiment '{name}'; available: "
-            f"{', '.join(EXPERIMENTS)}"
-        )
-        raise typer.Exit(code=2)
+        raise _fail(f"unknown experiment '{name}'; available: {', '.join(EXPERIMENTS)}")
     result = _guarded(config, quiet, lambda cfg: EXPERIMENTS[name](cfg, out))
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{out}[/]")
     for path in result.paths.values():
@@ -164,15 +159,9 @@ def segment(
 ) -> None:
     """Segment the study area into blocks (weighted SLIC); write blocks, tasks and a map."""
     from metalsm.blocks_run import block_statistics, segment_study_area, with_blocks
-    from metalsm.config import load_config
 
-    _setup_logging(quiet)
-    try:
-        settings = with_blocks(load_config(config), blocks, compactness, iterations)
-        stage = segment_study_area(settings, out, show_progress=not quiet)
-    except MetalsmInputError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from exc
+    stage = _guarded(config, quiet, lambda cfg: segment_study_area(
+        with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet))
     stats = block_statistics(stage.tasks)
     console.print(
         f"[green]done[/]: {stats['blocks']} blocks, samples per block "
