@@ -37,6 +37,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def write_csv(path: str | os.PathLike, frame: Any, index: bool = False) -> Path:
+    """A pandas DataFrame as CSV."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index)
+    return Path(path)
+
+
 def _json_default(obj: Any) -> Any:
     import numpy as np
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metalsm.atomic import atomic_path
+from metalsm.atomic import write_csv
 from metalsm.config import BlocksConfig, StudyAreaConfig
 from metalsm.inventory import landslide_mask, read_inventory
 from metalsm.progress import RunProgress
@@ -111,7 +111,7 @@ def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples,
         sample_blocks = blocks.block_of(rows, cols)
         tasks = task_table(sample_blocks, samples, blocks, settings)
         write_block_rasters(blocks, out, samples_table=samples.table, inventory=inventory)
-        _write_csv(tasks, out / "tasks.csv")
+        write_csv(out / "tasks.csv", tasks)
         dem = stack.layer("elevation") if "elevation" in stack.names else None
         figures.plot_block_map(
             blocks.labels, stack.grid, out / "blocks.png", dem=dem, inventory=inventory,
@@ -136,8 +136,8 @@ def _segment_table(config, settings: BlocksConfig, out: Path, progress) -> Block
         n_blocks = int(sample_blocks.max()) + 1
         tasks = task_table(sample_blocks, samples, n_blocks, settings)
         per_sample = samples.table[["x", "y", "label"]].assign(block=sample_blocks)
-        _write_csv(per_sample, out / "blocks.csv")
-        _write_csv(tasks, out / "tasks.csv")
+        write_csv(out / "blocks.csv", per_sample)
+        write_csv(out / "tasks.csv", tasks)
         figures.plot_point_blocks(
             per_sample["x"].to_numpy(), per_sample["y"].to_numpy(), sample_blocks,
             out / "blocks.png", labels=samples.y,
@@ -169,7 +169,3 @@ def block_statistics(tasks: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return path

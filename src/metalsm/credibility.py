@@ -45,7 +45,7 @@ import pandas as pd
 import rasterio
 from matplotlib.colors import Normalize
 
-from metalsm.atomic import atomic_path
+from metalsm.atomic import atomic_path, write_csv
 from metalsm.config import CredibilityConfig, FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.factors import FactorClasses, differentiation, fr_table, stack_classes
@@ -257,7 +257,5 @@ def run_credibility(config, out_dir: str | Path) -> tuple[dict[str, Path], float
                                        inventory=inventory,
                                        title=f"Credibility as a non-landslide sample, "
                                              f"{config.name}")
-    with atomic_path(out / "membership.csv") as tmp:
-        model.fr_tables.round(6).to_csv(tmp, index=False)
-    paths["membership"] = out / "membership.csv"
+    paths["membership"] = write_csv(out / "membership.csv", model.fr_tables.round(6))
     return paths, seconds

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from metalsm.atomic import atomic_path
+from metalsm.atomic import write_csv
 from metalsm.config import FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.stack import FactorStack
@@ -541,22 +541,17 @@ def analyze_factors(
 # --------------------------------------------------------------------------- outputs
 
 
-def _csv(frame: pd.DataFrame, path: Path, index: bool = False) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index)
-    return path
-
-
 def write_factor_outputs(analysis: FactorAnalysis, out_dir: str | Path) -> dict[str, Path]:
     """``fr_tables.csv``, ``factor_selection.csv``, ``pearson.csv``, ``spearman.csv``,
     ``fr_tables.png`` (FR bars per factor) and ``correlation.png`` (heatmaps)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
-        "fr_tables": _csv(analysis.fr_tables.round(6), out / "fr_tables.csv"),
-        "selection": _csv(analysis.summary.round(6).reset_index(), out / "factor_selection.csv"),
-        "pearson": _csv(analysis.pearson.round(4), out / "pearson.csv", index=True),
-        "spearman": _csv(analysis.spearman.round(4), out / "spearman.csv", index=True),
+        "fr_tables": write_csv(out / "fr_tables.csv", analysis.fr_tables.round(6)),
+        "selection": write_csv(out / "factor_selection.csv",
+                               analysis.summary.round(6).reset_index()),
+        "pearson": write_csv(out / "pearson.csv", analysis.pearson.round(4), index=True),
+        "spearman": write_csv(out / "spearman.csv", analysis.spearman.round(4), index=True),
     }
     paths["fr_plot"] = plot_fr_tables(analysis.fr_tables, out / "fr_tables.png")
     paths["correlation_plot"] = plot_correlation(

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from metalsm import mapping, validation
-from metalsm.atomic import atomic_path, write_json
+from metalsm.atomic import write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.inventory import landslide_mask, positive_cells, read_inventory
@@ -128,7 +128,7 @@ def run_pipeline(
             )
             mask = landslide_mask(inventory, stack.grid)
             samples = draw_samples(config, stack, inventory, mask)
-            _write_csv(samples.table, out / "samples.csv")
+            write_csv(out / "samples.csv", samples.table)
         t = timed("samples", t)
 
         if config.blocks is not None:
@@ -151,7 +151,7 @@ def run_pipeline(
                 spatial_method=config.validation.spatial_method,
                 progress=advance,
             )
-            _write_csv(evaluation.table, out / "validation.csv", index=False)
+            write_csv(out / "validation.csv", evaluation.table)
         t = timed("validation", t)
 
         meta_result = None
@@ -192,7 +192,7 @@ def run_pipeline(
             mapping.classify_raster(out / "susceptibility.tif", out / "zones.tif", edges)
             labels = list(config.zones.labels) or None
             zones = mapping.zone_table(out / "zones.tif", mask, labels=labels)
-            _write_csv(zones, out / "zones.csv", index=False)
+            write_csv(out / "zones.csv", zones)
         t = timed("zones", t)
 
         with progress.stage("figures and report"):
@@ -232,12 +232,6 @@ def run_pipeline(
         headline[f"spatial AUC ({config.model.map_model})"] = (
             f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}")
     return RunResult(out, seconds, metrics, headline)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path, index: bool = False) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index)
-    return path
 
 
 def _input_paths(config: StudyAreaConfig) -> list[str]:

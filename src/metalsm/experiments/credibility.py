@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
 
 from metalsm import mapping
-from metalsm.atomic import atomic_path, write_json
+from metalsm.atomic import write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.credibility import credibility_map, plot_credibility, write_credibility
 from metalsm.errors import MetalsmInputError
@@ -239,8 +239,8 @@ def run_credibility_experiment(
     metrics = pd.DataFrame(metric_rows)
     zones = pd.DataFrame(zone_rows)
     paths = {
-        "metrics": _csv(metrics.round(4), out / "band_metrics.csv"),
-        "zones": _csv(zones.round(4), out / "band_zones.csv"),
+        "metrics": write_csv(out / "band_metrics.csv", metrics.round(4)),
+        "zones": write_csv(out / "band_zones.csv", zones.round(4)),
         "credibility": out / "credibility.tif",
         "credibility_png": out / "credibility.png",
     }
@@ -313,12 +313,6 @@ def _zone_rows(band: str, model: str, proba: np.ndarray, is_slide: np.ndarray,
          "n_area_cells": int(area[i]), "n_landslide_cells": int(slides[i])}
         for i in range(5)
     ]
-
-
-def _csv(frame: pd.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return path
 
 
 def plot_band_metrics(metrics: pd.DataFrame, path: str | Path) -> Path:
