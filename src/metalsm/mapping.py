@@ -77,6 +77,64 @@ def _overview_factors(grid: Grid, overviews: Sequence[int]) -> list[int]:
     return sorted({int(f) for f in overviews if 1 < int(f) <= max(grid.height, grid.width)})
 
 
+def _band_indexes(src: Any, factors_path: str | Path, feature_names: Sequence[str],
+                  user: str) -> list[int]:
+    """1-based band numbers of ``feature_names`` in an open ``factors.tif``."""
+    names, _ = stack_metadata(src)
+    missing = [n for n in feature_names if n not in names]
+    if missing:
+        raise MetalsmInputError(
+            f"factor '{missing[0]}' used by {user} is not a band of {factors_path} "
+            f"(bands: {', '.join(names)})"
+        )
+    return [names.index(n) + 1 for n in feature_names]
+
+
+def _write_probability_raster(
+    src: Any,
+    indexes: Sequence[int],
+    out_path: str | Path,
+    predict_window: Callable[[np.ndarray, Window], tuple[np.ndarray, np.ndarray]],
+    *,
+    description: str,
+    window_size: int,
+    overviews: Sequence[int],
+    progress: Callable[[int, int], Any] | None,
+) -> Path:
+    """Read the ``indexes`` bands of ``src`` window by window and write probabilities.
+
+    ``predict_window(values, window)`` gets the window's bands (float64, NaN = no
+    data) and returns the mask of cells it predicted and their probabilities.
+    Output: float32 tiled deflate GeoTIFF on the source grid, NaN nodata, average
+    overviews, written atomically (a failure leaves no output behind).
+    """
+    nodata = src.nodata
+    grid = Grid(src.crs, src.transform, src.height, src.width)
+    profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
+    done = 0
+    with atomic_path(out_path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for win in iter_windows(grid.height, grid.width, window_size):
+                # float64: unscaled factors (elevation in m) lose digits in float32
+                values = src.read(indexes, window=win, out_dtype=np.float64)
+                if nodata is not None and not np.isnan(nodata):
+                    values[values == nodata] = np.nan
+                valid, proba = predict_window(values, win)
+                out = np.full(valid.shape, np.nan, dtype=np.float32)
+                out[valid] = proba
+                dst.write(out, 1, window=win)
+                n_new = int(valid.sum())
+                done += n_new
+                if progress is not None:
+                    progress(n_new, done)
+            factors = _overview_factors(grid, overviews)
+            if factors:
+                dst.build_overviews(factors, Resampling.average)
+                dst.update_tags(ns="rio_overview", resampling="average")
+            dst.set_band_description(1, description)
+    return Path(out_path)
+
+
 @_bounded_gdal_cache
 def predict_raster(
     model: Any,
@@ -93,8 +151,7 @@ def predict_raster(
     The stack is read one window at a time so memory does not grow with the
     raster; only cells where every selected factor is finite are predicted, as a
     float64 DataFrame with the training column names (so any scikit-learn
-    estimator or pipeline works). Output: float32 tiled deflate GeoTIFF, NaN nodata, average
-    overviews, written atomically (a failure leaves no output behind).
+    estimator or pipeline works). Output as :func:`_write_probability_raster`.
 
     ``progress(n_new, n_done)`` is called after each window with the number of
     cells just predicted and the running total, both counting valid cells only
@@ -103,49 +160,28 @@ def predict_raster(
     feature_names = list(feature_names)
     if not feature_names:
         raise MetalsmInputError("predict_raster needs at least one feature name")
-    with open_raster(factors_path) as src:
-        names, _ = stack_metadata(src)
-        missing = [n for n in feature_names if n not in names]
-        if missing:
+
+    def predict_window(values: np.ndarray, _win: Window) -> tuple[np.ndarray, np.ndarray]:
+        valid = np.isfinite(values).all(axis=0)
+        n = int(valid.sum())
+        if not n:
+            return valid, np.empty(0)
+        frame = pd.DataFrame(values[:, valid].T, columns=feature_names)
+        proba = np.asarray(model.predict_proba(frame))
+        if proba.ndim != 2 or proba.shape[0] != n or proba.shape[1] < 2:
             raise MetalsmInputError(
-                f"factor '{missing[0]}' used by the model is not a band of {factors_path} "
-                f"(bands: {', '.join(names)})"
+                f"model.predict_proba returned shape {proba.shape} for {n} cells; "
+                f"expected ({n}, 2)"
             )
-        indexes = [names.index(n) + 1 for n in feature_names]
-        nodata = src.nodata
-        grid = Grid(src.crs, src.transform, src.height, src.width)
-        profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
-        done = 0
-        with atomic_path(out_path) as tmp:
-            with rasterio.open(tmp, "w", **profile) as dst:
-                for win in iter_windows(grid.height, grid.width, window_size):
-                    block = src.read(indexes, window=win, out_dtype=np.float32)
-                    if nodata is not None and not np.isnan(nodata):
-                        block[block == np.float32(nodata)] = np.nan
-                    valid = np.isfinite(block).all(axis=0)
-                    out = np.full(valid.shape, np.nan, dtype=np.float32)
-                    n_new = int(valid.sum())
-                    if n_new:
-                        # float64: unscaled factors (elevation in m) lose digits in float32
-                        cells = block[:, valid].T.astype(np.float64)
-                        frame = pd.DataFrame(cells, columns=feature_names)
-                        proba = np.asarray(model.predict_proba(frame))
-                        if proba.ndim != 2 or proba.shape[0] != n_new or proba.shape[1] < 2:
-                            raise MetalsmInputError(
-                                f"model.predict_proba returned shape {proba.shape} for "
-                                f"{n_new} cells; expected ({n_new}, 2)"
-                            )
-                        out[valid] = proba[:, 1]
-                    dst.write(out, 1, window=win)
-                    done += n_new
-                    if progress is not None:
-                        progress(n_new, done)
-                factors = _overview_factors(grid, overviews)
-                if factors:
-                    dst.build_overviews(factors, Resampling.average)
-                    dst.update_tags(ns="rio_overview", resampling="average")
-                dst.set_band_description(1, "landslide susceptibility (probability)")
-    return Path(out_path)
+        return valid, proba[:, 1]
+
+    with open_raster(factors_path) as src:
+        indexes = _band_indexes(src, factors_path, feature_names, "the model")
+        return _write_probability_raster(
+            src, indexes, out_path, predict_window,
+            description="landslide susceptibility (probability)",
+            window_size=window_size, overviews=overviews, progress=progress,
+        )
 
 
 @_bounded_gdal_cache
@@ -448,43 +484,23 @@ def predict_blockwise_raster(
     """
     feature_names = list(encoder.factor_names)
     with open_raster(factors_path) as src, open_raster(blocks_path) as bsrc:
-        names, _ = stack_metadata(src)
-        missing = [n for n in feature_names if n not in names]
-        if missing:
-            raise MetalsmInputError(
-                f"factor '{missing[0]}' used by the block models is not a band of "
-                f"{factors_path} (bands: {', '.join(names)})"
-            )
+        indexes = _band_indexes(src, factors_path, feature_names, "the block models")
         if bsrc.shape != src.shape or not bsrc.transform.almost_equals(src.transform):
             raise MetalsmInputError(
                 f"block raster {blocks_path} {bsrc.shape} is not on the grid of "
                 f"{factors_path} {src.shape}"
             )
-        indexes = [names.index(n) + 1 for n in feature_names]
-        nodata = src.nodata
-        grid = Grid(src.crs, src.transform, src.height, src.width)
-        profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
-        done = 0
-        with atomic_path(out_path) as tmp:
-            with rasterio.open(tmp, "w", **profile) as dst:
-                for win in iter_windows(grid.height, grid.width, window_size):
-                    block = src.read(indexes, window=win, out_dtype=np.float64)
-                    if nodata is not None and not np.isnan(nodata):
-                        block[block == nodata] = np.nan
-                    ids = bsrc.read(1, window=win).astype(np.int64)
-                    valid = np.isfinite(block).all(axis=0) & (ids >= 0)
-                    out = np.full(valid.shape, np.nan, dtype=np.float32)
-                    n_new = int(valid.sum())
-                    if n_new:
-                        features = encoder.transform(block[:, valid].T)
-                        out[valid] = block_models.predict_proba(features, ids[valid])
-                    dst.write(out, 1, window=win)
-                    done += n_new
-                    if progress is not None:
-                        progress(n_new, done)
-                factors = _overview_factors(grid, overviews)
-                if factors:
-                    dst.build_overviews(factors, Resampling.average)
-                    dst.update_tags(ns="rio_overview", resampling="average")
-                dst.set_band_description(1, "landslide susceptibility (probability, block-wise)")
-    return Path(out_path)
+
+        def predict_window(values: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray]:
+            ids = bsrc.read(1, window=win).astype(np.int64)
+            valid = np.isfinite(values).all(axis=0) & (ids >= 0)
+            if not valid.any():
+                return valid, np.empty(0)
+            features = encoder.transform(values[:, valid].T)
+            return valid, block_models.predict_proba(features, ids[valid])
+
+        return _write_probability_raster(
+            src, indexes, out_path, predict_window,
+            description="landslide susceptibility (probability, block-wise)",
+            window_size=window_size, overviews=overviews, progress=progress,
+        )
