@@ -7,7 +7,7 @@ batches, same run), adapting every block, and predicting ~815k cells (the Kaghan
 size, 987 x 826) by block. Also prints the DAE's denoising-error history at the paper's
 lr 1e-5 next to lr 1e-3.
 
-    python benchmarks/meta_speed.py --iterations 500 --threads 2
+    python benchmarks/meta_speed.py --iterations 500 --threads 1
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=5000)
     parser.add_argument("--blocks", type=int, default=300, help="k-means blocks on X/Y")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for training (the library default is 1: "
+                             "2 threads stall under CPU contention, see TRAIN_THREADS)")
     parser.add_argument("--meta-batch", type=int, default=16)
     parser.add_argument("--compare-repeats", type=int, default=40)
     parser.add_argument("--cells", type=int, default=987 * 826)
@@ -91,12 +93,14 @@ def main() -> None:
 
     # pretraining (paper settings) and the DAE at a larger lr for comparison
     t = time.perf_counter()
-    pre = pretrain_network(Xs[train], config=PretrainConfig(epochs=args.pretrain_epochs),
+    pre = pretrain_network(Xs[train], config=PretrainConfig(epochs=args.pretrain_epochs,
+                                                             n_threads=args.threads),
                            generator=torch.Generator().manual_seed(0))
     results["pretrain_s"] = time.perf_counter() - t
     results["pretrain_history"] = pre.history
     pre_fast = pretrain_network(Xs[train], config=PretrainConfig(epochs=args.pretrain_epochs,
-                                                                 dae_lr=1e-3),
+                                                                 dae_lr=1e-3,
+                                                                 n_threads=args.threads),
                                 generator=torch.Generator().manual_seed(0))
     results["dae_history_lr1e-3"] = pre_fast.history["dae3"]
     print(f"pretraining: {results['pretrain_s']:.1f} s")
@@ -116,9 +120,10 @@ def main() -> None:
               f"speed-up {cmp['speedup']:.2f}x")
 
     # meta-training (pretraining excluded: timed above); warm-up fit first (imports)
-    MetaLearner(iterations=2, pretrain=False).fit(X[train], y[train], groups=blocks[train])
+    MetaLearner(iterations=2, pretrain=False, n_threads=args.threads).fit(
+        X[train], y[train], groups=blocks[train])
     learner = MetaLearner(iterations=args.iterations, pretrain=False, meta_batch=args.meta_batch,
-                          seed=0)
+                          seed=0, n_threads=args.threads)
     t = time.perf_counter()
     learner.fit(X[train], y[train], groups=blocks[train])
     meta_s = time.perf_counter() - t

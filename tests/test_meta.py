@@ -258,3 +258,23 @@ def test_adapt_groups_uses_group_models_else_intermediate(hk: pd.DataFrame) -> N
     direct = m.logits(X[one], params)
     np.testing.assert_allclose(1 / (1 + np.exp(-direct)), p[one][:, 1], rtol=1e-6)
     assert p.shape == (len(X), 2) and np.allclose(p.sum(1), 1)
+
+
+def test_training_runs_on_one_torch_thread_and_restores_the_setting():
+    """Tiny-matrix training uses 1 intra-op thread (2 threads stall under CPU contention:
+    57-157 s vs 4 s of Kaghan pretraining) and leaves the process setting as it was."""
+    from metalsm.models.meta import torch_threads
+
+    seen = []
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch_threads():
+            seen.append(torch.get_num_threads())
+        assert seen == [1] and torch.get_num_threads() == 2
+        rng = np.random.default_rng(0)
+        X, y = rng.standard_normal((40, 3)), np.tile([0, 1], 20)
+        m = MetaLearner(iterations=2, pretrain=False, seed=0).fit(X, y, groups=np.arange(40) % 4)
+        assert m.n_threads == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

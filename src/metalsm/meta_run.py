@@ -41,7 +41,13 @@ from metalsm.blocks_run import BlockStage
 from metalsm.config import MetaConfig, StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.models.blockwise import BlockModels, adapt_blocks, load_intermediate
-from metalsm.models.meta import MetaLearner, MetaNet, flush_denormals, init_params
+from metalsm.models.meta import (
+    MetaLearner,
+    MetaNet,
+    flush_denormals,
+    init_params,
+    torch_threads,
+)
 from metalsm.models.pretrain import PretrainConfig, PretrainResult, pretrain_network
 from metalsm.progress import RunProgress
 from metalsm.report.html import Section
@@ -282,7 +288,7 @@ def fit_global_mlp(meta: MetaConfig, data: MetaData, seed: int | None = None) ->
     params = {k: v.clone().requires_grad_(True) for k, v in learner.params_.items()}
     opt = torch.optim.Adam(params.values(), lr=GLOBAL_LR)
     gen = torch.Generator().manual_seed(int(seed) + 1)
-    with flush_denormals():
+    with flush_denormals(), torch_threads():
         _train_global(net, params, opt, Xs, ys, gen)
     learner.params_ = {k: v.detach().clone() for k, v in params.items()}
     net.load_state_dict(learner.params_)

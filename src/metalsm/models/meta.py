@@ -48,7 +48,12 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from metalsm.errors import MetalsmInputError
-from metalsm.models.pretrain import PretrainConfig, pretrain_network
+from metalsm.models.pretrain import (
+    TRAIN_THREADS,
+    PretrainConfig,
+    pretrain_network,
+    torch_threads,
+)
 
 __all__ = [
     "MetaLearner",
@@ -63,6 +68,7 @@ __all__ = [
     "meta_objective",
     "sample_meta_batch",
     "task_weights",
+    "torch_threads",
 ]
 
 Params = dict[str, torch.Tensor]
@@ -236,7 +242,7 @@ def adapt_batch(net: nn.Module, params: Params, xs: torch.Tensor, ys: torch.Tens
     A support set with no valid sample keeps ``params`` unchanged (its weights are 0).
     """
     w = inner_sample_weights(ys, ms, balanced)
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads():  # tiny ops: 1 thread (see TRAIN_THREADS)
         fn = vmap(lambda x, y_, w_: adapt_params(net, params, x, y_, w_, inner_lr, steps, True))
         return {k: v.detach() for k, v in fn(xs, ys, w).items()}
 
@@ -344,18 +350,7 @@ def sample_meta_batch(task_codes: np.ndarray, y: np.ndarray, meta_batch: int,
 # --------------------------------------------------------------------------- estimator
 
 
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (tiny matrices: 1-2 threads are fastest)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+_threads = torch_threads  # old private name
 
 
 @contextlib.contextmanager
@@ -383,6 +378,10 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
     ``k_support``/``k_query`` samples. Groups with fewer than 2 samples are not tasks.
     ``task_weighting="uniform"`` and ``pretrain=False`` give plain MAML.
     Same ``seed`` (and thread count) gives bit-identical results on one machine.
+    ``n_threads``: torch intra-op threads while training and adapting (default 1: the
+    matrices are tiny and a second thread only adds OpenMP barriers that stall under
+    CPU contention, see :data:`metalsm.models.pretrain.TRAIN_THREADS`); ``None`` keeps
+    the process setting.
     """
 
     def __init__(self, hidden: Sequence[int] = (32, 32, 16), activation: str = "sigmoid",
@@ -391,7 +390,7 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
                  k_support: int = 5, k_query: int = 15, task_weighting: str = "softmax",
                  first_order: bool = False, balanced: bool = False,
                  pretrain: bool | PretrainConfig = True, seed: int = 0,
-                 n_threads: int | None = None) -> None:
+                 n_threads: int | None = TRAIN_THREADS) -> None:
         self.hidden = hidden
         self.activation = activation
         self.normalization = normalization

@@ -23,7 +23,8 @@ under the parameter names of :class:`metalsm.models.meta.MetaNet`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +41,33 @@ __all__ = [
     "pretrain_network",
     "train_dae",
     "train_rbm",
+    "torch_threads",
 ]
+
+#: torch intra-op threads for training the small networks (pretraining, meta-training,
+#: adaptation). Their matrices are tiny (a 64 x 28 batch, 16 tasks of 20 samples), so a
+#: second thread gains nothing, and it is fragile: every op ends in an OpenMP barrier, and
+#: when anything else wants a core (another process, sklearn or numba threads) the
+#: barrier waits on a descheduled thread. Measured on Kaghan on 2 cores under such load:
+#: pretraining 3.9 s with 1 thread vs 57-157 s with 2; one meta-iteration 16-20 ms vs
+#: 341 ms. See docs/benchmarks.md.
+TRAIN_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None = TRAIN_THREADS) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads (``None``: leave them as they are)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    if before != int(n):
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,7 @@ class PretrainConfig:
     cd_k: int = 1
     dae_noise: float = 0.1
     init_std: float = 0.01
+    n_threads: int | None = TRAIN_THREADS  # torch intra-op threads (see TRAIN_THREADS)
 
 
 @dataclass
@@ -230,6 +258,12 @@ def pretrain_network(
     data = torch.as_tensor(np.asarray(X, dtype=np.float32))
     if data.ndim != 2 or not torch.isfinite(data).all():
         raise MetalsmInputError("pretraining input must be a finite 2-D table of factors")
+    with torch_threads(cfg.n_threads):
+        return _pretrain_stack(data, hidden, cfg, g)
+
+
+def _pretrain_stack(data: torch.Tensor, hidden: list[int], cfg: PretrainConfig,
+                    g: torch.Generator) -> PretrainResult:
     state: dict[str, torch.Tensor] = {}
     history: dict[str, list[float]] = {}
     for i, n_hid in enumerate(hidden):
