@@ -70,30 +70,37 @@ def segment_study_area(
 ) -> BlockStage:
     """Segment the study area of ``config`` (its ``[blocks]``) and write the block outputs.
 
-    Rasters: ``blocks.tif``, ``blocks.gpkg``, ``blocks.png``; tables: ``blocks.csv``
-    (block per sample) and ``blocks.png``; both: ``tasks.csv``.
+    Rasters: ``factors.tif``, ``blocks.tif``, ``blocks.gpkg``, ``blocks.png``; tables:
+    ``blocks.csv`` (block per sample) and ``blocks.png``; both: ``tasks.csv``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = config.blocks or BlocksConfig()
     with RunProgress(enabled=show_progress) as progress:
-        if config.table is not None:
-            return _segment_table(config, settings, out, progress)
-        return _segment_raster(config, settings, out, progress)
+        return prepare_blocks(config, out, progress)[0]
 
 
-def _segment_raster(config, settings: BlocksConfig, out: Path, progress) -> BlockStage:
+def prepare_blocks(
+    config: StudyAreaConfig, out: Path, progress: RunProgress
+) -> tuple[BlockStage, FactorStack | None]:
+    """Samples and blocks of a study area; rasters also give their factor stack.
+
+    The stack is written to ``out/factors.tif`` so that maps can be made from it
+    window by window later.
+    """
     from metalsm.pipeline import draw_samples
 
+    if config.table is not None:
+        return _segment_table(config, config.blocks or BlocksConfig(), out, progress), None
     n_steps = 2 + len(config.rasters) + len(config.vectors)
     with progress.stage("factor stack", total=n_steps) as advance:
         stack = build_factor_stack(config, progress=lambda note: advance(1, note))
+        stack.write(out / "factors.tif")
     with progress.stage("samples"):
         inventory = read_inventory(config.inventory.path, stack.grid, crs=config.inventory.crs,
                                    x_column=config.inventory.x_column,
                                    y_column=config.inventory.y_column)
         samples = draw_samples(config, stack, inventory, landslide_mask(inventory, stack.grid))
-    return segment_stack(config, stack, samples, inventory, out, progress)
+    return segment_stack(config, stack, samples, inventory, out, progress), stack
 
 
 def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples, inventory,

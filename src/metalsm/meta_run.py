@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from metalsm import mapping, validation
-from metalsm.atomic import atomic_path, write_json
+from metalsm.atomic import atomic_path, write_csv, write_json
 from metalsm.blocks_run import BlockStage
 from metalsm.config import MetaConfig, StudyAreaConfig
 from metalsm.errors import MetalsmInputError
@@ -437,14 +437,14 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
     with progress.stage("K-shot evaluation on meta-test blocks"):
         kshot = kshot_table({"proposed": learner, "maml": maml, "global_mlp": mlp}, data,
                             meta.k_shots, meta.repeats, meta.seed)
-        _write_csv(kshot, out / "kshot.csv")
+        write_csv(out / "kshot.csv", kshot)
     timings["kshot"] = _since(t)
 
     t = time.perf_counter()
     with progress.stage(f"adapting every block (K = {meta.map_k})"):
         block_models = adapt_all_blocks(learner, data, meta.map_k, meta.seed)
         block_models.save(models_dir)
-        _write_csv(block_table(block_models, stage), out / "block_models.csv")
+        write_csv(out / "block_models.csv", block_table(block_models, stage))
     timings["adapt"] = _since(t)
 
     paths = {"models": models_dir, "kshot": out / "kshot.csv"}
@@ -593,7 +593,7 @@ def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
                     categorical=samples.categorical, n_folds=config.validation.n_folds,
                     seed=config.validation.seed,
                     spatial_method=config.validation.spatial_method, progress=advance)
-                _write_csv(evaluation.table, out / "validation.csv")
+                write_csv(out / "validation.csv", evaluation.table)
         timings["validation"] = _since(t)
         result = run_meta_stage(config, stage, out, progress)
         timings.update({f"meta_{k}": v for k, v in result.timings.items()})
@@ -657,26 +657,11 @@ def headline_of(kshot: pd.DataFrame) -> dict[str, str]:
 def prepare_stage(config: StudyAreaConfig, out: Path, progress: RunProgress
                   ) -> tuple[BlockStage, Any]:
     """Blocks of ``config`` (and, for rasters, the factor stack written to factors.tif)."""
-    from metalsm.blocks_run import _segment_table, segment_stack
-    from metalsm.config import BlocksConfig
-    from metalsm.inventory import landslide_mask, read_inventory
-    from metalsm.pipeline import draw_samples
-    from metalsm.stack import build_factor_stack
+    from metalsm.blocks_run import prepare_blocks
 
     _meta(config)
     out.mkdir(parents=True, exist_ok=True)
-    if config.table is not None:
-        return _segment_table(config, config.blocks or BlocksConfig(), out, progress), None
-    n_steps = 2 + len(config.rasters) + len(config.vectors)
-    with progress.stage("factor stack", total=n_steps) as advance:
-        stack = build_factor_stack(config, progress=lambda note: advance(1, note))
-        stack.write(out / "factors.tif")
-    with progress.stage("samples"):
-        inventory = read_inventory(config.inventory.path, stack.grid, crs=config.inventory.crs,
-                                   x_column=config.inventory.x_column,
-                                   y_column=config.inventory.y_column)
-        samples = draw_samples(config, stack, inventory, landslide_mask(inventory, stack.grid))
-    return segment_stack(config, stack, samples, inventory, out, progress), stack
+    return prepare_blocks(config, out, progress)
 
 
 def pretrain_step(config: StudyAreaConfig, out: str | Path, *, show_progress: bool = True
@@ -753,7 +738,7 @@ def adapt_step(config: StudyAreaConfig, out: str | Path, k: str | None = None, *
         with progress.stage(f"adapting every block (K = {k})"):
             block_models = adapt_all_blocks(learner, data, k, meta.seed)
             block_models.save(models)
-            _write_csv(block_table(block_models, stage), out / "block_models.csv")
+            write_csv(out / "block_models.csv", block_table(block_models, stage))
         seconds = {"adapt": _since(t)}
         paths["models"] = models
         if config.table is None:
@@ -780,9 +765,3 @@ def write_blockwise_map(config: StudyAreaConfig, block_models: BlockModels,
 
 def _since(t: float) -> float:
     return round(time.perf_counter() - t, 3)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return path
