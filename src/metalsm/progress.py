@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -40,7 +40,9 @@ class RunProgress:
         self._progress.__exit__(*exc)
 
     @contextmanager
-    def stage(self, description: str, total: int | None = 1) -> Iterator[callable]:
+    def stage(
+        self, description: str, total: int | None = 1
+    ) -> Iterator[Callable[..., None]]:
         """A task for one stage; yields ``advance(n=1, description=None)``."""
         task = self._progress.add_task(description, total=total)
 
