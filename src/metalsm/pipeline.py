@@ -340,7 +340,9 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
             "Zones",
             text=(
                 "Share of area against share of landslide cells per zone; the ratio is "
-                "the landslide density relative to the study-area average."
+                "the landslide density relative to the study-area average. The landslide "
+                "cells include those the mapped model was trained on, so these shares are "
+                "optimistic; the spatial validation above is the honest estimate."
             ),
             tables=[zones.round(4)],
             images=[("Area and landslides per zone", out / "zones.png")],
