@@ -210,6 +210,26 @@ def unlabelled_cells(stack: Any, n: int, seed: int) -> pd.DataFrame | None:
     return stack.sample(rows, cols)
 
 
+def unlabelled_features(stack: Any, meta: MetaConfig, encoder: FactorEncoder
+                        ) -> np.ndarray | None:
+    """``[meta] unlabelled_cells`` random valid cells, encoded for the network (or None)."""
+    if meta.unlabelled_cells <= 0:
+        return None
+    cells = unlabelled_cells(stack, meta.unlabelled_cells, meta.seed)
+    if cells is None:
+        log.warning("meta.unlabelled_cells is set but a table study area has no cells")
+        return None
+    return encoder.transform(cells)
+
+
+def prepare_models_dir(out: Path, encoder: FactorEncoder) -> Path:
+    """``out/models``, holding the encoder every saved model needs."""
+    models = out / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    encoder.save(models / "encoder.json")
+    return models
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -400,19 +420,11 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
     """
     meta = _meta(config)
     timings: dict[str, float] = {}
-    models_dir = out / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
     data = meta_data(stage)
-    data.encoder.save(models_dir / "encoder.json")
+    models_dir = prepare_models_dir(out, data.encoder)
 
     t = time.perf_counter()
-    unl = None
-    if meta.unlabelled_cells > 0:
-        cells = unlabelled_cells(stack, meta.unlabelled_cells, meta.seed)
-        if cells is None:
-            log.warning("meta.unlabelled_cells is set but a table study area has no cells")
-        else:
-            unl = data.encoder.transform(cells)
+    unl = unlabelled_features(stack, meta, data.encoder)
     pretrained = None
     if meta.pretrain:
         with progress.stage("pretraining (RBM, RBM, DAE)"):
@@ -672,11 +684,8 @@ def pretrain_step(config: StudyAreaConfig, out: str | Path, *, show_progress: bo
     with RunProgress(enabled=show_progress) as progress:
         stage, stack = prepare_stage(config, out, progress)
         data = meta_data(stage)
-        models = out / "models"
-        models.mkdir(exist_ok=True)
-        data.encoder.save(models / "encoder.json")
-        cells = unlabelled_cells(stack, meta.unlabelled_cells, meta.seed)
-        unl = None if cells is None else data.encoder.transform(cells)
+        models = prepare_models_dir(out, data.encoder)
+        unl = unlabelled_features(stack, meta, data.encoder)
         t = time.perf_counter()
         with progress.stage("pretraining (RBM, RBM, DAE)"):
             result = pretrain_state(meta, data, unl)
@@ -697,14 +706,10 @@ def metatrain_step(config: StudyAreaConfig, out: str | Path, *, show_progress: b
     with RunProgress(enabled=show_progress) as progress:
         stage, stack = prepare_stage(config, out, progress)
         data = meta_data(stage)
-        models = out / "models"
-        models.mkdir(exist_ok=True)
-        data.encoder.save(models / "encoder.json")
+        models = prepare_models_dir(out, data.encoder)
         pretrained = load_pretrained(models) if meta.pretrain else None
-        unl = None
-        if meta.pretrain and pretrained is None:
-            cells = unlabelled_cells(stack, meta.unlabelled_cells, meta.seed)
-            unl = None if cells is None else data.encoder.transform(cells)
+        needs_pretraining = meta.pretrain and pretrained is None
+        unl = unlabelled_features(stack, meta, data.encoder) if needs_pretraining else None
         t = time.perf_counter()
         with progress.stage(f"meta-training ({meta.iterations} iterations)"):
             learner = fit_intermediate(config, data, unl, pretrained)
