@@ -401,3 +401,89 @@ def plot_point_blocks(
     ax.set_title(title)
     ax.tick_params(labelsize=8)
     return save_figure(fig, path)
+
+
+def _read_map(source: Any, max_side: int) -> tuple[np.ndarray, Grid | None]:
+    """An array as given, or a raster path read at most ``max_side`` cells a side (decimated
+    read: memory does not grow with the raster), with its grid."""
+    if not isinstance(source, str | Path):
+        return np.asarray(source, dtype=np.float64), None
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(source) as src:
+        scale = max(1.0, max(src.height, src.width) / max_side)
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        data = src.read(1, out_shape=shape, masked=True, resampling=Resampling.average)
+        transform = src.transform * src.transform.scale(src.width / shape[1],
+                                                        src.height / shape[0])
+        grid = Grid(src.crs, transform, shape[0], shape[1])
+    return np.ma.filled(data.astype(np.float64), np.nan), grid
+
+
+def plot_maps_side_by_side(
+    maps: Sequence[Any],
+    titles: Sequence[str],
+    path: str | Path,
+    *,
+    grid: Grid | None = None,
+    dem: np.ndarray | None = None,
+    inventory: Any = None,
+    cmap: str | Colormap = ZONE_CMAP,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    colorbar_label: str = "landslide probability",
+    ncols: int | None = None,
+    max_side: int = 1200,
+    suptitle: str | None = None,
+) -> Path:
+    """Several susceptibility maps at one scale: same extent, one colour ramp, one colour bar.
+
+    ``maps`` are arrays on ``grid`` or raster paths (read decimated to ``max_side``; all
+    must cover the same extent). The DEM hillshade and the inventory (in the grid CRS)
+    are drawn under/over every panel.
+    """
+    if len(maps) != len(titles) or not maps:
+        raise ValueError(f"{len(maps)} maps and {len(titles)} titles for {path}")
+    arrays, grids = zip(*(_read_map(m, max_side) for m in maps), strict=True)
+    grids = [g or grid for g in grids]
+    if any(g is None for g in grids):
+        raise ValueError(f"arrays need a grid= for {path}")
+    bounds = np.array([g.bounds for g in grids])
+    if np.abs(bounds - bounds[0]).max() > grids[0].cell_size:
+        raise ValueError(f"maps for {path} do not share one extent: {bounds.tolist()}")
+    for a, g in zip(arrays, grids, strict=True):
+        if a.shape != g.shape:
+            raise ValueError(f"map shape {a.shape} does not match its grid {g.shape}")
+    n = len(arrays)
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    ref = grids[0]
+    panel_w = 4.2
+    panel_h = panel_w * ref.height / ref.width
+    fig = Figure(figsize=(panel_w * ncols + 1.0, panel_h * nrows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    norm = Normalize(vmin, vmax)
+    shade_grid = grid if dem is not None and grid is not None else None
+    image = None
+    for ax, array, g, title in zip(axes, arrays, grids, titles, strict=False):
+        map_axes(ax, shade_grid or g, dem if shade_grid is not None else None, title=title)
+        left, bottom, right, top = g.bounds
+        image = ax.imshow(np.ma.masked_invalid(array), cmap=cmap, norm=norm,
+                          extent=(left, right, bottom, top),
+                          alpha=0.75 if shade_grid is not None else 1.0,
+                          interpolation="nearest", zorder=2)
+        draw_inventory(ax, inventory, linewidth=0.3)
+        ax.title.set_fontsize(10)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    bar = fig.colorbar(image, ax=axes[:n].tolist(), shrink=0.8, pad=0.01)
+    bar.solids.set_alpha(1.0)
+    bar.set_label(colorbar_label)
+    if inventory is not None and len(inventory):
+        axes[0].legend(handles=[Patch(facecolor="none", edgecolor="black",
+                                      label="landslide inventory")],
+                       loc="upper left", fontsize=7, framealpha=0.85)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return save_figure(fig, path)
