@@ -593,20 +593,9 @@ def distance_to_mask(
 # --------------------------------------------------------------------------- vector layers
 
 
-def rasterize_vector_distance(path_or_gdf, grid: Grid, layer_name: str | None = None) -> np.ndarray:
-    """Distance in metres from each cell centre of ``grid`` to the nearest feature.
-
-    Reads points, lines or polygons (geopandas / pyogrio), reprojects to the grid CRS
-    when it differs, burns them with ``all_touched=True`` and measures with an exact
-    Euclidean distance transform, so touched cells (and polygon interiors) are 0.
-    Features just outside the grid count too: the raster is extended by up to one
-    grid diagonal, as far as the features reach. Raises :class:`MetalsmInputError`
-    naming the file when it is missing, unreadable, empty, has no CRS, or no feature
-    lies on or near (within one grid diagonal of) the grid.
-    """
+def _read_vector_features(path_or_gdf, grid: Grid, layer_name: str | None):
+    """Non-empty geometries in the grid CRS and a description of their source."""
     import geopandas as gpd
-    from affine import Affine
-    from rasterio.features import rasterize
 
     if isinstance(path_or_gdf, gpd.GeoDataFrame | gpd.GeoSeries):
         gdf = path_or_gdf
@@ -631,7 +620,11 @@ def rasterize_vector_distance(path_or_gdf, grid: Grid, layer_name: str | None = 
     if geoms.crs != grid.crs:
         log.info("reprojecting %s from %s to the grid CRS %s", source, geoms.crs, grid.crs)
         geoms = geoms.to_crs(grid.crs)
+    return geoms, source
 
+
+def _vector_pads(geoms, grid: Grid) -> tuple[int, int, int, int]:
+    """Cells to add (left, right, top, bottom) so features up to one grid diagonal count."""
     cs = grid.cell_size
     h, w = grid.shape
     left, bottom, right, top = grid.bounds
@@ -641,8 +634,28 @@ def rasterize_vector_distance(path_or_gdf, grid: Grid, layer_name: str | None = 
     def extend(distance: float) -> int:
         return int(min(reach, max(0, math.ceil(distance / cs))))
 
-    pad_left, pad_right = extend(left - fx0), extend(fx1 - right)
-    pad_top, pad_bottom = extend(fy1 - top), extend(bottom - fy0)
+    return extend(left - fx0), extend(fx1 - right), extend(fy1 - top), extend(bottom - fy0)
+
+
+def rasterize_vector_distance(path_or_gdf, grid: Grid, layer_name: str | None = None) -> np.ndarray:
+    """Distance in metres from each cell centre of ``grid`` to the nearest feature.
+
+    Reads points, lines or polygons (geopandas / pyogrio), reprojects to the grid CRS
+    when it differs, burns them with ``all_touched=True`` and measures with an exact
+    Euclidean distance transform, so touched cells (and polygon interiors) are 0.
+    Features just outside the grid count too: the raster is extended by up to one
+    grid diagonal, as far as the features reach. Raises :class:`MetalsmInputError`
+    naming the file when it is missing, unreadable, empty, has no CRS, or no feature
+    lies on or near (within one grid diagonal of) the grid.
+    """
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    geoms, source = _read_vector_features(path_or_gdf, grid, layer_name)
+    cs = grid.cell_size
+    h, w = grid.shape
+    fx0, fy0, fx1, fy1 = geoms.total_bounds
+    pad_left, pad_right, pad_top, pad_bottom = _vector_pads(geoms, grid)
     t = grid.transform
     if t.b != 0 or t.d != 0:
         raise MetalsmInputError(f"grid must be north-up (no rotation) to rasterize {source}")
