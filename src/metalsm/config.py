@@ -152,6 +152,22 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """Out-of-core / distributed execution (:mod:`metalsm.chunked`).
+
+    ``chunk_size`` (cells per window edge) forces the chunked path; ``scheduler`` is
+    ``threads`` or a ``dask.distributed`` scheduler address; without either, runs go
+    chunked when the estimated stack exceeds ``memory_fraction`` of the available
+    memory (or of ``memory_limit_gb``).
+    """
+
+    chunk_size: int | None = None
+    scheduler: str | None = None
+    memory_limit_gb: float | None = None
+    memory_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
 class BlocksConfig:
     """Scene segmentation into blocks (weighted SLIC); each block is one few-shot task.
 
@@ -168,6 +184,7 @@ class BlocksConfig:
     factor_weights: dict[str, float] = field(default_factory=dict)
     meta_train_fraction: float = 0.6
     seed: int = 42
+    coarse_resolution_m: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +220,26 @@ class MetaConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentsConfig:
+    """``metalsm experiment``: methods compared, K values, repetitions, splits, ablations.
+
+    ``methods``: names of :data:`metalsm.experiments.methods.METHODS` (empty = all);
+    ``meta_iterations``: meta-training iterations of the experiments (0 = ``[meta]
+    iterations``); ``cross_area_split``: ``west-east``, ``north-south`` or a polygon
+    file (area 1 = inside); ``ablation_blocks``: the numbers of blocks K compared.
+    """
+
+    methods: tuple[str, ...] = ()
+    k_shots: tuple[str, ...] = ("1", "5", "half")
+    repeats: int = 10
+    seed: int = 42
+    meta_iterations: int = 0
+    cross_area_split: str = "west-east"
+    cross_area_fraction: float = 0.6
+    ablation_blocks: tuple[int, ...] = (16, 32, 64)
+
+
+@dataclass(frozen=True)
 class TableConfig:
     """A study area given as a table of samples (no rasters), e.g. the Hong Kong data."""
 
@@ -235,6 +272,8 @@ class StudyAreaConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     zones: ZonesConfig = field(default_factory=ZonesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -395,11 +434,35 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
     if config.sampling.ratio <= 0:
         raise MetalsmInputError(f"{path}: sampling.ratio must be > 0, got {config.sampling.ratio}")
     _check_bands(config, path)
+    if config.compute.chunk_size is not None and config.compute.chunk_size < 16:
+        raise MetalsmInputError(
+            f"{path}: compute.chunk_size must be >= 16, got {config.compute.chunk_size}")
+    _check_experiments(config, path)
     if config.zones.labels and len(config.zones.labels) != config.zones.levels:
         raise MetalsmInputError(
             f"{path}: zones.labels has {len(config.zones.labels)} entries, "
             f"zones.levels is {config.zones.levels}"
         )
+
+
+def _check_experiments(config: StudyAreaConfig, path: Path) -> None:
+    exp = config.experiments
+    for i, value in enumerate(exp.k_shots):
+        if not (value.isdigit() and int(value) >= 1) and value != "half":
+            raise MetalsmInputError(
+                f"{path}: experiments.k_shots[{i}] must be a positive integer (as a string) "
+                f"or \"half\", got {value!r}")
+    if exp.repeats < 1:
+        raise MetalsmInputError(f"{path}: experiments.repeats must be >= 1, got {exp.repeats}")
+    if exp.meta_iterations < 0:
+        raise MetalsmInputError(
+            f"{path}: experiments.meta_iterations must be >= 0, got {exp.meta_iterations}")
+    if not 0 < exp.cross_area_fraction < 1:
+        raise MetalsmInputError(f"{path}: experiments.cross_area_fraction must be in (0, 1), "
+                                f"got {exp.cross_area_fraction}")
+    if any(k < 1 for k in exp.ablation_blocks):
+        raise MetalsmInputError(f"{path}: experiments.ablation_blocks must be >= 1, "
+                                f"got {list(exp.ablation_blocks)}")
 
 
 def _check_bands(config: StudyAreaConfig, path: Path) -> None:

@@ -164,6 +164,12 @@ class MetaData:
     train_blocks: np.ndarray
     test_blocks: np.ndarray
     centres: np.ndarray
+    #: raw factor table (factor columns, as the samples hold them), for the classic models
+    table: pd.DataFrame | None = None
+    categorical: tuple[str, ...] = ()
+    coords: np.ndarray | None = None
+    #: results computed once per data value (e.g. pretraining per seed in the experiments)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def train(self) -> np.ndarray:
@@ -196,7 +202,10 @@ def meta_data(stage: BlockStage, encoder: FactorEncoder | None = None) -> MetaDa
             sums = np.bincount(blocks[inside], weights=feats[inside, j], minlength=n_blocks)
             centres[:, j] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return MetaData(encoder, X, np.asarray(samples.y, dtype=np.int64), blocks, n_blocks,
-                    train, test, centres)
+                    train, test, centres,
+                    table=samples.table[list(samples.factor_names)].reset_index(drop=True),
+                    categorical=tuple(samples.categorical),
+                    coords=np.asarray(samples.coords, dtype=np.float64))
 
 
 def unlabelled_cells(stack: Any, n: int, seed: int) -> pd.DataFrame | None:
@@ -294,14 +303,18 @@ def fit_plain_maml(meta: MetaConfig, data: MetaData, seed: int | None = None) ->
     return learner.fit(data.X[train], data.y[train], groups=data.blocks[train])
 
 
-def fit_global_mlp(meta: MetaConfig, data: MetaData, seed: int | None = None) -> MetaLearner:
+def fit_global_mlp(meta: MetaConfig, data: MetaData, seed: int | None = None,
+                   init_state: dict[str, torch.Tensor] | None = None) -> MetaLearner:
     """The same network trained on all meta-train samples as one task (plain supervised
     Adam, ``GLOBAL_EPOCHS`` epochs), wrapped as a MetaLearner so it is fine-tuned per
-    block with exactly the inner loop of the meta-learned models."""
+    block with exactly the inner loop of the meta-learned models. ``init_state``
+    (e.g. RBM/RBM/DAE pretrained hidden layers) replaces the seeded initialisation
+    of those layers (the "RL-based" transfer baseline)."""
     seed = meta.seed if seed is None else seed
     train = data.train
     learner = make_learner(meta, plain=True, seed=seed).set_params(iterations=0)
-    learner.fit(data.X[train], data.y[train], groups=np.zeros(int(train.sum())))
+    learner.fit(data.X[train], data.y[train], groups=np.zeros(int(train.sum())),
+                init_state=init_state)
     Xs = torch.as_tensor(learner._standardize(data.X[train]))
     ys = torch.as_tensor(data.y[train].astype(np.float32))
     net = learner.net_
@@ -412,11 +425,13 @@ def adapt_all_blocks(learner: MetaLearner, data: MetaData, k: str | int, seed: i
 
 def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
                    progress: RunProgress, *, stack: Any = None,
-                   factors_path: Path | None = None) -> MetaResult:
+                   factors_path: Path | None = None, compute: Any = None,
+                   window_size: int | None = None) -> MetaResult:
     """Intermediate model, baselines, K-shot table, block models (and the map for rasters).
 
     Writes ``kshot.csv``, ``block_models.csv`` and ``models/`` into ``out``; with a
-    ``factors_path`` (rasters) also ``susceptibility.tif`` from ``out/blocks.tif``.
+    ``factors_path`` (rasters) also ``susceptibility.tif`` from ``out/blocks.tif``
+    (over Dask with a ``compute`` from :func:`metalsm.chunked.compute_context`).
     """
     meta = _meta(config)
     timings: dict[str, float] = {}
@@ -466,8 +481,10 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
         with progress.stage("block-wise susceptibility map", total=n_valid) as advance:
             paths["susceptibility"] = mapping.predict_blockwise_raster(
                 block_models, data.encoder, factors_path, out / "blocks.tif",
-                out / "susceptibility.tif", window_size=config.output.window_size,
-                overviews=config.output.overviews, progress=lambda new, _d: advance(new))
+                out / "susceptibility.tif",
+                window_size=window_size or config.output.window_size,
+                overviews=config.output.overviews, progress=lambda new, _d: advance(new),
+                compute=compute)
         timings["map"] = _since(t)
     metrics = meta_metrics(config, data, learner, block_models, kshot, timings)
     return MetaResult(learner, block_models, kshot, metrics, timings, paths)
@@ -756,12 +773,16 @@ def adapt_step(config: StudyAreaConfig, out: str | Path, k: str | None = None, *
 
 def write_blockwise_map(config: StudyAreaConfig, block_models: BlockModels,
                         encoder: FactorEncoder, out: Path,
-                        progress: Callable[[int, int], Any] | None = None) -> dict[str, Path]:
-    """susceptibility.tif from out/factors.tif + out/blocks.tif, then zones.tif/zones.csv."""
+                        progress: Callable[[int, int], Any] | None = None,
+                        compute: Any = None) -> dict[str, Path]:
+    """susceptibility.tif from out/factors.tif + out/blocks.tif, then zones.tif/zones.csv.
+
+    ``compute`` (:func:`metalsm.chunked.compute_context`): predict the windows over Dask.
+    """
     sus = mapping.predict_blockwise_raster(
         block_models, encoder, out / "factors.tif", out / "blocks.tif",
         out / "susceptibility.tif", window_size=config.output.window_size,
-        overviews=config.output.overviews, progress=progress)
+        overviews=config.output.overviews, progress=progress, compute=compute)
     edges = mapping.zone_breaks(sus, method=config.zones.method, levels=config.zones.levels,
                                 seed=config.model.seed)
     zones = mapping.classify_raster(sus, out / "zones.tif", edges)

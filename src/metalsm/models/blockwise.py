@@ -48,7 +48,8 @@ from metalsm.models.meta import (
     adapt_batch,
 )
 
-__all__ = ["BlockModels", "adapt_blocks", "load_intermediate", "save_intermediate"]
+__all__ = ["BlockModels", "adapt_blocks", "draw_support", "load_intermediate",
+           "save_intermediate"]
 
 _FORMAT = "metalsm-blockwise-1"
 _CHUNK = 65536
@@ -231,12 +232,16 @@ def adapt_blocks(
     centres: np.ndarray | None = None,
     factor_names: Sequence[str] | None = None,
     seed: int = 0,
+    support: Any = None,
 ) -> BlockModels:
     """Adapt the intermediate model to every block from K labelled samples (vmap over blocks).
 
     ``sample_blocks`` is the block id of each labelled sample (-1: outside every block).
     ``centres`` [n_blocks, d] (e.g. ``Blocks.centres``) enables the similar-block fallback;
-    columns are z-scored before distances are taken.
+    columns are z-scored before distances are taken. ``support`` (optional boolean mask
+    over the samples) gives the shots instead of drawing K: each block adapts from its
+    samples in the mask, and a block with none falls back (``reason="no-support"``);
+    :func:`draw_support` draws such a mask exactly as the K draw here does.
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y).astype(np.float32).ravel()
@@ -254,15 +259,28 @@ def adapt_blocks(
     pos = np.bincount(ids[inside & (y == 1)], minlength=n_blocks)
     single = (n > 0) & ((pos == 0) | (pos == n))
     usable = (n > 0) & (~single | learner.balanced)
+    given = support is not None
+    if given:
+        chosen = np.asarray(support, dtype=bool).ravel() & inside
+        if chosen.size != y.size:
+            raise MetalsmInputError(f"support mask ({chosen.size}) and samples ({y.size}) differ")
+        shots = np.bincount(ids[chosen], minlength=n_blocks)
+        unsupported = usable & (shots == 0)
+        usable &= shots > 0
+    else:
+        shots = _shots(k, n)
     blocks = np.flatnonzero(usable)
-    shots = _shots(k, n)
 
     rng = np.random.default_rng(seed)
     stacked: Params = {}
     support = np.zeros(0, dtype=np.int64)
     if blocks.size:
-        drawn = _support_query(index, y, blocks, shots[blocks], 0, rng)
-        idx, mask = drawn["support_idx"], drawn["support_mask"]
+        if given:
+            idx, mask = _given_support(chosen & usable[np.where(inside, ids, 0)] & inside,
+                                       ids, blocks)
+        else:
+            drawn = _support_query(index, y, blocks, shots[blocks], 0, rng)
+            idx, mask = drawn["support_idx"], drawn["support_mask"]
         xs = np.where(mask[..., None], Xs[idx], 0.0).astype(np.float32)
         ys = np.where(mask, y[idx], 0.0).astype(np.float32)
         stacked = adapt_batch(learner.net_, learner.params_, torch.as_tensor(xs),
@@ -277,6 +295,8 @@ def adapt_blocks(
     source[blocks] = blocks
     rule = np.where(usable, "adapted", "intermediate").astype(object)
     reason = np.where(n == 0, "no-samples", np.where(usable, "", "single-class")).astype(object)
+    if given:
+        reason[unsupported] = "no-support"
     n_support = np.where(usable, shots, 0)
     fallback = np.flatnonzero(~usable)
     if centres is not None and fallback.size and blocks.size:
@@ -298,3 +318,48 @@ def adapt_blocks(
         source_block=source, n_support=n_support.astype(np.int64), k=k, seed=int(seed),
         support_samples=support,
     )
+
+
+def _given_support(chosen: np.ndarray, ids: np.ndarray, blocks: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Padded ``[len(blocks), width]`` index/mask arrays of the chosen samples per block."""
+    members = np.flatnonzero(chosen)
+    slot = np.searchsorted(blocks, ids[members])
+    order = np.lexsort((members, slot))
+    members, slot = members[order], slot[order]
+    counts = np.bincount(slot, minlength=blocks.size)
+    pos = np.arange(members.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = int(max(counts.max(initial=0), 1))
+    idx = np.zeros((blocks.size, width), dtype=np.int64)
+    mask = np.zeros((blocks.size, width), dtype=bool)
+    idx[slot, pos], mask[slot, pos] = members, True
+    return idx, mask
+
+
+def draw_support(y: Any, sample_blocks: Any, k: int | str, seed: int,
+                 blocks: Any = None) -> np.ndarray:
+    """Boolean mask of K stratified shots per block (the draw :func:`adapt_blocks` makes).
+
+    Every block of ``blocks`` (default: all with samples) that holds labelled samples
+    gets ``min(K, n)`` shots (``"half"``: half of its samples, at least one), drawn
+    with the same stratified rule and random stream as :func:`adapt_blocks` when all
+    its blocks are usable. Samples with block id -1 are never drawn.
+    """
+    y = np.asarray(y).astype(np.float32).ravel()
+    ids = np.asarray(sample_blocks, dtype=np.int64).ravel()
+    inside = ids >= 0
+    n_blocks = int(ids.max(initial=-1) + 1)
+    codes = np.where(inside, ids, n_blocks)
+    index = _TaskIndex.build(codes, n_blocks + 1)
+    n = index.counts[:n_blocks]
+    chosen = np.arange(n_blocks) if blocks is None else np.unique(
+        np.asarray(blocks, dtype=np.int64))
+    chosen = chosen[(chosen < n_blocks) & (chosen >= 0)]
+    chosen = chosen[n[chosen] > 0]
+    out = np.zeros(y.size, dtype=bool)
+    if chosen.size == 0:
+        return out
+    drawn = _support_query(index, y, chosen, _shots(k, n)[chosen], 0,
+                           np.random.default_rng(seed))
+    out[drawn["support_idx"][drawn["support_mask"]]] = True
+    return out

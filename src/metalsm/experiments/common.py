@@ -1,0 +1,83 @@
+"""What every experiment shares: its result value, the small preset, the study-area data.
+
+An experiment is a function ``(config, out_dir, *, repeats=None, preset=None) ->
+ExperimentResult`` writing CSV tables, PNG figures and a report section into
+``out_dir``. :func:`experiment_data` prepares the blocks (rasters: factor stack,
+samples, segmentation; tables: the sample table) and encodes the samples once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from metalsm.config import BlocksConfig, MetaConfig, StudyAreaConfig, ValidationConfig
+from metalsm.errors import MetalsmInputError
+from metalsm.report.html import Section
+
+PRESETS = ("small",)
+
+__all__ = ["PRESETS", "ExperimentResult", "apply_preset", "experiment_data",
+           "experiment_meta", "repeats_of"]
+
+
+@dataclass
+class ExperimentResult:
+    """Paths written (name -> path), wall time, the tables, the report section."""
+
+    paths: dict[str, Path]
+    seconds: float
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    section: Section | None = None
+
+
+def apply_preset(config: StudyAreaConfig, preset: str | None) -> StudyAreaConfig:
+    """``preset="small"``: few blocks, few meta-iterations and epochs, 2 repeats, 3 folds
+    (the test suite and quick looks; not for published numbers)."""
+    if preset is None:
+        return config
+    if preset not in PRESETS:
+        raise MetalsmInputError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    blocks = replace(config.blocks or BlocksConfig(), n_blocks=12, iterations=3)
+    meta = replace(config.meta or MetaConfig(), iterations=20, pretrain_epochs=2,
+                   repeats=2, unlabelled_cells=0)
+    exp = replace(config.experiments, repeats=2, meta_iterations=20,
+                  ablation_blocks=(6, 12))
+    return replace(config, blocks=blocks, meta=meta, experiments=exp,
+                   validation=replace(config.validation or ValidationConfig(), n_folds=3))
+
+
+def experiment_meta(config: StudyAreaConfig) -> MetaConfig:
+    """``[meta]`` (defaults when absent) with ``[experiments] meta_iterations`` applied."""
+    meta = config.meta or MetaConfig()
+    its = config.experiments.meta_iterations
+    return replace(meta, iterations=its) if its > 0 else meta
+
+
+def repeats_of(config: StudyAreaConfig, repeats: int | None) -> int:
+    r = config.experiments.repeats if repeats is None else int(repeats)
+    if r < 1:
+        raise MetalsmInputError(f"--repeats must be >= 1, got {r}")
+    return r
+
+
+def experiment_data(config: StudyAreaConfig, out: Path) -> tuple[Any, Any]:
+    """(MetaData, BlockStage) of ``config``: blocks written to ``out`` (quietly)."""
+    from metalsm.blocks_run import prepare_blocks
+    from metalsm.meta_run import meta_data
+    from metalsm.progress import RunProgress
+
+    if config.blocks is None:
+        config = replace(config, blocks=BlocksConfig())
+    out.mkdir(parents=True, exist_ok=True)
+    with RunProgress(enabled=False) as progress:
+        stage, _ = prepare_blocks(config, out, progress)
+    return meta_data(stage), stage
+
+
+def since(t: float) -> float:
+    return round(time.perf_counter() - t, 3)
