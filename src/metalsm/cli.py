@@ -52,11 +52,13 @@ def _guarded(config_path: Path, quiet: bool, work):
         raise _fail(str(exc)) from exc
 
 
-def _run(config_path: Path, out: Path, quiet: bool) -> None:
+def _run(config_path: Path, out: Path, quiet: bool, chunk_size: int | None = None,
+         scheduler: str | None = None) -> None:
     from metalsm.pipeline import run_pipeline
 
     result = _guarded(config_path, quiet,
-                      lambda config: run_pipeline(config, out, show_progress=not quiet))
+                      lambda config: run_pipeline(config, out, show_progress=not quiet,
+                                                  chunk_size=chunk_size, scheduler=scheduler))
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{out}[/]")
     for name, value in result.headline.items():
         console.print(f"  {name}: {value}")
@@ -82,9 +84,15 @@ def run(
     config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
     out: OutDir,
     quiet: Quiet = False,
+    chunk_size: Annotated[int | None, typer.Option(
+        "--chunk-size", min=16,
+        help="Force chunked (out-of-core) processing in N x N-cell windows.")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Dask scheduler address (tcp://host:8786) of a running cluster, "
+        "or 'threads'.")] = None,
 ) -> None:
     """Run the full pipeline: factor stack, samples, models, validation, map, report."""
-    _run(config, out, quiet)
+    _run(config, out, quiet, chunk_size, scheduler)
 
 
 @app.command()

@@ -100,6 +100,7 @@ def _write_probability_raster(
     window_size: int,
     overviews: Sequence[int],
     progress: Callable[[int, int], Any] | None,
+    compute: Any = None,
 ) -> Path:
     """Read the ``indexes`` bands of ``src`` window by window and write probabilities.
 
@@ -107,23 +108,35 @@ def _write_probability_raster(
     data) and returns the mask of cells it predicted and their probabilities.
     Output: float32 tiled deflate GeoTIFF on the source grid, NaN nodata, average
     overviews, written atomically (a failure leaves no output behind).
+
+    ``compute`` (a :class:`metalsm.chunked.Compute`) runs the windows on Dask (local
+    threads or a cluster; each task opens ``src.name`` itself) and this process
+    writes them under its lock; without it the windows run here, one after another.
     """
     nodata = src.nodata
     grid = Grid(src.crs, src.transform, src.height, src.width)
     profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
     done = 0
+    windows = iter_windows(grid.height, grid.width, window_size)
+    if compute is None:
+        results = ((win, _predict_one(src, indexes, nodata, predict_window, win))
+                   for win in windows)
+    else:
+        path = src.name
+
+        def task(win: Window) -> tuple[np.ndarray, int]:
+            with rasterio.open(path) as own:
+                return _predict_one(own, indexes, nodata, predict_window, win)
+
+        results = compute.map_windows(task, windows)
     with atomic_path(out_path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
-            for win in iter_windows(grid.height, grid.width, window_size):
-                # float64: unscaled factors (elevation in m) lose digits in float32
-                values = src.read(indexes, window=win, out_dtype=np.float64)
-                if nodata is not None and not np.isnan(nodata):
-                    values[values == nodata] = np.nan
-                valid, proba = predict_window(values, win)
-                out = np.full(valid.shape, np.nan, dtype=np.float32)
-                out[valid] = proba
-                dst.write(out, 1, window=win)
-                n_new = int(valid.sum())
+            for win, (out, n_new) in results:
+                if compute is None:
+                    dst.write(out, 1, window=win)
+                else:
+                    with compute.lock(str(out_path)):
+                        dst.write(out, 1, window=win)
                 done += n_new
                 if progress is not None:
                     progress(n_new, done)
@@ -133,6 +146,20 @@ def _write_probability_raster(
                 dst.update_tags(ns="rio_overview", resampling="average")
             dst.set_band_description(1, description)
     return Path(out_path)
+
+
+def _predict_one(src: Any, indexes: Sequence[int], nodata: Any,
+                 predict_window: Callable[[np.ndarray, Window], tuple[np.ndarray, np.ndarray]],
+                 win: Window) -> tuple[np.ndarray, int]:
+    """One window: the float32 probabilities (NaN where not predicted) and the count predicted."""
+    # float64: unscaled factors (elevation in m) lose digits in float32
+    values = src.read(indexes, window=win, out_dtype=np.float64)
+    if nodata is not None and not np.isnan(nodata):
+        values[values == nodata] = np.nan
+    valid, proba = predict_window(values, win)
+    out = np.full(valid.shape, np.nan, dtype=np.float32)
+    out[valid] = proba
+    return out, int(valid.sum())
 
 
 @_bounded_gdal_cache
@@ -145,6 +172,7 @@ def predict_raster(
     window_size: int = 512,
     overviews: Sequence[int] = (2, 4, 8, 16),
     progress: Callable[[int, int], Any] | None = None,
+    compute: Any = None,
 ) -> Path:
     """Write ``model``'s landslide probability for every valid cell of ``factors.tif``.
 
@@ -155,7 +183,8 @@ def predict_raster(
 
     ``progress(n_new, n_done)`` is called after each window with the number of
     cells just predicted and the running total, both counting valid cells only
-    (``n_new`` plugs straight into a rich progress ``advance``).
+    (``n_new`` plugs straight into a rich progress ``advance``). ``compute``: run the
+    windows on Dask (see :func:`_write_probability_raster`); the result is the same.
     """
     feature_names = list(feature_names)
     if not feature_names:
@@ -180,7 +209,7 @@ def predict_raster(
         return _write_probability_raster(
             src, indexes, out_path, predict_window,
             description="landslide susceptibility (probability)",
-            window_size=window_size, overviews=overviews, progress=progress,
+            window_size=window_size, overviews=overviews, progress=progress, compute=compute,
         )
 
 
@@ -472,6 +501,7 @@ def predict_blockwise_raster(
     window_size: int = 512,
     overviews: Sequence[int] = (2, 4, 8, 16),
     progress: Callable[[int, int], Any] | None = None,
+    compute: Any = None,
 ) -> Path:
     """Write the block-wise susceptibility: every cell predicted by its own block's model.
 
@@ -491,8 +521,18 @@ def predict_blockwise_raster(
                 f"{factors_path} {src.shape}"
             )
 
+        if compute is None:
+            def read_ids(win: Window) -> np.ndarray:
+                return bsrc.read(1, window=win)
+        else:
+            blocks_file = str(blocks_path)
+
+            def read_ids(win: Window) -> np.ndarray:  # a Dask task: its own file handle
+                with rasterio.open(blocks_file) as own:
+                    return own.read(1, window=win)
+
         def predict_window(values: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray]:
-            ids = bsrc.read(1, window=win).astype(np.int64)
+            ids = read_ids(win).astype(np.int64)
             valid = np.isfinite(values).all(axis=0) & (ids >= 0)
             if not valid.any():
                 return valid, np.empty(0)
@@ -502,5 +542,5 @@ def predict_blockwise_raster(
         return _write_probability_raster(
             src, indexes, out_path, predict_window,
             description="landslide susceptibility (probability, block-wise)",
-            window_size=window_size, overviews=overviews, progress=progress,
+            window_size=window_size, overviews=overviews, progress=progress, compute=compute,
         )

@@ -6,6 +6,7 @@ together, times them, and writes the run directory and its manifest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -88,9 +89,16 @@ def _credibility(config: StudyAreaConfig, stack: FactorStack, pos) -> np.ndarray
 
 
 def run_pipeline(
-    config: StudyAreaConfig, out_dir: str | Path, *, show_progress: bool = True
+    config: StudyAreaConfig, out_dir: str | Path, *, show_progress: bool = True,
+    chunk_size: int | None = None, scheduler: str | None = None,
 ) -> RunResult:
-    """Run every stage of ``config`` and write all outputs into ``out_dir``."""
+    """Run every stage of ``config`` and write all outputs into ``out_dir``.
+
+    ``chunk_size``/``scheduler`` (or ``[compute]``) take the chunked path of
+    :mod:`metalsm.chunked`: ``factors.tif`` aligned and written window by window and
+    the map predicted over Dask (local threads, or the cluster at ``scheduler``);
+    without them the path is chosen by the estimated stack size and free memory.
+    """
     if config.table is not None and config.meta is not None:
         from metalsm.meta_run import run_table_pipeline
 
@@ -110,12 +118,28 @@ def run_pipeline(
         timings[name] = round(now - since, 3)
         return now
 
-    with RunProgress(enabled=show_progress) as progress:
+    from metalsm import chunked
+
+    use_chunks, why = chunked.choose_chunked(config, chunk_size=chunk_size, scheduler=scheduler)
+    chunk = chunk_size or config.compute.chunk_size or 1024
+    window_size = chunk if use_chunks else config.output.window_size
+    with contextlib.ExitStack() as resources, RunProgress(enabled=show_progress) as progress:
+        compute = None
+        if use_chunks:
+            log.info("chunked processing (%s), windows of %d cells", why, chunk)
+            compute = resources.enter_context(
+                chunked.compute_context(scheduler or config.compute.scheduler))
         t = time.perf_counter()
         n_steps = 2 + len(config.rasters) + len(config.vectors)
         with progress.stage("factor stack", total=n_steps) as advance:
-            stack = build_factor_stack(config, progress=lambda note: advance(1, note))
-            stack.write(out / "factors.tif")
+            if compute is not None:
+                chunked.build_factor_stack_chunked(
+                    config, out / "factors.tif", compute, chunk_size=chunk,
+                    progress=lambda note: advance(1, note))
+                stack = FactorStack.read(out / "factors.tif")  # for sampling
+            else:
+                stack = build_factor_stack(config, progress=lambda note: advance(1, note))
+                stack.write(out / "factors.tif")
         t = timed("factor_stack", t)
 
         with progress.stage("samples") as advance:
@@ -159,7 +183,8 @@ def run_pipeline(
             from metalsm.meta_run import run_meta_stage
 
             meta_result = run_meta_stage(config, block_stage, out, progress, stack=stack,
-                                         factors_path=out / "factors.tif")
+                                         factors_path=out / "factors.tif", compute=compute,
+                                         window_size=window_size)
             timings.update({f"meta_{k}": v for k, v in meta_result.timings.items()})
             t = time.perf_counter()
         else:
@@ -176,9 +201,10 @@ def run_pipeline(
                     out / "factors.tif",
                     out / "susceptibility.tif",
                     feature_names=samples.factor_names,
-                    window_size=config.output.window_size,
+                    window_size=window_size,
                     overviews=config.output.overviews,
                     progress=lambda new, _done: advance(new),
+                    compute=compute,
                 )
             t = timed("predict_map", t)
 

@@ -1,0 +1,186 @@
+"""Chunked (out-of-core, Dask) processing equals the in-memory path on real Kaghan data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from conftest import write_config
+from scipy import ndimage
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from typer.testing import CliRunner
+
+from metalsm import chunked, mapping
+from metalsm.cli import app
+from metalsm.config import BlocksConfig, load_config
+from metalsm.credibility import credibility_map
+from metalsm.errors import MetalsmInputError
+from metalsm.pipeline import run_pipeline
+from metalsm.stack import FactorStack
+
+FAST = {"model": 'names = ["lr"]\nmap_model = "lr"\nseed = 7',
+        "validation": 'n_folds = 2\nspatial_method = "kmeans"\nseed = 7'}
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.descriptions, src.tags(), src.profile
+
+
+@pytest.fixture(scope="module")
+def runs(kaghan_crop, kaghan, tmp_path_factory):
+    """The crop mapped in memory (API) and chunked in 128-cell windows (CLI)."""
+    base = tmp_path_factory.mktemp("chunked")
+    config_path = write_config(base / "crop.toml", kaghan_crop, kaghan, **FAST)
+    run_pipeline(load_config(config_path), base / "memory", show_progress=False)
+    result = CliRunner().invoke(app, ["run", str(config_path), "--out", str(base / "chunked"),
+                                      "--chunk-size", "128", "-q"])
+    assert result.exit_code == 0, result.output
+    return config_path, base / "memory", base / "chunked"
+
+
+def test_chunked_run_equals_in_memory_run(runs):
+    _, memory, chunked_dir = runs
+    for name in ("factors.tif", "susceptibility.tif", "zones.tif"):
+        a, desc_a, tags_a, prof_a = _read(memory / name)
+        b, desc_b, tags_b, prof_b = _read(chunked_dir / name)
+        assert a.shape == b.shape and desc_a == desc_b and tags_a == tags_b, name
+        assert prof_a["dtype"] == prof_b["dtype"] and prof_a["transform"] == prof_b["transform"]
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b)) if a.dtype.kind == "f" else None
+        assert np.nanmax(np.abs(a.astype(np.float64) - b)) <= 1e-6, name
+    pd.testing.assert_frame_equal(pd.read_csv(memory / "samples.csv"),
+                                  pd.read_csv(chunked_dir / "samples.csv"))
+
+
+def _lr(run_dir):
+    samples = pd.read_csv(run_dir / "samples.csv")
+    with rasterio.open(run_dir / "factors.tif") as src:
+        names = list(src.descriptions)
+    model = make_pipeline(StandardScaler(), LogisticRegression())
+    return model.fit(samples[names], samples["label"]), names
+
+
+def test_prediction_through_a_local_cluster_equals_serial(runs, tmp_path):
+    from distributed import Client, LocalCluster
+
+    _, memory, _ = runs
+    model, names = _lr(memory)
+    serial = mapping.predict_raster(model, memory / "factors.tif", tmp_path / "serial.tif",
+                                    feature_names=names, window_size=100)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with chunked.compute_context(cluster.scheduler_address) as compute:
+            assert compute.scheduler == "distributed"
+            done = []
+            remote = mapping.predict_raster(
+                model, memory / "factors.tif", tmp_path / "remote.tif", feature_names=names,
+                window_size=100, compute=compute, progress=lambda n, total: done.append(total))
+        assert client.status == "running"
+    a, b = _read(serial)[0], _read(remote)[0]
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    assert np.nanmax(np.abs(a - b)) <= 1e-6
+    assert done[-1] == int(np.isfinite(a).sum())
+
+
+class _Encoder:
+    def __init__(self, names):
+        self.factor_names = names
+
+    def transform(self, cells):
+        return cells
+
+
+class _BlockModels:
+    """P = logistic of the block id plus the first feature, scaled: differs per block."""
+
+    def predict_proba(self, features, ids):
+        return 1 / (1 + np.exp(-(ids * 0.3 + features[:, 0] / 1000 - 3)))
+
+
+def test_blockwise_prediction_on_dask_threads_equals_serial(runs, tmp_path):
+    _, memory, _ = runs
+    with rasterio.open(memory / "factors.tif") as src:
+        names = list(src.descriptions)
+        profile = src.profile
+        valid = np.isfinite(src.read()).all(axis=0)
+    ids = (np.arange(valid.size).reshape(valid.shape) // 5000).astype(np.int32)
+    ids[~valid] = -1
+    profile.update(count=1, dtype="int32", nodata=-1)
+    with rasterio.open(tmp_path / "blocks.tif", "w", **profile) as dst:
+        dst.write(ids, 1)
+    args = (_BlockModels(), _Encoder(names), memory / "factors.tif", tmp_path / "blocks.tif")
+    serial = mapping.predict_blockwise_raster(*args, tmp_path / "s.tif", window_size=64)
+    with chunked.compute_context(None, num_workers=2) as compute:
+        threaded = mapping.predict_blockwise_raster(*args, tmp_path / "t.tif", window_size=64,
+                                                    compute=compute)
+    a, b = _read(serial)[0], _read(threaded)[0]
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    assert np.nanmax(np.abs(a - b)) <= 1e-6
+
+
+def test_chunked_credibility_equals_in_memory(runs, tmp_path):
+    config_path, memory, _ = runs
+    config = load_config(config_path)
+    stack = FactorStack.read(memory / "factors.tif")
+    samples = pd.read_csv(memory / "samples.csv")
+    pos = samples[samples.label == 1]
+    positives = (pos["row"].to_numpy(), pos["col"].to_numpy())
+    expected, model = credibility_map(stack, positives, config.credibility,
+                                      config.factor_selection)
+    with chunked.compute_context(None, num_workers=2) as compute:
+        fitted = chunked.fit_membership_chunked(memory / "factors.tif", positives, compute,
+                                                config.credibility, config.factor_selection,
+                                                chunk_size=100)
+        path = chunked.write_credibility_chunked(memory / "factors.tif", fitted,
+                                                 tmp_path / "credibility.tif", compute,
+                                                 chunk_size=100)
+    pd.testing.assert_frame_equal(model.fr_tables, fitted.fr_tables)
+    got = _read(path)[0][0]
+    np.testing.assert_array_equal(np.isnan(expected), np.isnan(got))
+    assert np.nanmax(np.abs(expected - got)) <= 1e-6
+
+
+def test_segmentation_on_a_coarse_grid(runs, tmp_path):
+    _, memory, _ = runs
+    settings = BlocksConfig(n_blocks=8, compactness=0.5, iterations=3)
+    with chunked.compute_context(None, num_workers=2) as compute:
+        result = chunked.segment_coarse(memory / "factors.tif", settings,
+                                        tmp_path / "blocks.tif", compute, factor=4,
+                                        chunk_size=100)
+    labels = _read(result.path)[0][0]
+    valid = np.isfinite(_read(memory / "factors.tif")[0]).all(axis=0)
+    n = result.blocks.n_blocks
+    assert 4 <= n <= 16
+    assert set(np.unique(labels[valid])) == set(range(n))  # every block present
+    assert (labels[~valid] == -1).all()
+    for block in range(n):  # contiguous-ish: one component holds most of the block
+        comp, k = ndimage.label(labels == block)
+        sizes = np.bincount(comp.ravel())[1:]
+        assert sizes.max() >= 0.8 * sizes.sum()
+    samples = pd.read_csv(memory / "samples.csv")
+    rows, cols = samples["row"].to_numpy(), samples["col"].to_numpy()
+    np.testing.assert_array_equal(result.block_of(rows, cols)[labels[rows, cols] >= 0],
+                                  labels[rows, cols][labels[rows, cols] >= 0])
+    read = chunked.read_cells(result.path, rows, cols, chunk_size=64)[:, 0]
+    np.testing.assert_array_equal(read, labels[rows, cols])
+
+
+def test_choice_of_path(runs, tmp_path):
+    config_path, _, _ = runs
+    config = load_config(config_path)
+    assert chunked.choose_chunked(config)[0] is False  # the crop fits in memory
+    assert chunked.choose_chunked(config, chunk_size=256)[0] is True
+    assert chunked.choose_chunked(config, scheduler="tcp://10.0.0.1:8786")[0] is True
+    text = config_path.read_text() + "\n[compute]\nmemory_limit_gb = 0.001\n"
+    (tmp_path / "small.toml").write_text(text)
+    chosen, why = chunked.choose_chunked(load_config(tmp_path / "small.toml"))
+    assert chosen and "available" in why
+    (tmp_path / "bad.toml").write_text(config_path.read_text() + "\n[compute]\nchunk_size = 4\n")
+    with pytest.raises(MetalsmInputError, match="compute.chunk_size"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(MetalsmInputError, match="scheduler"):
+        with chunked.compute_context("not an address"):
+            pass
