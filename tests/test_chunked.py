@@ -53,6 +53,7 @@ def test_chunked_run_equals_in_memory_run(runs):
         assert np.nanmax(np.abs(a.astype(np.float64) - b)) <= 1e-6, name
     pd.testing.assert_frame_equal(pd.read_csv(memory / "samples.csv"),
                                   pd.read_csv(chunked_dir / "samples.csv"))
+    assert not (chunked_dir / ".layers").exists()  # per-layer intermediates removed
 
 
 def _lr(run_dir):

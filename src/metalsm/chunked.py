@@ -251,7 +251,6 @@ class LayerSource:
     path: str | None = None
     categorical: bool = False
     array: np.ndarray | None = None
-    mask_with: str | None = None  # NaN where this other layer (the DEM's elevation) is NaN
 
 
 def _resampling_for(src, grid: Grid, categorical: bool) -> Resampling:
@@ -302,16 +301,12 @@ def _stack_window(sources: Sequence[LayerSource], grid: Grid, win: Window) -> np
     out = np.empty((len(sources), int(win.height), int(win.width)), dtype=np.float32)
     rows = slice(int(win.row_off), int(win.row_off + win.height))
     cols = slice(int(win.col_off), int(win.col_off + win.width))
-    names = [s.name for s in sources]
     for i, source in enumerate(sources):
         if source.array is not None:
             out[i] = source.array[rows, cols]
         else:
             out[i] = read_aligned_window(source.path, grid, win, name=source.name,
                                          categorical=source.categorical)
-    for i, source in enumerate(sources):
-        if source.mask_with is not None and source.mask_with in names:
-            out[i][np.isnan(out[names.index(source.mask_with)])] = np.nan
     return out
 
 
@@ -374,35 +369,6 @@ def write_factor_stack(
     return Path(out_path)
 
 
-def terrain_sources(config, grid: Grid, *, chunk_size: int, work_dir: Path,
-                    progress: Callable[[str], None] | None = None) -> list[LayerSource]:
-    """The terrain factors of ``config``: from :mod:`metalsm.chunked_terrain` when it is
-    available (one GeoTIFF per factor under ``work_dir``), else derived in memory."""
-    from metalsm import terrain
-    from metalsm.stack import read_dem
-
-    step = progress or (lambda _m: None)
-    threshold = max(1, round(config.terrain.drainage_threshold_km2 * 1e6 / grid.cell_area))
-    factors = tuple(dict.fromkeys(config.terrain.factors))
-    try:
-        from metalsm.chunked_terrain import derive_terrain_chunked
-    except ImportError:
-        derive_terrain_chunked = None
-    if derive_terrain_chunked is not None:
-        step("deriving terrain factors (chunked)")
-        paths = derive_terrain_chunked(config.dem, grid, factors, work_dir,
-                                       chunk_size=chunk_size,
-                                       drainage_threshold_cells=threshold)
-        return [LayerSource(n, path=str(paths[n])) for n in factors]
-    step("reading DEM")
-    dem = read_dem(config.dem, grid)
-    step("deriving terrain factors")
-    layers = terrain.derive_terrain(dem, grid, factors, drainage_threshold_cells=threshold)
-    sources = [LayerSource(n, array=v.astype(np.float32, copy=False)) for n, v in layers.items()]
-    sources.append(LayerSource("__dem__", array=dem))
-    return sources
-
-
 def build_factor_stack_chunked(
     config,
     out_path: str | Path,
@@ -411,43 +377,53 @@ def build_factor_stack_chunked(
     chunk_size: int,
     work_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    keep_layers: bool = False,
 ) -> Path:
     """``factors.tif`` of ``config``, equal to :func:`metalsm.stack.build_factor_stack`'s.
 
-    Band order: terrain factors (config order), thematic rasters, vector distances.
-    Vector distances are computed on the full grid (a global distance transform).
+    Terrain factors and vector distances come from :mod:`metalsm.chunked_terrain`
+    (one GeoTIFF per layer under ``work_dir``, default ``.layers`` beside the
+    output, removed afterwards unless ``keep_layers``); thematic rasters are
+    aligned window by window. Band order: terrain factors (config order), thematic
+    rasters, vector distances.
     """
-    from metalsm import terrain
+    import shutil
+
+    from metalsm.chunked_terrain import derive_terrain_chunked, vector_distance_chunked
     from metalsm.stack import reference_grid
 
     step = progress or (lambda _m: None)
     out_path = Path(out_path)
-    work = Path(work_dir) if work_dir is not None else out_path.parent / ".terrain"
+    work = Path(work_dir) if work_dir is not None else out_path.parent / ".layers"
     work.mkdir(parents=True, exist_ok=True)
     grid = reference_grid(config)
-    sources = terrain_sources(config, grid, chunk_size=chunk_size, work_dir=work,
-                              progress=step)
-    dem_source = next((s for s in sources if s.name == "__dem__"), None)
-    sources = [s for s in sources if s.name != "__dem__"]
+    threshold = max(1, round(config.terrain.drainage_threshold_km2 * 1e6 / grid.cell_area))
+    factors = tuple(dict.fromkeys(config.terrain.factors))
+    step("deriving terrain factors (chunked)")
+    paths = derive_terrain_chunked(config.dem, grid, factors, work, chunk_size=chunk_size,
+                                   drainage_threshold_cells=threshold)
+    sources = [LayerSource(n, path=str(paths[n])) for n in factors]
     class_names: dict[str, dict[int, str]] = {}
     for raster in config.rasters:
         categorical = raster.kind == "categorical"
+        step(f"aligning {raster.name}")
         open_raster(raster.path).close()  # named error for a missing/unreadable file now
         sources.append(LayerSource(raster.name, path=str(raster.path), categorical=categorical))
         if categorical:
             class_names[raster.name] = read_class_names(raster.path)
     for vector in config.vectors:
         step(f"distance to {vector.name}")
-        distance = terrain.rasterize_vector_distance(vector.path, grid, layer_name=vector.name)
-        if dem_source is not None:
-            distance[np.isnan(dem_source.array)] = np.nan
-            sources.append(LayerSource(vector.name, array=distance))
-        else:
-            sources.append(LayerSource(vector.name, array=distance,
-                                       mask_with=config.terrain.factors[0]))
-    step("aligning and writing factors.tif")
-    return write_factor_stack(sources, grid, out_path, compute, chunk_size=chunk_size,
-                              class_names=class_names)
+        path = vector_distance_chunked(vector.path, grid, work / f"distance_{vector.name}.tif",
+                                       chunk_size=chunk_size, layer_name=vector.name,
+                                       dem_path=config.dem)
+        sources.append(LayerSource(vector.name, path=str(path)))
+    step("writing factors.tif")
+    try:
+        return write_factor_stack(sources, grid, out_path, compute, chunk_size=chunk_size,
+                                  class_names=class_names)
+    finally:
+        if not keep_layers and work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- credibility
