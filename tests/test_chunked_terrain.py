@@ -217,3 +217,22 @@ def test_vector_distance_errors_name_the_file(tmp_path, holed_dem):
     with pytest.raises(MetalsmInputError, match="far.gpkg"):
         chunked_terrain.vector_distance_chunked(far, grid, tmp_path / "x.tif", chunk_size=64)
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_dask_schedulers_give_the_same_files(holed_dem, tmp_path):
+    from dask.distributed import Client
+
+    grid = Grid.from_raster(holed_dem)
+    names = ["slope", "twi", "profile_curvature"]
+    reference = chunked_terrain.derive_terrain_chunked(
+        holed_dem, grid, names, tmp_path / "sync", chunk_size=64, drainage_threshold_cells=50,
+        scheduler="sync",
+    )
+    with Client(processes=False, n_workers=2, threads_per_worker=1,
+                dashboard_address=None) as client:
+        out = chunked_terrain.derive_terrain_chunked(
+            holed_dem, grid, names, tmp_path / "cluster", chunk_size=64,
+            drainage_threshold_cells=50, scheduler=client,
+        )
+    for name in names:
+        np.testing.assert_array_equal(read(out[name]), read(reference[name]), err_msg=name)

@@ -28,10 +28,12 @@ nodata (as ``factors.tif``), one per factor, written atomically.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -127,6 +129,18 @@ def _halo(window: Window, shape: tuple[int, int], depth: int = 1) -> tuple[Windo
     return Window(c0, r0, c1 - c0, r1 - r0), crop
 
 
+#: GDAL block cache (MB) while writing, unless GDAL_CACHEMAX is set: GDAL's default
+#: is 5% of physical memory (6 GB on a 128 GB node), all of it dirty output blocks.
+GDAL_CACHE_MB = 256
+
+
+def _gdal_env() -> rasterio.Env:
+    """A rasterio environment with a bounded block cache, so memory stays flat."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
 def _output_profile(grid: Grid) -> dict:
     profile = grid.profile(dtype="float32", nodata=np.nan)
     profile.update(predictor=3, BIGTIFF="IF_SAFER")
@@ -145,6 +159,7 @@ def derive_terrain_chunked(
     chunk_size: int = 1024,
     drainage_threshold_cells: float = 500,
     progress: RunProgress | None = None,
+    scheduler: Any = None,
 ) -> dict[str, Path]:
     """Write the requested terrain factors of the DEM at ``dem_path`` as GeoTIFFs in ``out_dir``.
 
@@ -153,6 +168,12 @@ def derive_terrain_chunked(
     grid beyond the compact flow-routing arrays (see the module docstring), so that
     province-scale DEMs fit on a laptop. Returns ``{factor: out_dir / f"{factor}.tif"}``
     in request order.
+
+    ``scheduler`` computes the windows with Dask: ``None`` or ``"threads"`` (local
+    threads), ``"sync"``, or a ``dask.distributed.Client`` (its workers must be able
+    to read ``dem_path``). Windows go out in small batches and are written here, by
+    this process only, so no file lock is needed. Flow routing and the distance
+    transform stay in this process (they are global, not per window).
     """
     if isinstance(factors, str):
         factors = [factors]
@@ -164,7 +185,7 @@ def derive_terrain_chunked(
             f"{', '.join(terrain.TERRAIN_FACTORS)}"
         )
     chunk_size = _check_chunk_size(chunk_size)
-    cell_size = terrain._check_cell_size(grid.cell_size)
+    terrain._check_cell_size(grid.cell_size)
     if "distance_to_drainage" in requested and not drainage_threshold_cells > 0:
         raise MetalsmInputError(
             f"drainage threshold must be a positive number of cells, got {drainage_threshold_cells}"
@@ -174,7 +195,7 @@ def derive_terrain_chunked(
     paths = {name: out_dir / f"{name}.tif" for name in requested}
     windows = list(iter_windows(grid.shape, chunk_size))
 
-    with _open_dem_on_grid(dem_path, grid) as src:
+    with _gdal_env(), _open_dem_on_grid(dem_path, grid) as src:
         acc = None
         if any(n in _FLOW for n in requested):
 
@@ -188,6 +209,12 @@ def derive_terrain_chunked(
             with _stage(progress, "flow routing (fill, D8, accumulation)", 1) as advance:
                 acc = terrain.flow_routing_counts(load_dem)
                 advance()
+            if "distance_to_drainage" in requested and acc.max() < drainage_threshold_cells:
+                raise MetalsmInputError(
+                    f"no cell reaches the drainage threshold of {drainage_threshold_cells} "
+                    f"cells (max accumulation {acc.max():.0f}); "
+                    "lower terrain.drainage_threshold_km2"
+                )
         window_factors = [n for n in requested if n != "distance_to_drainage"]
         with ExitStack() as stack:
             datasets = {}
@@ -199,8 +226,11 @@ def derive_terrain_chunked(
                 datasets[name].set_band_description(1, name)
             n_windows = len(windows) if window_factors else 0
             with _stage(progress, "terrain factors", n_windows) as advance:
-                for window in windows if window_factors else []:
-                    values = _factor_window(src, grid, window, window_factors, acc, cell_size)
+                batches = _window_results(
+                    dem_path, grid, windows if window_factors else [], window_factors, acc,
+                    scheduler,
+                )
+                for window, values in batches:
                     for name, value in values.items():
                         datasets[name].write(value, 1, window=window)
                     advance()
@@ -208,12 +238,6 @@ def derive_terrain_chunked(
                 ds.close()
         if "distance_to_drainage" in requested:
             threshold = drainage_threshold_cells
-            if not (acc >= threshold).any():
-                raise MetalsmInputError(
-                    f"no cell reaches the drainage threshold of {drainage_threshold_cells} "
-                    f"cells (max accumulation {acc.max():.0f}); "
-                    "lower terrain.drainage_threshold_km2"
-                )
 
             def channels(c0: int, c1: int) -> np.ndarray:
                 return acc[:, c0:c1] >= threshold  # no-data cells count 0: never channels
@@ -226,12 +250,41 @@ def derive_terrain_chunked(
     return {name: paths[name] for name in requested}
 
 
+#: Windows computed at once by a Dask scheduler (results are held until written).
+WINDOW_BATCH = 8
+
+
+def _window_results(
+    dem_path: str | Path,
+    grid: Grid,
+    windows: list[Window],
+    names: list[str],
+    acc: np.ndarray | None,
+    scheduler: Any,
+) -> Iterator[tuple[Window, dict[str, np.ndarray]]]:
+    """(window, factors) in window order, computed in batches of :data:`WINDOW_BATCH`."""
+    import dask
+
+    for i in range(0, len(windows), WINDOW_BATCH):
+        batch = windows[i : i + WINDOW_BATCH]
+        tasks = [
+            dask.delayed(_factor_window, pure=False)(
+                str(dem_path), grid, window, names,
+                None if acc is None else acc[window.toslices()],
+            )
+            for window in batch
+        ]
+        yield from zip(batch, dask.compute(*tasks, scheduler=scheduler or "threads"), strict=True)
+
+
 def _factor_window(
-    src, grid: Grid, window: Window, names: list[str], acc: np.ndarray | None, cell_size: float
+    dem_path: str, grid: Grid, window: Window, names: list[str], counts: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    """The factors of one window, from its DEM with a one-cell halo and the global counts."""
+    """The factors of one window, from its DEM with a one-cell halo and its upstream counts."""
+    cell_size = grid.cell_size
     big, crop = _halo(window, grid.shape)
-    block = _read_dem(src, big)
+    with _gdal_env(), _open_dem_on_grid(dem_path, grid) as src:
+        block = _read_dem(src, big)
     z = block[crop].astype(np.float64)
     nodata = np.isnan(z)
     cache: dict[str, np.ndarray] = {}
@@ -248,7 +301,6 @@ def _factor_window(
                 cache["plan"], cache["profile"] = plan[crop], profile[crop]
         return cache[key]
 
-    counts = None if acc is None else acc[window.toslices()]
     out = {}
     for name in names:
         with np.errstate(divide="ignore", invalid="ignore"):  # no-data cells count 0
@@ -492,7 +544,7 @@ def vector_distance_chunked(
         ).astype(bool)
 
     out_path = Path(out_path)
-    with ExitStack() as stack:
+    with _gdal_env(), ExitStack() as stack:
         nodata_src = None
         if dem_path is not None:
             nodata_src = stack.enter_context(_open_dem_on_grid(dem_path, grid))

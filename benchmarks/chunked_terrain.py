@@ -1,0 +1,116 @@
+"""Time and peak memory of chunked terrain derivation on a large mirror-tiled Kaghan DEM.
+
+Usage:
+    .venv/bin/python benchmarks/chunked_terrain.py --size 6000 6000 --chunk-size 1024
+    .venv/bin/python benchmarks/chunked_terrain.py --size 20000 20000 --workdir /big/disk
+
+The real Kaghan DEM (987 x 826 cells) is mirror-tiled up to ``--size``: every
+other tile is flipped so that elevations stay continuous across tile seams and
+flow crosses them. The derivation runs in a fresh subprocess so that its peak
+resident memory (``VmHWM``) is its own; the result is printed as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import rasterio
+from rasterio.windows import Window
+
+from metalsm.datasets import study_area
+from metalsm.terrain import TERRAIN_FACTORS
+
+
+def _status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since exec) of this process in MiB, from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def mirror_tile_dem(source: Path, target: Path, height: int, width: int) -> Path:
+    """Write a ``height`` x ``width`` DEM tiling ``source``, odd tiles flipped, tile by tile."""
+    with rasterio.open(source) as src:
+        data = src.read(1)
+        profile = src.profile.copy()
+    h, w = data.shape
+    profile.update(height=height, width=width, tiled=True, blockxsize=256, blockysize=256,
+                   compress="deflate", BIGTIFF="IF_SAFER")
+    with rasterio.open(target, "w", **profile) as dst:
+        for i, r in enumerate(range(0, height, h)):
+            for j, c in enumerate(range(0, width, w)):
+                tile = data[::-1] if i % 2 else data
+                tile = tile[:, ::-1] if j % 2 else tile
+                hh, ww = min(h, height - r), min(w, width - c)
+                dst.write(tile[:hh, :ww], 1, window=Window(c, r, ww, hh))
+    return target
+
+
+def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: list[str]) -> None:
+    """Run the derivation in this (fresh) process and print timings and peak memory."""
+    from metalsm.chunked_terrain import derive_terrain_chunked
+    from metalsm.grid import Grid
+
+    grid = Grid.from_raster(dem)
+    baseline = _status_mb("VmRSS")  # interpreter + numpy/numba/rasterio imports
+    start = time.perf_counter()
+    derive_terrain_chunked(dem, grid, factors, out_dir, chunk_size=chunk_size,
+                           drainage_threshold_cells=threshold)
+    wall = time.perf_counter() - start
+    cells = grid.height * grid.width
+    print(json.dumps({
+        "shape": list(grid.shape),
+        "cells": cells,
+        "factors": len(factors),
+        "chunk_size": chunk_size,
+        "wall_s": round(wall, 1),
+        "cells_per_s": round(cells / wall),
+        "baseline_rss_mb": round(baseline),
+        "peak_rss_mb": round(_status_mb("VmHWM")),
+        "peak_bytes_per_cell_above_baseline": round(
+            (_status_mb("VmHWM") - baseline) * 2**20 / cells, 2
+        ),
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", nargs=2, type=int, default=[6000, 6000],
+                        metavar=("ROWS", "COLS"))
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--threshold-cells", type=float, default=555,
+                        help="drainage threshold in cells (555 ~ 0.5 km2 at 30 m)")
+    parser.add_argument("--factors", nargs="+", default=list(TERRAIN_FACTORS))
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the DEM and outputs go (default: a temporary directory)")
+    parser.add_argument("--child", nargs=2, metavar=("DEM", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], args.chunk_size, args.threshold_cells, args.factors)
+        return
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        start = time.perf_counter()
+        dem = mirror_tile_dem(study_area("kaghan") / "AW3D30.tif", work / "dem.tif", *args.size)
+        tiling = time.perf_counter() - start
+        cmd = [sys.executable, __file__, "--child", str(dem), str(work / "out"),
+               "--chunk-size", str(args.chunk_size), "--threshold-cells",
+               str(args.threshold_cells), "--factors", *args.factors]
+        result = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        report["tiling_s"] = round(tiling, 1)
+        report["output_mb"] = round(
+            sum(p.stat().st_size for p in (work / "out").glob("*.tif")) / 2**20
+        )
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
