@@ -185,3 +185,19 @@ def test_choice_of_path(runs, tmp_path):
     with pytest.raises(MetalsmInputError, match="scheduler"):
         with chunked.compute_context("not an address"):
             pass
+
+
+def test_coarse_segmentation_gives_full_grid_blocks_for_a_run(runs, tmp_path):
+    import shutil
+
+    _, memory, _ = runs
+    shutil.copyfile(memory / "factors.tif", tmp_path / "factors.tif")
+    settings = BlocksConfig(n_blocks=6, iterations=3, coarse_resolution_m=90.0)
+    blocks = chunked.segment_on_coarse_grid(tmp_path / "factors.tif", settings)
+    labels = _read(tmp_path / "blocks.tif")[0][0]
+    assert blocks.labels.shape == labels.shape == blocks.grid.shape
+    np.testing.assert_array_equal(blocks.labels, labels)
+    assert blocks.meta["coarse_factor"] == 3
+    assert blocks.sizes().min() > 0 and blocks.centres.shape[0] == blocks.n_blocks
+    assert (blocks.centres[:, 0] < labels.shape[0]).all()
+    assert (blocks.centres[:, 1] < labels.shape[1]).all()

@@ -109,9 +109,15 @@ def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples,
     settings = config.blocks or BlocksConfig()
     with progress.stage(f"segmentation into ~{settings.n_blocks} blocks"):
         weights = factor_weights(settings, samples, stack)
-        blocks = segment_raster(stack, settings.n_blocks, settings.compactness, weights=weights,
-                                iterations=settings.iterations,
-                                min_size_fraction=settings.min_size_fraction, seed=settings.seed)
+        if settings.coarse_resolution_m is not None:  # segment a decimated factors.tif
+            from metalsm.chunked import segment_on_coarse_grid
+
+            blocks = segment_on_coarse_grid(out / "factors.tif", settings, weights)
+        else:
+            blocks = segment_raster(stack, settings.n_blocks, settings.compactness,
+                                    weights=weights, iterations=settings.iterations,
+                                    min_size_fraction=settings.min_size_fraction,
+                                    seed=settings.seed)
     with progress.stage("block outputs"):
         rows = samples.table["row"].to_numpy()
         cols = samples.table["col"].to_numpy()

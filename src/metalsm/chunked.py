@@ -135,7 +135,7 @@ class Compute:
             return future
 
         first = [submit(w) for _, w in zip(range(self.max_in_flight), windows, strict=False)]
-        queue = as_completed(first)
+        queue = as_completed(first, loop=self.client.loop)
         for future in queue:
             win = pending.pop(future)
             result = future.result()
@@ -751,3 +751,29 @@ def read_cells(path: str | Path, rows: np.ndarray, cols: np.ndarray, *,
         if src.nodata is not None and not np.isnan(src.nodata):
             out[out == src.nodata] = np.nan
     return out
+
+
+def segment_on_coarse_grid(factors_path: str | Path, settings, weights=None, *,
+                           compute: Compute | None = None, chunk_size: int = 1024):
+    """``[blocks] coarse_resolution_m`` in a run: :func:`segment_coarse`, then the block
+    ids on the full grid as a :class:`metalsm.segmentation.Blocks` (centres' row and
+    column in full-grid cells), so the block outputs and tasks follow unchanged."""
+    from dataclasses import replace
+
+    factors_path = Path(factors_path)
+    grid = Grid.from_raster(factors_path)
+    factor = coarse_factor(grid, resolution_m=settings.coarse_resolution_m)
+    with contextlib.ExitStack() as stack:
+        if compute is None:
+            compute = stack.enter_context(compute_context(None))
+        result = segment_coarse(factors_path, settings, factors_path.parent / "blocks.tif",
+                                compute, factor=factor, weights=weights,
+                                chunk_size=chunk_size)
+    with rasterio.open(result.path) as src:
+        labels = src.read(1)
+    centres = result.blocks.centres.copy()
+    centres[:, :2] = centres[:, :2] * factor + (factor - 1) / 2
+    meta = {**result.blocks.meta, "coarse_factor": factor,
+            "coarse_resolution_m": factor * grid.cell_size}
+    return replace(result.blocks, labels=labels, centres=centres, grid=grid,
+                   step=result.blocks.step * factor, meta=meta)
