@@ -90,7 +90,8 @@ def test_full_kaghan_dem_every_factor_equals_in_memory(kaghan, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no partial files or scratch left behind
 
 
-def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path):
+def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monkeypatch):
+    monkeypatch.setattr(chunked_terrain, "BAND_CELLS", 100)  # 3-row bands inside windows
     grid = Grid.from_raster(holed_dem)
     dem = read_dem(str(holed_dem), grid)
     assert np.isnan(dem).sum() == 7 * 35 + 5 * 51 + 1
