@@ -15,6 +15,25 @@ def _credibility(config: Any, out_dir: Any, **kwargs: Any) -> Any:
     return run_credibility_experiment(config, out_dir, **kwargs)
 
 
+def _cross_area(config: Any, out_dir: Any, **kwargs: Any) -> Any:
+    from metalsm.experiments.cross_area import run_cross_area
+
+    return run_cross_area(config, out_dir, **kwargs)
+
+
+def _embeddings(config: Any, out_dir: Any, **kwargs: Any) -> Any:
+    from metalsm.experiments.embeddings import run_embeddings_experiment
+
+    return run_embeddings_experiment(config, out_dir, **kwargs)
+
+
+def _maps(config: Any, out_dir: Any, **kwargs: Any) -> Any:
+    from metalsm.experiments.maps import run_maps_experiment
+
+    return run_maps_experiment(config, out_dir, **kwargs)
+
+
 EXPERIMENTS: dict[str, Callable[..., Any]] = {"credibility": _credibility}
+EXPERIMENTS.update({"cross-area": _cross_area, "embeddings": _embeddings, "maps": _maps})
 
 __all__ = ["EXPERIMENTS"]

@@ -71,7 +71,18 @@ def hidden_representation(learner: MetaLearner, X: np.ndarray) -> np.ndarray:
 
 
 def embed(Z: np.ndarray, method: str, seed: int, n_components: int = 2) -> np.ndarray:
-    """``Z`` [n, d] -> [n, n_components] by PCA, Isomap, t-SNE or UMAP (seeded)."""
+    """``Z`` [n, d] -> [n, n_components] by PCA, Isomap, t-SNE or UMAP (seeded).
+
+    Runs on one OpenMP/BLAS thread: on a busy 2-core machine scikit-learn's threaded
+    t-SNE spun for 13-37 s on 200 points that one thread embeds in about 1 s.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return _embed(Z, method, seed, n_components)
+
+
+def _embed(Z: np.ndarray, method: str, seed: int, n_components: int) -> np.ndarray:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE, Isomap
 
@@ -119,7 +130,8 @@ def run_embeddings(representations: Mapping[str, np.ndarray], y: np.ndarray, out
     """Embed each representation by each method; write ``embeddings.png``/``.csv``.
 
     Returns the score table (one row per panel: representation, method, knn5_accuracy,
-    silhouette, n_points, seconds) and the paths written.
+    silhouette, majority_share (the 5-NN accuracy of knowing nothing), n_points,
+    seconds) and the paths written.
     """
     y = np.asarray(y).astype(int)
     if np.unique(y).size < 2:
@@ -134,6 +146,7 @@ def run_embeddings(representations: Mapping[str, np.ndarray], y: np.ndarray, out
             seconds = time.perf_counter() - t
             coords[rep, method] = E
             rows.append({"representation": rep, "method": method, **separability(E, y, seed),
+                         "majority_share": round(float(max(y.mean(), 1 - y.mean())), 4),
                          "n_points": int(y.size), "seconds": round(seconds, 3)})
     table = pd.DataFrame(rows)
     paths = {"table": write_csv(out_dir / "embeddings.csv", table.round(4)),
@@ -195,3 +208,64 @@ def representations_of(data, learners: Mapping[str, MetaLearner], max_points: in
     for name, learner in learners.items():
         reps[name] = hidden_representation(learner, X)
     return reps, data.y[pick]
+
+
+#: At most this many meta-test samples are embedded (t-SNE, Isomap, UMAP stay fast).
+MAX_POINTS = 2000
+SMALL_POINTS = 300
+
+
+def run_embeddings_experiment(config, out_dir: str | Path, *, repeats: int | None = None,
+                              preset: str | None = None):
+    """The ``embeddings`` experiment: train plain MAML and the proposed model on the
+    meta-train blocks (``[experiments] seed``), embed the meta-test samples, write
+    ``embeddings.png``/``.csv`` and a report section. ``repeats`` is not used (one
+    training per method; the scores are of one seeded subsample)."""
+    from metalsm.experiments.common import (
+        ExperimentResult,
+        apply_preset,
+        experiment_data,
+        experiment_meta,
+        since,
+    )
+    from metalsm.experiments.methods import fit_maml, fit_proposed
+    from metalsm.report.html import Section
+
+    del repeats
+    started = time.perf_counter()
+    config = apply_preset(config, preset)
+    seed = config.experiments.seed
+    meta = experiment_meta(config)
+    out = Path(out_dir)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    data, _ = experiment_data(config, out / "blocks")
+    timings["blocks"] = since(t)
+    t = time.perf_counter()
+    learners = {"maml": fit_maml(data, meta, seed).learner,
+                "proposed": fit_proposed(data, meta, seed).learner}
+    timings["training"] = since(t)
+    t = time.perf_counter()
+    max_points = SMALL_POINTS if preset else MAX_POINTS
+    reps, y = representations_of(data, learners, max_points, seed)
+    table, paths = run_embeddings(reps, y, out, seed=seed,
+                                  title=f"{config.name}: embeddings of {y.size} meta-test "
+                                        "samples (red = landslide)")
+    timings["embeddings"] = since(t)
+    majority = float(max(y.mean(), 1 - y.mean()))
+    text = (
+        f"{y.size} meta-test samples (seeded subsample, seed {seed}; never used in "
+        "training) in three representations: the z-scored encoded inputs, and the last "
+        f"hidden layer ({meta.hidden[-1]} units) of the plain-MAML and of the proposed "
+        f"intermediate networks ({meta.iterations} meta-iterations, before any block "
+        "adaptation), each embedded in 2-D by PCA, Isomap, t-SNE and UMAP. "
+        "Separability per panel: 5-fold cross-validated 5-nearest-neighbour accuracy of "
+        f"the label in the embedding (majority-class share: {majority:.3f}) and the "
+        "silhouette of the labels (-1..1). No 3-D panels.")
+    seconds = time.perf_counter() - started
+    timings["total"] = round(seconds, 3)
+    section = Section("Embeddings of inputs and learnt representations", text=text,
+                      images=[("Rows: representation; columns: method", paths["figure"])],
+                      tables=[("Separability per panel", table.round(3))],
+                      preformatted=[("Timings (s)", timings)])
+    return ExperimentResult(paths, seconds, {"embeddings": table}, section)

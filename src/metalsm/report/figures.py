@@ -415,7 +415,7 @@ def _read_map(source: Any, max_side: int) -> tuple[np.ndarray, Grid | None]:
         scale = max(1.0, max(src.height, src.width) / max_side)
         shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
         data = src.read(1, out_shape=shape, masked=True, resampling=Resampling.average)
-        transform = src.transform * src.transform.scale(src.width / shape[1],
+        transform = src.transform @ src.transform.scale(src.width / shape[1],
                                                         src.height / shape[0])
         grid = Grid(src.crs, transform, shape[0], shape[1])
     return np.ma.filled(data.astype(np.float64), np.nan), grid
