@@ -136,18 +136,31 @@ def credibility(
 
 @app.command()
 def experiment(
-    name: Annotated[str, typer.Argument(help="Experiment name: credibility.")],
+    name: Annotated[str, typer.Argument(
+        help="overall, kshot, cross-area, ablation, validation, credibility or all.")],
     config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
     out: OutDir,
+    repeats: Annotated[int | None, typer.Option(
+        "--repeats", "-r", help="Repetitions (seeds, support draws); default "
+        "[experiments] repeats.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="'small': few blocks, iterations and repeats (quick look, tests).")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Run a named experiment (credibility: the credibility band sweep)."""
+    """Run a named experiment into OUT/NAME/ (all: every one into OUT/NAME/, plus
+    OUT/report.html and OUT/manifest.json; credibility: into OUT)."""
     from metalsm.experiments import EXPERIMENTS
 
     if name not in EXPERIMENTS:
         raise _fail(f"unknown experiment '{name}'; available: {', '.join(EXPERIMENTS)}")
-    result = _guarded(config, quiet, lambda cfg: EXPERIMENTS[name](cfg, out))
-    console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{out}[/]")
+    # credibility keeps writing into OUT itself (as documented before `all` existed)
+    target = out if name in ("all", "credibility") else out / name
+    kwargs = {"repeats": repeats, "preset": preset} if name != "credibility" else {}
+    if name == "credibility" and (repeats is not None or preset is not None):
+        raise _fail("the credibility experiment takes its settings from [credibility]; "
+                    "--repeats and --preset do not apply")
+    result = _guarded(config, quiet, lambda cfg: EXPERIMENTS[name](cfg, target, **kwargs))
+    console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{target}[/]")
     for path in result.paths.values():
         console.print(f"  {path}")
 

@@ -36,7 +36,7 @@ class ExperimentResult:
 
 
 def apply_preset(config: StudyAreaConfig, preset: str | None) -> StudyAreaConfig:
-    """``preset="small"``: few blocks, few meta-iterations and epochs, 2 repeats, 3 folds
+    """``preset="small"``: few blocks, few meta-iterations and epochs, 1 repeat, 3 folds
     (the test suite and quick looks; not for published numbers)."""
     if preset is None:
         return config
@@ -45,7 +45,7 @@ def apply_preset(config: StudyAreaConfig, preset: str | None) -> StudyAreaConfig
     blocks = replace(config.blocks or BlocksConfig(), n_blocks=12, iterations=3)
     meta = replace(config.meta or MetaConfig(), iterations=20, pretrain_epochs=2,
                    repeats=2, unlabelled_cells=0)
-    exp = replace(config.experiments, repeats=2, meta_iterations=20,
+    exp = replace(config.experiments, repeats=1, meta_iterations=20,
                   ablation_blocks=(6, 12))
     return replace(config, blocks=blocks, meta=meta, experiments=exp,
                    validation=replace(config.validation or ValidationConfig(), n_folds=3))

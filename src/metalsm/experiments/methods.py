@@ -56,6 +56,16 @@ __all__ = ["FAMILIES", "METHODS", "FittedMethod", "Method", "compare_methods",
            "draw_support", "fit_set", "query_mask", "summarize"]
 
 
+class ArrayStore(dict):
+    """A dict of arrays kept in ``DataFrame.attrs``: compared by identity, so pandas can
+    check attrs equality (concat, groupby) without comparing arrays element-wise."""
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class FittedMethod:
     """A trained method of one repeat: ``predict_query(data, support_mask, seed)``."""
 
@@ -227,8 +237,8 @@ def compare_methods(data: MetaData, meta: MetaConfig, methods: Sequence[str | Me
         raise MetalsmInputError("no meta-test samples: every block is a meta-train block")
     chosen = [m if isinstance(m, Method) else resolve_methods([m])[0] for m in methods]
     rows: list[dict[str, Any]] = []
-    proba: dict[tuple[str, str, int], np.ndarray] = {}
-    labels: dict[tuple[str, int], np.ndarray] = {}
+    proba: dict[tuple[str, str, int], np.ndarray] = ArrayStore()
+    labels: dict[tuple[str, int], np.ndarray] = ArrayStore()
     for r in range(repeats):
         s = seed + r
         supports = {str(k): draw_support(data, k, s) for k in k_shots}
@@ -256,6 +266,7 @@ def summarize(raw: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFra
     """Per method × K: ``<metric>_mean/_std/_min/_max`` (std with ddof=0), repeats,
     mean query size; rows in the order methods and K first appear."""
     keys = ["method", "k"] + (["family"] if "family" in raw.columns else [])
+    raw = pd.DataFrame(raw.to_dict("list"))
     group = raw.groupby(keys, sort=False)
     parts = [group.size().rename("repeats")]
     for metric in metrics:

@@ -487,3 +487,46 @@ def plot_maps_side_by_side(
     if suptitle:
         fig.suptitle(suptitle)
     return save_figure(fig, path)
+
+
+def candle_table(summary: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """The candles of :func:`plot_candles`: one row per method × K (in order of
+    appearance) with ``mean``, ``std``, ``min``, ``max`` of ``metric``."""
+    cols = {f"{metric}_{s}": s for s in ("mean", "std", "min", "max")}
+    missing = [c for c in ("method", "k", *cols) if c not in summary.columns]
+    if missing:
+        raise ValueError(f"candle chart: summary lacks column(s) {missing}")
+    out = summary[["method", "k", *cols]].rename(columns=cols).copy()
+    out["k"] = out["k"].astype(str)
+    return out.reset_index(drop=True)
+
+
+def plot_candles(
+    summary: pd.DataFrame, path: str | Path, *, metric: str = "accuracy",
+    title: str | None = None,
+) -> Path:
+    """Candle chart of ``metric`` against K: per method and K a mean marker, a ±σ bar
+    and min/max whiskers; methods side by side within each K (summary as
+    :func:`metalsm.experiments.methods.summarize` gives it)."""
+    candles = candle_table(summary, metric)
+    ks = list(dict.fromkeys(candles["k"]))
+    methods = list(dict.fromkeys(candles["method"]))
+    width = 0.8 / max(len(methods), 1)
+    colors = matplotlib.colormaps["tab10"]
+    fig = Figure(figsize=(max(5.5, 1.2 + 0.45 * len(ks) * len(methods)), 4.2))
+    ax = fig.add_subplot()
+    for j, method in enumerate(methods):
+        part = candles[candles["method"] == method]
+        x = np.array([ks.index(k) for k in part["k"]]) + (j - (len(methods) - 1) / 2) * width
+        color = colors(j % 10)
+        ax.vlines(x, part["min"], part["max"], color=color, linewidth=1)
+        ax.bar(x, 2 * part["std"], width * 0.6, bottom=part["mean"] - part["std"],
+               color=color, alpha=0.35, edgecolor=color)
+        ax.plot(x, part["mean"], linestyle="none", marker="o", color=color, label=method)
+    ax.set_xticks(range(len(ks)), [f"K = {k}" for k in ks])
+    ax.set_ylabel(metric)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
