@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import rasterio
@@ -53,16 +54,35 @@ def mirror_tile_dem(source: Path, target: Path, height: int, width: int) -> Path
     return target
 
 
-def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: list[str]) -> None:
+class StageTimer:
+    """A stand-in for RunProgress that records each stage's wall time and peak memory."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict] = {}
+
+    @contextmanager
+    def stage(self, description: str, total: int | None = 1):
+        start = time.perf_counter()
+        yield lambda n=1, note=None: None
+        self.stages[description] = {
+            "wall_s": round(time.perf_counter() - start, 1),
+            "peak_rss_mb_so_far": round(_status_mb("VmHWM")),
+        }
+
+
+def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: list[str],
+          scheduler: str) -> None:
     """Run the derivation in this (fresh) process and print timings and peak memory."""
     from metalsm.chunked_terrain import derive_terrain_chunked
     from metalsm.grid import Grid
 
     grid = Grid.from_raster(dem)
     baseline = _status_mb("VmRSS")  # interpreter + numpy/numba/rasterio imports
+    timer = StageTimer()
     start = time.perf_counter()
     derive_terrain_chunked(dem, grid, factors, out_dir, chunk_size=chunk_size,
-                           drainage_threshold_cells=threshold)
+                           drainage_threshold_cells=threshold, progress=timer,
+                           scheduler=scheduler)
     wall = time.perf_counter() - start
     cells = grid.height * grid.width
     print(json.dumps({
@@ -77,6 +97,7 @@ def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: li
         "peak_bytes_per_cell_above_baseline": round(
             (_status_mb("VmHWM") - baseline) * 2**20 / cells, 2
         ),
+        "stages": timer.stages,
     }))
 
 
@@ -88,12 +109,15 @@ def main() -> None:
     parser.add_argument("--threshold-cells", type=float, default=555,
                         help="drainage threshold in cells (555 ~ 0.5 km2 at 30 m)")
     parser.add_argument("--factors", nargs="+", default=list(TERRAIN_FACTORS))
+    parser.add_argument("--scheduler", default="threads", choices=["threads", "sync"],
+                        help="Dask scheduler of the window pass")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the DEM and outputs go (default: a temporary directory)")
     parser.add_argument("--child", nargs=2, metavar=("DEM", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.chunk_size, args.threshold_cells, args.factors)
+        child(args.child[0], args.child[1], args.chunk_size, args.threshold_cells, args.factors,
+              args.scheduler)
         return
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
@@ -102,7 +126,8 @@ def main() -> None:
         tiling = time.perf_counter() - start
         cmd = [sys.executable, __file__, "--child", str(dem), str(work / "out"),
                "--chunk-size", str(args.chunk_size), "--threshold-cells",
-               str(args.threshold_cells), "--factors", *args.factors]
+               str(args.threshold_cells), "--scheduler", args.scheduler,
+               "--factors", *args.factors]
         result = subprocess.run(cmd, check=True, capture_output=True, text=True)
         report = json.loads(result.stdout.strip().splitlines()[-1])
         report["tiling_s"] = round(tiling, 1)

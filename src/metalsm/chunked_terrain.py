@@ -143,7 +143,7 @@ def _gdal_env() -> rasterio.Env:
 
 def _output_profile(grid: Grid) -> dict:
     profile = grid.profile(dtype="float32", nodata=np.nan)
-    profile.update(predictor=3, BIGTIFF="IF_SAFER")
+    profile.update(predictor=3, BIGTIFF="IF_SAFER", num_threads="ALL_CPUS")
     return profile
 
 
@@ -363,26 +363,32 @@ def _factor_band(
 def _column_distances(mask: np.ndarray, row0: int, nrows: int) -> np.ndarray:
     """Per column, rows to the nearest True cell, for rows ``row0 .. row0 + nrows``.
 
-    Two sweeps (down, up) along every column of ``mask``; columns without a True
-    cell give :data:`_NO_FEATURE`.
+    A downward then an upward sweep over the rows (row-major, cache friendly),
+    keeping the last True row of every column; columns without a True cell give
+    :data:`_NO_FEATURE`.
     """
     h, w = mask.shape
     out = np.empty((nrows, w), dtype=np.uint32)
-    big = np.int64(1) << 40
-    last = np.empty(h, dtype=np.int64)
-    for c in range(w):
-        seen = -big
-        for r in range(h):
+    far = np.int64(1) << 40
+    seen = np.full(w, -far, dtype=np.int64)
+    for r in range(h):
+        inner = row0 <= r < row0 + nrows
+        for c in range(w):
             if mask[r, c]:
-                seen = r
-            last[r] = r - seen
-        seen = big
-        for r in range(h - 1, -1, -1):
+                seen[c] = r
+            if inner:
+                d = r - seen[c]
+                out[r - row0, c] = np.uint32(0xFFFFFFFF) if d >= far // 2 else np.uint32(d)
+    seen[:] = far
+    for r in range(h - 1, -1, -1):
+        inner = row0 <= r < row0 + nrows
+        for c in range(w):
             if mask[r, c]:
-                seen = r
-            d = min(last[r], seen - r)
-            if row0 <= r < row0 + nrows:
-                out[r - row0, c] = np.uint32(0xFFFFFFFF) if d >= big // 2 else np.uint32(d)
+                seen[c] = r
+            if inner:
+                d = seen[c] - r
+                if d < far // 2 and np.uint32(d) < out[r - row0, c]:
+                    out[r - row0, c] = np.uint32(d)
     return out
 
 
