@@ -237,3 +237,16 @@ def test_dask_schedulers_give_the_same_files(holed_dem, tmp_path):
         )
     for name in names:
         np.testing.assert_array_equal(read(out[name]), read(reference[name]), err_msg=name)
+
+
+def test_dem_off_the_grid_is_warped_window_by_window(kaghan, tmp_path):
+    path = kaghan / "AW3D30.tif"
+    grid = Grid.from_raster(path).window(Window(100, 120, 200, 150))  # a sub-grid
+    names = ["slope", "twi"]
+    expected = terrain.derive_terrain(
+        read_dem(str(path), grid), grid, names, drainage_threshold_cells=50
+    )
+    out = chunked_terrain.derive_terrain_chunked(
+        path, grid, names, tmp_path, chunk_size=64, drainage_threshold_cells=50, scheduler="sync"
+    )
+    assert_same(out, expected)

@@ -6,7 +6,11 @@ only memory differs. Three kinds of work, three strategies:
 * **3x3 factors** (elevation, slope, aspect, curvatures) are local: each window
   is read with a one-cell halo (clipped at the grid edge, so the real edge keeps
   the in-memory edge handling), computed with the very same ``terrain`` functions
-  and cropped. Memory: a few float64 copies of one window.
+  and cropped, band by band inside a window (:data:`BAND_CELLS`). Memory: ~25 MB
+  of temporaries per window in flight, :data:`WINDOW_BATCH` windows of results,
+  and a GDAL block cache bounded to :data:`GDAL_CACHE_MB`; none of it grows with
+  the grid. With a Dask ``scheduler`` the windows run in parallel (threads or a
+  ``distributed`` cluster) and are written by the calling process only.
 * **Flow routing** (fill, D8, accumulation) is global: a halo cannot make it
   correct across chunk edges. It runs once over compact whole-grid arrays through
   :func:`metalsm.terrain.flow_routing_counts`, the function ``derive_terrain``
@@ -20,7 +24,11 @@ only memory differs. Three kinds of work, three strategies:
   separable squared-EDT written here: a 1-D pass down column strips (result, the
   distance in rows, kept on disk as uint32 in a temporary file next to the
   output) then the lower envelope of parabolas (Felzenszwalb & Huttenlocher,
-  2012) along row strips. Memory: two strips; disk: 4 bytes per cell.
+  2012) along row strips of about ``chunk_size**2`` cells. Memory: one strip
+  (~25 bytes per strip cell); disk: 4 bytes per cell (of the grid extended by
+  the vector margin, for vector layers). Equal to scipy's
+  ``distance_transform_edt`` times the cell size (same nearest feature, same
+  integer squared distance, same ``sqrt``).
 
 Outputs are single-band, tiled, deflate-compressed float32 GeoTIFFs with NaN as
 nodata (as ``factors.tif``), one per factor, written atomically.
@@ -49,10 +57,7 @@ from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid, open_raster
 from metalsm.progress import RunProgress
 
-_LOCAL = ("elevation", "slope", "aspect_sin", "aspect_cos", "plan_curvature",
-          "profile_curvature")
 _FLOW = ("flow_accumulation", "log_flow_accumulation", "twi", "spi", "distance_to_drainage")
-_NO_FEATURE = np.uint32(0xFFFFFFFF)  # 1-D EDT sentinel: no feature in this column
 
 
 # ------------------------------------------------------------------------------- windows
@@ -365,7 +370,7 @@ def _column_distances(mask: np.ndarray, row0: int, nrows: int) -> np.ndarray:
 
     A downward then an upward sweep over the rows (row-major, cache friendly),
     keeping the last True row of every column; columns without a True cell give
-    :data:`_NO_FEATURE`.
+    0xFFFFFFFF (no feature).
     """
     h, w = mask.shape
     out = np.empty((nrows, w), dtype=np.uint32)
