@@ -701,6 +701,10 @@ def derive_terrain(
       ``log_flow_accumulation``: its log10;
     * ``twi``: ln(a / tan beta); ``spi``: ln(1 + a tan beta) (see :func:`log_spi`);
     * ``distance_to_drainage`` (m) to cells with accumulation >= ``drainage_threshold_cells``.
+
+    Flow routing is :func:`flow_routing_counts`: a float32 DEM (what
+    :func:`metalsm.stack.read_dem` returns) is filled in float32, exactly as
+    :func:`metalsm.chunked_terrain.derive_terrain_chunked` does; other dtypes in float64.
     """
     step = progress or (lambda _message: None)
     if isinstance(names, str):
