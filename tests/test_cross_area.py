@@ -104,7 +104,7 @@ def hk_config(tmp_path_factory):
     text = (EXAMPLES_DIR / "hongkong-split.toml").read_text()
     text = text.replace('"${METALSM_DATA}/hongkong/samples_HK_noTS.csv"', f'"{tmp / "hk.csv"}"')
     text = text.split("[experiments]")[0] + (
-        '[experiments]\nmethods = ["rf", "maml"]\nk_shots = ["5"]\nrepeats = 1\nseed = 4\n'
+        '[experiments]\nmethods = ["lr", "maml"]\nk_shots = ["5"]\nrepeats = 1\nseed = 4\n'
         'meta_iterations = 10\ncross_area_split = "west-east"\ncross_area_fraction = 0.6\n')
     (tmp / "hk.toml").write_text(text)
     return load_config(tmp / "hk.toml"), tmp
