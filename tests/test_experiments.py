@@ -129,7 +129,9 @@ def test_candle_chart_one_candle_per_method_and_k(tmp_path):
 
 
 def test_cli_experiment_all_small_preset(tmp_path):
-    path = _table_config(tmp_path, n=1000, seed=1)
+    cheap = ["lr", "fr", "lightgbm", "rl-based", "maml", "proposed"]
+    path = _table_config(tmp_path, n=800, seed=1, extra="[experiments]\nmethods = [" +
+                         ", ".join(f'"{m}"' for m in cheap) + "]\n")
     out = tmp_path / "exp"
     only = {k: EXPERIMENTS[k] for k in ("kshot", "overall", "ablation", "validation",
                                         "credibility", "all")}
@@ -154,9 +156,10 @@ def test_cli_experiment_all_small_preset(tmp_path):
             table else table[["accuracy_random", "auc_spatial"]].to_numpy()
         assert len(table) and np.nanmin(means) >= 0 and np.nanmax(means) <= 1, rel
     overall = pd.read_csv(out / "overall/overall.csv")
-    assert set(overall["method"]) == set(METHODS) and set(overall["k"].astype(str)) == {"half"}
+    assert set(overall["method"]) == set(cheap) and set(overall["k"].astype(str)) == {"half"}
     kshot = pd.read_csv(out / "kshot/kshot.csv")
     assert set(kshot["k"].astype(str)) == {"1", "5", "half"}
+    assert set(kshot["method"]) == {"mlp", "rl-based", "maml", "proposed"}  # + MLP reference
     for png in ("kshot/kshot_candles.png", "overall/overall_roc.png"):
         assert (out / png).stat().st_size > 0
     report = (out / "report.html").read_text()

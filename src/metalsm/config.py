@@ -237,6 +237,8 @@ class ExperimentsConfig:
     cross_area_split: str = "west-east"
     cross_area_fraction: float = 0.6
     ablation_blocks: tuple[int, ...] = (16, 32, 64)
+    #: repeats of the ablations: at most this many (0 = as many as ``repeats``)
+    ablation_repeats: int = 5
 
 
 @dataclass(frozen=True)
@@ -454,6 +456,9 @@ def _check_experiments(config: StudyAreaConfig, path: Path) -> None:
                 f"or \"half\", got {value!r}")
     if exp.repeats < 1:
         raise MetalsmInputError(f"{path}: experiments.repeats must be >= 1, got {exp.repeats}")
+    if exp.ablation_repeats < 0:
+        raise MetalsmInputError(
+            f"{path}: experiments.ablation_repeats must be >= 0, got {exp.ablation_repeats}")
     if exp.meta_iterations < 0:
         raise MetalsmInputError(
             f"{path}: experiments.meta_iterations must be >= 0, got {exp.meta_iterations}")

@@ -10,8 +10,9 @@
   proposed method retrained. Different K give different meta-test blocks, so these
   rows compare settings, not the same query samples.
 
-Every variant: same repeats, seeds and support draws as the comparisons, scored at
-every ``[experiments] k_shots`` on the query samples of the meta-test blocks.
+Every variant: the seeds and support draws of the comparisons (repeats: at most
+``[experiments] ablation_repeats``), scored at every ``[experiments] k_shots`` on the
+query samples of the meta-test blocks.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
     context = context_data(config, out / "blocks", context)
     exp, meta = config.experiments, experiment_meta(config)
     n = repeats_of(config, repeats)
+    if exp.ablation_repeats > 0:
+        n = min(n, exp.ablation_repeats)
     ks = list(exp.k_shots)
     paths, tables = {}, {}
 
