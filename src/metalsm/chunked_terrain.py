@@ -322,11 +322,13 @@ def _factor_band(
 
     def local(key: str) -> np.ndarray:
         if key not in cache:
+            if key in ("slope", "sin", "cos") and "gradient" not in cache:
+                dzdx, dzdy = terrain.horn_gradient(block, cell_size)  # once for slope, aspect
+                cache["gradient"] = (dzdx[crop], dzdy[crop])
             if key == "slope":
-                cache["slope"] = terrain.slope_degrees(block, cell_size)[crop]
+                cache["slope"] = terrain.slope_from_gradient(*cache["gradient"])
             elif key in ("sin", "cos"):
-                sin_a, cos_a = terrain.aspect(block, cell_size)
-                cache["sin"], cache["cos"] = sin_a[crop], cos_a[crop]
+                cache["sin"], cache["cos"] = terrain.aspect_from_gradient(*cache["gradient"])
             else:
                 plan, profile = terrain.curvatures(block, cell_size)
                 cache["plan"], cache["profile"] = plan[crop], profile[crop]

@@ -115,7 +115,7 @@ def _neighbourhood(dem: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
     return out
 
 
-def _horn_gradient(dem: np.ndarray, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
+def horn_gradient(dem: np.ndarray, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
     """dz/dx (towards east) and dz/dy (towards north) by Horn's (1981) weighted differences."""
     cell_size = _check_cell_size(cell_size)
     n = _neighbourhood(dem)
@@ -136,7 +136,11 @@ def slope_degrees(dem: np.ndarray, cell_size: float) -> np.ndarray:
     Horn's weighted finite differences are the GDAL/ArcGIS default and are robust
     to noise on rough terrain; only NaN cells of ``dem`` are NaN in the result.
     """
-    dzdx, dzdy = _horn_gradient(dem, cell_size)
+    return slope_from_gradient(*horn_gradient(dem, cell_size))
+
+
+def slope_from_gradient(dzdx: np.ndarray, dzdy: np.ndarray) -> np.ndarray:
+    """Slope in degrees from a gradient (shared so slope and aspect read one gradient)."""
     return np.degrees(np.arctan(np.hypot(dzdx, dzdy)))
 
 
@@ -146,7 +150,11 @@ def aspect(dem: np.ndarray, cell_size: float) -> tuple[np.ndarray, np.ndarray]:
     Uses Horn's (1981) gradient. Returned as sine/cosine because aspect is circular
     (359 and 1 degree are neighbours). Flat cells give (0, 0).
     """
-    dzdx, dzdy = _horn_gradient(dem, cell_size)
+    return aspect_from_gradient(*horn_gradient(dem, cell_size))
+
+
+def aspect_from_gradient(dzdx: np.ndarray, dzdy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sin, cos) of the aspect from a gradient; see :func:`aspect`."""
     magnitude = np.hypot(dzdx, dzdy)
     flat = magnitude < _FLAT_GRADIENT
     safe = np.where(flat, 1.0, magnitude)
