@@ -208,7 +208,8 @@ def run_scheduler(name: str, compute, args, inputs: dict, grid: Grid, landslides
     meta = MetaConfig(pretrain=False, iterations=args.meta_iterations, k_shots=("5",),
                       map_k="5", repeats=1, seed=7)
     config = StudyAreaConfig(name="province", blocks=settings, meta=meta,
-                             output=OutputConfig(window_size=chunk, overviews=(2, 4, 8, 16)))
+                             output=OutputConfig(window_size=min(chunk, 512),
+                                                 overviews=(2, 4, 8, 16)))
     with stage(results, memory, name, "train", cells):
         block_stage = BlockStage(samples, sample_blocks, tasks, coarse.blocks, None)
         data = meta_data(block_stage)

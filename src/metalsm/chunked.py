@@ -128,9 +128,12 @@ class Compute:
         from distributed import as_completed
 
         pending = {}
+        # send the task (with the model, block labels... it closes over) to every worker
+        # once, not with each window
+        shared = self.client.scatter(task, broadcast=True, hash=False)
 
         def submit(win):
-            future = self.client.submit(task, win, pure=False)
+            future = self.client.submit(_call, shared, win, pure=False)
             pending[future] = win
             return future
 
@@ -144,6 +147,11 @@ class Compute:
             if nxt is not None:
                 queue.add(submit(nxt))
             yield win, result
+        shared.release()
+
+
+def _call(func: Callable, win: Window) -> Any:
+    return func(win)
 
 
 def _with_gdal_cache(func: Callable) -> Callable:
@@ -337,7 +345,9 @@ def write_factor_stack(
     finite = np.zeros(len(sources), dtype=np.int64)
     n_valid = 0
     with atomic_path(out_path) as tmp:
-        with rasterio.open(tmp, "w", **stack_profile(grid, len(names))) as dst:
+        # NUM_THREADS: deflate the tiles on every core (this process is the only writer)
+        with rasterio.open(tmp, "w", **stack_profile(grid, len(names)),
+                           NUM_THREADS="ALL_CPUS") as dst:
             for i, name in enumerate(names, start=1):
                 dst.set_band_description(i, name)
             dst.update_tags(**{_CATEGORICAL_TAG: json.dumps(class_names)})
@@ -663,24 +673,62 @@ def coarse_factor(grid: Grid, *, resolution_m: float | None = None,
     return max(1, math.ceil(math.sqrt(grid.height * grid.width / max_cells)))
 
 
-def read_coarse_stack(factors_path: str | Path, factor: int) -> FactorStack:
-    """``factors.tif`` decimated by ``factor`` (average; mode for categorical bands).
+def _block_reduce(values: np.ndarray, factor: int, categorical: np.ndarray) -> np.ndarray:
+    """``(n, h, w)`` full cells (h, w multiples of ``factor``) to ``(n, h/f, w/f)``: the mean
+    of the finite cells (continuous bands) or their most frequent code (categorical)."""
+    n, h, w = values.shape
+    blocks = values.reshape(n, h // factor, factor, w // factor, factor)
+    finite = np.isfinite(blocks)
+    count = finite.sum(axis=(2, 4))
+    out = np.full((n, h // factor, w // factor), np.nan, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, blocks, 0).sum(axis=(2, 4), dtype=np.float64) / count
+    cont = ~categorical
+    out[cont] = np.where(count[cont] > 0, mean[cont], np.nan)
+    for b in np.flatnonzero(categorical):  # a loop over class codes, not cells
+        band = blocks[b]
+        best = np.zeros(out.shape[1:], dtype=np.int64)
+        for code in np.unique(band[np.isfinite(band)]):
+            hits = (band == code).sum(axis=(1, 3))
+            better = hits > best
+            out[b][better] = code
+            best[better] = hits[better]
+    return out
 
-    Coarse cell (i, j) covers full cells [i*f, (i+1)*f) x [j*f, (j+1)*f) (the last
-    row/column of coarse cells may reach past the raster edge).
+
+def read_coarse_stack(factors_path: str | Path, factor: int, compute: Compute | None = None,
+                      chunk_size: int = 1024) -> FactorStack:
+    """``factors.tif`` decimated by ``factor``: per coarse cell the mean of its finite full
+    cells, or their most frequent class for categorical bands.
+
+    Coarse cell (i, j) covers full cells [i*f, (i+1)*f) x [j*f, (j+1)*f) (the last row
+    and column of coarse cells may reach past the raster edge). Read in full-width
+    strips of whole coarse rows, all bands at once (``factors.tif`` is pixel-interleaved).
     """
     with open_raster(factors_path) as src:
         names, class_names = stack_metadata(src)
-        h, w = math.ceil(src.height / factor), math.ceil(src.width / factor)
-        window = Window(0, 0, w * factor, h * factor)
-        values = np.empty((len(names), h, w), dtype=np.float32)
-        for i, name in enumerate(names, start=1):
-            resampling = Resampling.mode if name in class_names else Resampling.average
-            band = src.read(i, window=window, out_shape=(h, w), resampling=resampling,
-                            boundless=True, fill_value=np.nan, masked=True)
-            values[i - 1] = band.astype(np.float32).filled(np.nan)
+        height, width = src.height, src.width
+        h, w = math.ceil(height / factor), math.ceil(width / factor)
         transform = src.transform * src.transform.scale(factor, factor)
         grid = Grid(src.crs, transform, h, w)
+    categorical = np.array([n in class_names for n in names])
+    rows_per = max(1, (chunk_size * chunk_size) // max(width, 1) // factor) * factor
+    strips = [Window(0, r, width, min(rows_per, height - r)) for r in range(0, height, rows_per)]
+
+    def task(win):
+        values = _read_bands(factors_path, list(range(1, len(names) + 1)), win)
+        padded = np.full((len(names), math.ceil(win.height / factor) * factor, w * factor),
+                         np.nan, dtype=np.float32)
+        padded[:, : values.shape[1], : values.shape[2]] = values
+        return _block_reduce(padded, factor, categorical)
+
+    values = np.full((len(names), h, w), np.nan, dtype=np.float32)
+    with contextlib.ExitStack() as stack:
+        if compute is None:
+            compute = stack.enter_context(compute_context(None))
+        for win, coarse in compute.map_windows(task, strips):
+            r0 = int(win.row_off) // factor
+            values[:, r0 : r0 + coarse.shape[1]] = coarse
     return FactorStack(grid, names, values, class_names)
 
 
@@ -701,7 +749,7 @@ def segment_coarse(
     """
     from metalsm.segmentation import segment_raster
 
-    coarse = read_coarse_stack(factors_path, factor)
+    coarse = read_coarse_stack(factors_path, factor, compute, chunk_size)
     blocks = segment_raster(coarse, settings.n_blocks, settings.compactness, weights=weights,
                             iterations=settings.iterations,
                             min_size_fraction=settings.min_size_fraction, seed=settings.seed)
