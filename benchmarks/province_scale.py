@@ -22,7 +22,8 @@ i.e. LocalCluster workers, sampled every 0.1 s by a thread):
   most ``--max-positives``, and as many random valid non-landslide cells, read window
   by window), ``train`` (weighted MAML on the meta-train blocks, no pretraining,
   ``--meta-iterations``; every block adapted with K = 5) and ``map`` (block-wise
-  susceptibility.tif over Dask, zones.tif).
+  susceptibility.tif over Dask in windows of at most 256 x 256 cells: the one-hot
+  float64 features of a window take ~0.5 kB per cell; zones.tif).
 
 Results are printed and written to ``OUT/province_scale.json`` and ``.md``.
 Intermediates are deleted as soon as they are no longer needed unless ``--keep``.
@@ -208,7 +209,7 @@ def run_scheduler(name: str, compute, args, inputs: dict, grid: Grid, landslides
     meta = MetaConfig(pretrain=False, iterations=args.meta_iterations, k_shots=("5",),
                       map_k="5", repeats=1, seed=7)
     config = StudyAreaConfig(name="province", blocks=settings, meta=meta,
-                             output=OutputConfig(window_size=min(chunk, 512),
+                             output=OutputConfig(window_size=min(chunk, 256),
                                                  overviews=(2, 4, 8, 16)))
     with stage(results, memory, name, "train", cells):
         block_stage = BlockStage(samples, sample_blocks, tasks, coarse.blocks, None)

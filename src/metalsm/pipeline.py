@@ -122,7 +122,10 @@ def run_pipeline(
 
     use_chunks, why = chunked.choose_chunked(config, chunk_size=chunk_size, scheduler=scheduler)
     chunk = chunk_size or config.compute.chunk_size or 1024
-    window_size = chunk if use_chunks else config.output.window_size
+    # prediction windows: never larger than [output] window_size (features of a window
+    # take ~0.5 kB per cell), smaller when the chunks are
+    window_size = min(chunk, config.output.window_size) if use_chunks \
+        else config.output.window_size
     with contextlib.ExitStack() as resources, RunProgress(enabled=show_progress) as progress:
         compute = None
         if use_chunks:
