@@ -230,7 +230,7 @@ def test_dask_schedulers_give_the_same_files(holed_dem, tmp_path):
         scheduler="sync",
     )
     with Client(processes=False, n_workers=2, threads_per_worker=1,
-                dashboard_address=None) as client:
+                dashboard_address=":0") as client:
         out = chunked_terrain.derive_terrain_chunked(
             holed_dem, grid, names, tmp_path / "cluster", chunk_size=64,
             drainage_threshold_cells=50, scheduler=client,
