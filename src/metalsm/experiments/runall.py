@@ -78,6 +78,7 @@ def run_all(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None
     sections: list[Section] = []
     paths: dict[str, Path] = {}
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # process CPU seconds (all threads): the load-free cost
     status: dict[str, str] = {}
     for name in names:
         reason = skip_reason(name, config)
@@ -94,7 +95,7 @@ def run_all(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None
             if "context" in params or (wrapped and name in ("kshot", "overall", "ablation",
                                                             "validation")):
                 kwargs["context"] = context
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             result = func(config, out / name, **kwargs)
         except MetalsmInputError as exc:
@@ -103,6 +104,7 @@ def run_all(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None
             sections.append(Section(f"{name} (failed)", text=f"Failed: {exc}"))
             continue
         timings[name] = round(time.perf_counter() - t, 3)
+        cpu[name] = round(time.process_time() - c, 3)
         status[name] = "done"
         sections.append(_section(name, result))
         for key, path in getattr(result, "paths", {}).items():
@@ -115,7 +117,7 @@ def run_all(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None
         seeds={"experiments": exp.seed, "blocks": (small.blocks.seed if small.blocks else 42),
                "validation": small.validation.seed},
         metrics={"experiments": status, "repeats": repeats_of(small, repeats),
-                 "preset": preset},
+                 "preset": preset, "cpu_s": cpu},
         timings_s=timings,
         outputs=sorted(str(p.relative_to(out)) for p in paths.values()
                        if p.is_relative_to(out)) + ["report.html", "manifest.json"])
