@@ -116,7 +116,11 @@ def run_cross_area(config: StudyAreaConfig, out_dir: str | Path, *,
     raws = []
     for scheme, (train, test) in splits.items():
         t = time.perf_counter()
+        # a fresh cache: what methods cache per data value (pretraining on the meta-train
+        # samples) differs from scheme to scheme
         scheme_data = replace(data, train_blocks=train, test_blocks=test)
+        if hasattr(scheme_data, "cache"):
+            scheme_data.cache = {}
         raw = compare_methods(scheme_data, meta, methods, exp.k_shots, n_repeats, exp.seed)
         raw = raw.assign(scheme=scheme)
         raw.attrs = {}  # query probabilities per scheme are not kept
