@@ -124,7 +124,8 @@ def _protocol_text(data: Any, meta: MetaConfig, repeats: int, seed: int) -> str:
         "meta-train samples plus the support samples; transfer and meta-learning methods "
         f"adapt a copy per block from its support ({meta.inner_steps} steps of lr "
         f"{meta.inner_lr:g}). Networks: {meta.iterations} meta-iterations, "
-        f"{meta.pretrain_epochs} pretraining epochs per layer."
+        f"{meta.pretrain_epochs} pretraining epochs per layer; unsupervised pretraining "
+        "sees the meta-train samples only."
     )
 
 

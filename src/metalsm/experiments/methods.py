@@ -7,9 +7,9 @@ Every method is a :class:`Method` in :data:`METHODS` (adding one = one entry):
   columns. It cannot adapt per block, so it is trained on the meta-train samples
   *plus* the support samples of the meta-test blocks, and predicts the query.
 * **transfer** (``rl-based``): the network pretrained without labels (RBM, RBM,
-  DAE), trained supervised on the meta-train samples, then fine-tuned per meta-test
-  block from its support set with the meta-learners' inner loop; ``mlp-ft`` is the
-  same without pretraining.
+  DAE, on the meta-train samples only), trained supervised on the meta-train
+  samples, then fine-tuned per meta-test block from its support set with the
+  meta-learners' inner loop; ``mlp-ft`` is the same without pretraining.
 * **meta** (``maml``: plain MAML, no pretraining, uniform task weights;
   ``proposed``: pretraining + weighted tasks): meta-trained on the meta-train
   blocks, adapted per meta-test block from its support set.
@@ -156,12 +156,16 @@ class _Adapted(FittedMethod):
 
 
 def pretrained_state(data: MetaData, meta: MetaConfig, seed: int) -> Any:
-    """RBM/RBM/DAE pretraining of ``seed`` (labels unused), computed once per data value,
+    """RBM/RBM/DAE pretraining of ``seed`` on the meta-train samples only (labels unused;
+    the meta-test samples, query included, stay unseen), computed once per data value,
     seed and pretraining settings (the proposed method and RL-based share it)."""
     key = ("pretrain", int(seed), tuple(meta.hidden), meta.pretrain_epochs, meta.rbm_lr,
            meta.dae_lr)
     if key not in data.cache:
-        data.cache[key] = pretrain_state(meta, data, None, seed)
+        train = data.train
+        seen = replace(data, X=data.X[train], y=data.y[train], blocks=data.blocks[train],
+                       table=None, coords=None, cache={})
+        data.cache[key] = pretrain_state(meta, seen, None, seed)
     return data.cache[key]
 
 
