@@ -68,20 +68,24 @@ def holed_dem(kaghan, tmp_path_factory) -> Path:
     return path
 
 
-def test_full_kaghan_dem_every_factor_equals_in_memory(kaghan, tmp_path):
+FLOW_FACTORS = ["flow_accumulation", "twi", "spi", "distance_to_drainage", "slope"]
+
+
+def test_full_kaghan_dem_flow_factors_equal_in_memory(kaghan, tmp_path):
+    """Flow crosses every chunk edge of the whole real DEM (the crop test has all factors)."""
     path = kaghan / "AW3D30.tif"
     grid = Grid.from_raster(path)
     expected = terrain.derive_terrain(
-        read_dem(str(path), grid), grid, terrain.TERRAIN_FACTORS, drainage_threshold_cells=300
+        read_dem(str(path), grid), grid, FLOW_FACTORS, drainage_threshold_cells=300
     )
     progress = RecordingProgress()
     out = chunked_terrain.derive_terrain_chunked(
-        path, grid, terrain.TERRAIN_FACTORS, tmp_path, chunk_size=130,
+        path, grid, FLOW_FACTORS, tmp_path, chunk_size=197,
         drainage_threshold_cells=300, progress=progress,
     )
     assert_same(out, expected)
-    # every counted bar advanced exactly to its total; 8 x 7 windows of 130 cells
-    assert progress.stages["terrain factors"] == [56, 56]
+    # every counted bar advanced exactly to its total; 6 x 5 windows of 197 cells
+    assert progress.stages["terrain factors"] == [30, 30]
     assert all(total == done for total, done in progress.stages.values())
     with rasterio.open(out["slope"]) as src:
         assert src.crs == grid.crs and src.transform == grid.transform
@@ -175,14 +179,14 @@ def test_chunked_edt_on_random_sparse_mask_equals_scipy(tmp_path):
     grid = Grid(rasterio.crs.CRS.from_epsg(32643), Affine(30.0, 0, 0, 0, -30.0, 0), h, w)
     path = tmp_path / "d.tif"
     assert chunked_terrain._distance_raster(
-        lambda c0, c1: mask[:, c0:c1], grid, path, 17,
+        lambda c0, c1: mask[:, c0:c1], grid, path, 41,
         row_pad=0, col_pad=0, ext_shape=(h, w),
     )
     expected = ndimage.distance_transform_edt(~mask) * 30.0
     np.testing.assert_allclose(read(path), expected.astype(np.float32), rtol=0, atol=0)
     # an empty mask writes nothing and says so
     assert not chunked_terrain._distance_raster(
-        lambda c0, c1: np.zeros((h, c1 - c0), bool), grid, tmp_path / "e.tif", 17,
+        lambda c0, c1: np.zeros((h, c1 - c0), bool), grid, tmp_path / "e.tif", 41,
         row_pad=0, col_pad=0, ext_shape=(h, w),
     )
     assert not (tmp_path / "e.tif").exists()

@@ -143,7 +143,7 @@ def _gdal_env() -> rasterio.Env:
     """A rasterio environment with a bounded block cache, so memory stays flat."""
     if "GDAL_CACHEMAX" in os.environ:
         return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)  # rasterio takes bytes
 
 
 def _output_profile(grid: Grid) -> dict:
