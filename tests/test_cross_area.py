@@ -193,3 +193,25 @@ def test_maps_experiment_on_a_kaghan_crop(kaghan, kaghan_crop, tmp_path):
             p = src.read(1)
         assert np.nanmin(p) >= 0 and np.nanmax(p) <= 1
     assert (tmp_path / "out" / "maps.png").stat().st_size > 10_000
+
+
+def test_each_scheme_gets_its_own_blocks_and_a_fresh_cache(hk_config, tmp_path, monkeypatch):
+    from metalsm.experiments import methods
+
+    config, _ = hk_config
+    seen = []
+
+    def fake(data, meta, names, k_shots, repeats, seed, progress=None):
+        data.cache["touched"] = True
+        seen.append((data.train_blocks.copy(), data.test_blocks.copy(), data.cache))
+        return pd.DataFrame([{"method": "lr", "family": "global", "k": "5", "repeat": 0,
+                              "seed": seed, **dict.fromkeys(methods.METRICS, 0.5),
+                              "n_query": int(data.test.sum())}])
+
+    monkeypatch.setattr(methods, "compare_methods", fake)
+    EXPERIMENTS["cross-area"](config, tmp_path, preset="small")
+    roles = pd.read_csv(tmp_path / "cross_area_blocks.csv")
+    assert len(seen) == 4 and len({id(c) for *_, c in seen}) == 4
+    for scheme, (train, test, _) in zip(SCHEMES, seen, strict=True):
+        assert train.tolist() == roles.loc[roles[scheme] == "train", "block"].tolist()
+        assert test.tolist() == roles.loc[roles[scheme] == "test", "block"].tolist()
