@@ -96,6 +96,7 @@ def test_full_kaghan_dem_flow_factors_equal_in_memory(kaghan, tmp_path):
 
 def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monkeypatch):
     monkeypatch.setattr(chunked_terrain, "BAND_CELLS", 100)  # 3-row bands inside windows
+    monkeypatch.setattr(chunked_terrain, "EDT_STRIP_CELLS", 0)  # EDT strips of 31**2 cells
     grid = Grid.from_raster(holed_dem)
     dem = read_dem(str(holed_dem), grid)
     assert np.isnan(dem).sum() == 7 * 35 + 5 * 51 + 1
@@ -171,7 +172,8 @@ def test_squared_edt_equals_scipy(mask):
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
 
 
-def test_chunked_edt_on_random_sparse_mask_equals_scipy(tmp_path):
+def test_chunked_edt_on_random_sparse_mask_equals_scipy(tmp_path, monkeypatch):
+    monkeypatch.setattr(chunked_terrain, "EDT_STRIP_CELLS", 0)  # many strips
     rng = np.random.default_rng(7)
     h, w = 173, 211
     mask = rng.random((h, w)) < 0.001
@@ -195,7 +197,9 @@ def test_chunked_edt_on_random_sparse_mask_equals_scipy(tmp_path):
 # ------------------------------------------------------------------------ vector distance
 
 
-def test_vector_distance_on_real_faults_equals_in_memory(kaghan, holed_dem, tmp_path):
+def test_vector_distance_on_real_faults_equals_in_memory(kaghan, holed_dem, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.setattr(chunked_terrain, "EDT_STRIP_CELLS", 0)  # many strips
     grid = Grid.from_raster(holed_dem)
     faults = kaghan / "Confirmed_faults.shp"
     expected = terrain.rasterize_vector_distance(faults, grid, layer_name="faults")

@@ -24,7 +24,7 @@ only memory differs. Three kinds of work, three strategies:
   separable squared-EDT written here: a 1-D pass down column strips (result, the
   distance in rows, kept on disk as uint32 in a temporary file next to the
   output) then the lower envelope of parabolas (Felzenszwalb & Huttenlocher,
-  2012) along row strips of about ``chunk_size**2`` cells. Memory: one strip
+  2012) along row strips of ``max(chunk_size**2, EDT_STRIP_CELLS)`` cells. Memory: one strip
   (~25 bytes per strip cell); disk: 4 bytes per cell (of the grid extended by
   the vector margin, for vector layers). Equal to scipy's
   ``distance_transform_edt`` times the cell size (same nearest feature, same
@@ -468,6 +468,11 @@ def squared_edt(mask: np.ndarray) -> np.ndarray:
     return _row_envelope(g, 0, m.shape[1])
 
 
+#: Least cells per strip of the distance transform (~25 bytes each while in the
+#: row pass): larger strips mean fewer, larger reads of the scratch file.
+EDT_STRIP_CELLS = 2**21
+
+
 def _distance_raster(
     mask_columns: Callable[[int, int], np.ndarray],
     grid: Grid,
@@ -494,8 +499,9 @@ def _distance_raster(
     h, w = grid.shape
     h_ext, w_ext = ext_shape
     cell_size = grid.cell_size
-    strip_w = max(1, min(w_ext, chunk_size * chunk_size // max(h_ext, 1)))
-    strip_h = max(1, min(h, chunk_size * chunk_size // max(w_ext, 1)))
+    strip_cells = max(chunk_size * chunk_size, EDT_STRIP_CELLS)
+    strip_w = max(1, min(w_ext, strip_cells // max(h_ext, 1)))
+    strip_h = max(1, min(h, strip_cells // max(w_ext, 1)))
     col_strips = [(c, min(w_ext, c + strip_w)) for c in range(0, w_ext, strip_w)]
     row_strips = [(r, min(h, r + strip_h)) for r in range(0, h, strip_h)]
     path.parent.mkdir(parents=True, exist_ok=True)
