@@ -120,7 +120,9 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
             ctx = context
         else:
             data, _ = experiment_data(with_blocks(config, n_blocks, None),
-                                      out / f"blocks_{n_blocks}")
+                                      out / f"blocks_{n_blocks}",
+                                      stack=getattr(context.stage, "stack", None),
+                                      samples=context.stage.samples)
             ctx = Context(data=data)
         raw = method_rows(ctx, meta, [METHODS["proposed"]], ks, n, exp.seed)
         parts.append(summarize(raw).assign(

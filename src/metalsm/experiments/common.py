@@ -65,9 +65,15 @@ def repeats_of(config: StudyAreaConfig, repeats: int | None) -> int:
     return r
 
 
-def experiment_data(config: StudyAreaConfig, out: Path) -> tuple[Any, Any]:
-    """(MetaData, BlockStage) of ``config``: blocks written to ``out`` (quietly)."""
-    from metalsm.blocks_run import prepare_blocks
+def experiment_data(config: StudyAreaConfig, out: Path, stack: Any = None,
+                    samples: Any = None) -> tuple[Any, Any]:
+    """(MetaData, BlockStage) of ``config``: blocks written to ``out`` (quietly).
+
+    Rasters: with ``stack`` and ``samples`` (a previous stage's) only the segmentation
+    is redone; the stage's factor stack is ``stage.stack`` for such reuse.
+    """
+    from metalsm.blocks_run import prepare_blocks, segment_stack
+    from metalsm.inventory import read_inventory
     from metalsm.meta_run import meta_data
     from metalsm.progress import RunProgress
 
@@ -75,7 +81,15 @@ def experiment_data(config: StudyAreaConfig, out: Path) -> tuple[Any, Any]:
         config = replace(config, blocks=BlocksConfig())
     out.mkdir(parents=True, exist_ok=True)
     with RunProgress(enabled=False) as progress:
-        stage, _ = prepare_blocks(config, out, progress)
+        if stack is not None and samples is not None and config.table is None:
+            inventory = read_inventory(config.inventory.path, stack.grid,
+                                       crs=config.inventory.crs,
+                                       x_column=config.inventory.x_column,
+                                       y_column=config.inventory.y_column)
+            stage = segment_stack(config, stack, samples, inventory, out, progress)
+        else:
+            stage, stack = prepare_blocks(config, out, progress)
+    stage.stack = stack
     return meta_data(stage), stage
 
 
