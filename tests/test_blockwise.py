@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 
 from metalsm.datasets import study_area
 from metalsm.grid import Grid, read_aligned
-from metalsm.models.blockwise import BlockModels, adapt_blocks, load_intermediate
+from metalsm.models.blockwise import BlockModels, adapt_blocks, draw_support, load_intermediate
 from metalsm.models.meta import MetaLearner
 from metalsm.models.pretrain import PretrainConfig
 from metalsm.terrain import derive_terrain
@@ -188,3 +188,24 @@ def test_save_load_gives_identical_predictions(hk_learner, tmp_path: Path) -> No
     inter, names = load_intermediate(out)
     assert names == HK_FACTORS
     np.testing.assert_array_equal(inter.predict_proba(X), learner.predict_proba(X))
+
+
+def test_half_support_takes_half_of_each_class_so_queries_keep_both():
+    """A block with 10 % landslides: an alternating draw of 20 of 40 would take all 4
+    landslides and leave a one-class query; the "half" draw takes 2 of them."""
+    rng = np.random.default_rng(3)
+    blocks = np.repeat(np.arange(3), [40, 41, 30])
+    y = np.concatenate([np.r_[np.ones(4), np.zeros(36)], np.r_[np.ones(20), np.zeros(21)],
+                        np.r_[np.ones(27), np.zeros(3)]]).astype(int)
+    order = rng.permutation(y.size)
+    blocks, y = blocks[order], y[order]
+    for seed in range(5):
+        support = draw_support(y, blocks, "half", seed)
+        for b in range(3):
+            inb = blocks == b
+            assert support[inb].sum() == inb.sum() // 2
+            for cls in (0, 1):
+                n_cls = int((y[inb] == cls).sum())
+                taken = int((y[inb & support] == cls).sum())
+                assert abs(taken - n_cls / 2) <= 1
+                assert (y[inb & ~support] == cls).sum() >= 1

@@ -3,7 +3,9 @@
 :func:`adapt_blocks` takes a fitted :class:`~metalsm.models.meta.MetaLearner` (the
 meta-learned intermediate model) and, for every block ``0..n_blocks-1``, adapts it with
 K labelled samples of that block (``k`` = an int such as 1 or 5, ``"half"`` of the
-block's labelled samples, or ``"all"``), drawn stratified by class, ``inner_steps``
+block's labelled samples, or ``"all"``), drawn stratified by class (integer K
+alternates the classes; "half" takes half of each class, so the block's query keeps
+both), ``inner_steps``
 steps of ``inner_lr`` -- all blocks at once under ``vmap`` (padded support sets).
 
 Fallbacks, recorded per block in ``rule``/``reason``/``source_block``:
@@ -211,6 +213,12 @@ class BlockModels:
         )
 
 
+def _is_share(k: int | str) -> bool:
+    """K given as a share of the block ("half", "all"): drawn in proportion to the
+    classes, so the rest of the block (its query) keeps both classes too."""
+    return k in ("half", "all")
+
+
 def _shots(k: int | str, n: np.ndarray) -> np.ndarray:
     if k == "all":
         return n.copy()
@@ -279,7 +287,8 @@ def adapt_blocks(
             idx, mask = _given_support(chosen & usable[np.where(inside, ids, 0)] & inside,
                                        ids, blocks)
         else:
-            drawn = _support_query(index, y, blocks, shots[blocks], 0, rng)
+            drawn = _support_query(index, y, blocks, shots[blocks], 0, rng,
+                                   proportional=_is_share(k))
             idx, mask = drawn["support_idx"], drawn["support_mask"]
         xs = np.where(mask[..., None], Xs[idx], 0.0).astype(np.float32)
         ys = np.where(mask, y[idx], 0.0).astype(np.float32)
@@ -360,6 +369,6 @@ def draw_support(y: Any, sample_blocks: Any, k: int | str, seed: int,
     if chosen.size == 0:
         return out
     drawn = _support_query(index, y, chosen, _shots(k, n)[chosen], 0,
-                           np.random.default_rng(seed))
+                           np.random.default_rng(seed), proportional=_is_share(k))
     out[drawn["support_idx"][drawn["support_mask"]]] = True
     return out

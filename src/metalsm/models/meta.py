@@ -251,12 +251,16 @@ def adapt_batch(net: nn.Module, params: Params, xs: torch.Tensor, ys: torch.Tens
 
 
 def _position_in_group(group: np.ndarray, cls: np.ndarray, key: np.ndarray,
-                       flip: np.ndarray) -> np.ndarray:
+                       flip: np.ndarray, proportional: bool = False) -> np.ndarray:
     """Draw position of each sample within its group: classes interleaved, random order.
 
     Within (group, class) samples are ranked by ``key``; the group's sequence then takes
     rank 0 of both classes, rank 1 of both, ... (class order ``cls ^ flip``), so a prefix
-    of length k is as balanced as the group allows. Vectorized with ``np.lexsort``.
+    of length k is as balanced as the group allows -- right for K-shot draws. With
+    ``proportional`` the classes interleave by their *fractional* rank instead, so a
+    prefix takes the same share of each class: a "half" support then leaves half of
+    every class for the query rather than all of the majority class.
+    Vectorized with ``np.lexsort``.
     """
     n = group.size
     if n == 0:
@@ -267,6 +271,9 @@ def _position_in_group(group: np.ndarray, cls: np.ndarray, key: np.ndarray,
     start = np.r_[True, (g[1:] != g[:-1]) | (c[1:] != c[:-1])]
     rank = np.empty(n, dtype=np.int64)
     rank[order] = idx - np.maximum.accumulate(np.where(start, idx, 0))
+    if proportional:
+        size = np.bincount(group * 2 + cls, minlength=2 * (int(group.max()) + 1))
+        rank = (rank + 0.5) / size[group * 2 + cls]
     order = np.lexsort((cls ^ flip, rank, group))
     g = group[order]
     start = np.r_[True, g[1:] != g[:-1]]
@@ -300,11 +307,13 @@ class _TaskIndex:
 
 def _support_query(index: _TaskIndex, y: np.ndarray, tasks: np.ndarray,
                    k_support: np.ndarray | int, k_query: int,
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+                   rng: np.random.Generator, proportional: bool = False
+                   ) -> dict[str, np.ndarray]:
     """Padded stratified support/query index arrays + masks for ``tasks`` (slots).
 
     ``k_support`` may differ per task; a task keeps at least one sample for its query
-    when ``k_query`` > 0 and it has two or more samples.
+    when ``k_query`` > 0 and it has two or more samples. ``proportional``: see
+    :func:`_position_in_group`.
     """
     slot, sample = index.members(tasks)
     n = index.counts[tasks]
@@ -313,7 +322,7 @@ def _support_query(index: _TaskIndex, y: np.ndarray, tasks: np.ndarray,
         ks = np.minimum(ks, np.maximum(n - 1, 1))
     cls = (y[sample] == 1).astype(np.int64)
     flip = rng.integers(0, 2, size=tasks.size)[slot]
-    pos = _position_in_group(slot, cls, rng.random(sample.size), flip)
+    pos = _position_in_group(slot, cls, rng.random(sample.size), flip, proportional)
     width_s = int(max(ks.max(initial=0), 1))
     out: dict[str, np.ndarray] = {}
     for name, chosen, p, width in (
