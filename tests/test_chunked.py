@@ -22,7 +22,8 @@ from metalsm.pipeline import run_pipeline
 from metalsm.stack import FactorStack
 
 FAST = {"model": 'names = ["lr"]\nmap_model = "lr"\nseed = 7',
-        "validation": 'n_folds = 2\nspatial_method = "kmeans"\nseed = 7'}
+        "validation": 'n_folds = 2\nspatial_method = "kmeans"\nseed = 7',
+        "sampling": 'method = "credibility"\nratio = 1.0\nbuffer_m = 60.0\nseed = 7'}
 
 
 def _read(path):
@@ -54,6 +55,7 @@ def test_chunked_run_equals_in_memory_run(runs):
     pd.testing.assert_frame_equal(pd.read_csv(memory / "samples.csv"),
                                   pd.read_csv(chunked_dir / "samples.csv"))
     assert not (chunked_dir / ".layers").exists()  # per-layer intermediates removed
+    assert (chunked_dir / "credibility.tif").exists()  # negatives drawn from it, as in memory
 
 
 def _lr(run_dir):
@@ -139,9 +141,9 @@ def test_chunked_credibility_equals_in_memory(runs, tmp_path):
                                                  tmp_path / "credibility.tif", compute,
                                                  chunk_size=100)
     pd.testing.assert_frame_equal(model.fr_tables, fitted.fr_tables)
-    got = _read(path)[0][0]
-    np.testing.assert_array_equal(np.isnan(expected), np.isnan(got))
-    assert np.nanmax(np.abs(expected - got)) <= 1e-6
+    for got in (_read(path)[0][0], _read(runs[2] / "credibility.tif")[0][0]):
+        np.testing.assert_array_equal(np.isnan(expected), np.isnan(got))
+        assert np.nanmax(np.abs(expected - got)) <= 1e-6
 
 
 def test_segmentation_on_a_coarse_grid(runs, tmp_path):

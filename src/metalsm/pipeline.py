@@ -41,7 +41,8 @@ class RunResult:
 
 
 def draw_samples(
-    config: StudyAreaConfig, stack: FactorStack, inventory, mask: np.ndarray
+    config: StudyAreaConfig, stack: FactorStack, inventory, mask: np.ndarray,
+    *, compute=None, out_dir: Path | None = None, chunk_size: int = 1024,
 ) -> Samples:
     """Positives from the inventory by the configured rule; negatives by the configured sampler.
 
@@ -50,6 +51,8 @@ def draw_samples(
     negatives come from ``sampling.credibility_band``. The cross-validation of a
     run then sees negatives chosen with knowledge of every landslide; the honest
     band comparison with held-out landslides is ``metalsm experiment credibility``.
+    With a ``compute`` (chunked runs) the credibility is fitted and mapped window by
+    window over ``out_dir/factors.tif`` into ``out_dir/credibility.tif``.
     """
     valid = stack.valid
     dem = stack.layer("elevation") if "elevation" in stack.names else None
@@ -70,7 +73,7 @@ def draw_samples(
         buffer_m=config.sampling.buffer_m,
         slope=stack.layer("slope") if "slope" in stack.names else None,
         min_slope_deg=config.sampling.min_slope_deg,
-        credibility=_credibility(config, stack, pos),
+        credibility=_credibility(config, stack, pos, compute, out_dir, chunk_size),
         credibility_band=tuple(config.sampling.credibility_band),
         strict=config.sampling.strict,
     )
@@ -79,9 +82,22 @@ def draw_samples(
     return Samples(table, stack.names, stack.categorical)
 
 
-def _credibility(config: StudyAreaConfig, stack: FactorStack, pos) -> np.ndarray | None:
+def _credibility(config: StudyAreaConfig, stack: FactorStack, pos, compute=None,
+                 out_dir: Path | None = None, chunk_size: int = 1024) -> np.ndarray | None:
     if config.sampling.method != "credibility":
         return None
+    if compute is not None and out_dir is not None:
+        import rasterio
+
+        from metalsm import chunked
+
+        factors = out_dir / "factors.tif"
+        model = chunked.fit_membership_chunked(factors, pos, compute, config.credibility,
+                                               config.factor_selection, chunk_size=chunk_size)
+        path = chunked.write_credibility_chunked(factors, model, out_dir / "credibility.tif",
+                                                 compute, chunk_size=chunk_size)
+        with rasterio.open(path) as src:
+            return src.read(1)
     from metalsm.credibility import credibility_map
 
     credibility, _ = credibility_map(stack, pos, config.credibility, config.factor_selection)
@@ -154,7 +170,8 @@ def run_pipeline(
                 y_column=config.inventory.y_column,
             )
             mask = landslide_mask(inventory, stack.grid)
-            samples = draw_samples(config, stack, inventory, mask)
+            samples = draw_samples(config, stack, inventory, mask, compute=compute,
+                                   out_dir=out, chunk_size=chunk)
             write_csv(out / "samples.csv", samples.table)
         t = timed("samples", t)
 
