@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,10 +99,16 @@ class _Encoder:
 
 
 class _BlockModels:
-    """P = logistic of the block id plus the first feature, scaled: differs per block."""
+    """P = logistic of the block id plus the first feature, scaled: differs per block.
+
+    Not thread-safe on purpose (state on ``self`` across a sleep), like PyTorch's
+    ``functional_call`` swapping parameters on a shared module.
+    """
 
     def predict_proba(self, features, ids):
-        return 1 / (1 + np.exp(-(ids * 0.3 + features[:, 0] / 1000 - 3)))
+        self.ids = ids
+        time.sleep(0.002)
+        return 1 / (1 + np.exp(-(self.ids * 0.3 + features[:, 0] / 1000 - 3)))
 
 
 def test_blockwise_prediction_on_dask_threads_equals_serial(runs, tmp_path):

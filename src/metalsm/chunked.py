@@ -116,11 +116,12 @@ class Compute:
             return
         import dask
 
+        own = _per_thread_copy(task)
         while True:
             batch = [w for _, w in zip(range(self.max_in_flight), windows, strict=False)]
             if not batch:
                 return
-            results = dask.compute(*[dask.delayed(task, pure=False)(w) for w in batch],
+            results = dask.compute(*[dask.delayed(own, pure=False)(w) for w in batch],
                                    scheduler="threads", num_workers=self.num_workers)
             yield from zip(batch, results, strict=True)
 
@@ -148,6 +149,28 @@ class Compute:
                 queue.add(submit(nxt))
             yield win, result
         shared.release()
+
+
+def _per_thread_copy(task: Callable) -> Callable:
+    """``task`` run on a private copy (cloudpickle round trip) per thread.
+
+    What a task closes over (a model) need not be thread-safe: PyTorch's
+    ``functional_call``, used by the block-wise models, swaps parameters on a
+    shared module and races between threads. Each thread gets its own copy, as
+    each worker process of a cluster does.
+    """
+    import cloudpickle
+
+    payload = cloudpickle.dumps(task)
+    local = threading.local()
+
+    def run(win):
+        func = getattr(local, "func", None)
+        if func is None:
+            func = local.func = cloudpickle.loads(payload)
+        return func(win)
+
+    return run
 
 
 def _call(func: Callable, win: Window) -> Any:
