@@ -8,6 +8,11 @@ The real Kaghan DEM (987 x 826 cells) is mirror-tiled up to ``--size``: every
 other tile is flipped so that elevations stay continuous across tile seams and
 flow crosses them. The derivation runs in a fresh subprocess so that its peak
 resident memory (``VmHWM``) is its own; the result is printed as JSON.
+
+Measured on a shared 2-core / 23 GB machine under load (chunk 1024, threads):
+10,000 x 10,000 cells, 11 factors: 238 s, peak 1.21 GB; 20,000 x 20,000 cells,
+flow accumulation only: flow routing 349 s, peak 2.75 GB (6.8 bytes per cell
+above the 146 MB interpreter, GDAL's 256 MB block cache included).
 """
 
 from __future__ import annotations
