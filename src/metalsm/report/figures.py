@@ -523,10 +523,15 @@ def plot_candles(
         ax.bar(x, 2 * part["std"], width * 0.6, bottom=part["mean"] - part["std"],
                color=color, alpha=0.35, edgecolor=color)
         ax.plot(x, part["mean"], linestyle="none", marker="o", color=color, label=method)
+    lo = float(np.nanmin(np.r_[candles["min"], candles["mean"] - candles["std"]]))
+    hi = float(np.nanmax(np.r_[candles["max"], candles["mean"] + candles["std"]]))
+    if np.isfinite(lo) and np.isfinite(hi):
+        pad = max(0.05 * (hi - lo), 0.005)
+        ax.set_ylim(lo - pad, hi + pad)
     ax.set_xticks(range(len(ks)), [f"K = {k}" for k in ks])
     ax.set_ylabel(metric)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
