@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -58,6 +59,9 @@ def test_chunked_run_equals_in_memory_run(runs):
                                   pd.read_csv(chunked_dir / "samples.csv"))
     assert not (chunked_dir / ".layers").exists()  # per-layer intermediates removed
     assert (chunked_dir / "credibility.tif").exists()  # negatives drawn from it, as in memory
+    compute = json.loads((chunked_dir / "metrics.json").read_text())["compute"]
+    assert compute["chunked"] and compute["chunk_size"] == 128
+    assert compute["scheduler"] == "threads"
 
 
 def _lr(run_dir):

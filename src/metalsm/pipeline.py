@@ -245,6 +245,9 @@ def run_pipeline(
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
             if meta_result is not None:
                 metrics["meta"] = meta_result.metrics
+            metrics["compute"] = {"chunked": use_chunks, "why": why,
+                                  "chunk_size": chunk if use_chunks else None,
+                                  "scheduler": compute.scheduler if compute else None}
             _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config)
             write_json(out / "metrics.json", metrics)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
