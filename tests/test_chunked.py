@@ -75,7 +75,7 @@ def _lr(run_dir):
 def test_prediction_through_a_local_cluster_equals_serial(runs, tmp_path):
     from distributed import Client, LocalCluster
 
-    _, memory, _ = runs
+    config_path, memory, _ = runs
     model, names = _lr(memory)
     serial = mapping.predict_raster(model, memory / "factors.tif", tmp_path / "serial.tif",
                                     feature_names=names, window_size=100)
@@ -88,6 +88,13 @@ def test_prediction_through_a_local_cluster_equals_serial(runs, tmp_path):
                 model, memory / "factors.tif", tmp_path / "remote.tif", feature_names=names,
                 window_size=100, compute=compute, progress=lambda n, total: done.append(total))
         assert client.status == "running"
+        # a whole chunked run sent to the cluster (--scheduler ADDRESS) maps the same
+        run_pipeline(load_config(config_path), tmp_path / "run", show_progress=False,
+                     chunk_size=128, scheduler=cluster.scheduler_address)
+    for name in ("factors.tif", "susceptibility.tif"):
+        a, b = _read(memory / name)[0], _read(tmp_path / "run" / name)[0]
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+        assert np.nanmax(np.abs(a - b)) <= 1e-6, name
     a, b = _read(serial)[0], _read(remote)[0]
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
     assert np.nanmax(np.abs(a - b)) <= 1e-6
