@@ -45,7 +45,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +363,7 @@ def write_factor_stack(
     Raises :class:`MetalsmInputError` naming the layer when a layer has no valid
     cell, or when no cell has a value in every layer.
     """
+    sources = [replace(s, path=str(Path(s.path).absolute())) if s.path else s for s in sources]
     names = tuple(s.name for s in sources)
     class_names = class_names or {}
     finite = np.zeros(len(sources), dtype=np.int64)
@@ -523,6 +524,7 @@ def fit_membership_chunked(
     all cells and of landslide cells are a sum over windows, and the rescaling
     extremes a min/max over windows.
     """
+    factors_path = Path(factors_path).absolute()  # workers may run elsewhere
     from metalsm.config import CredibilityConfig, FactorSelectionConfig
     from metalsm.credibility import MembershipModel
     from metalsm.factors import differentiation, stack_classes
@@ -642,6 +644,7 @@ def write_credibility_chunked(
     chunk_size: int = 1024,
 ) -> Path:
     """``credibility.tif`` window by window from a fitted membership model."""
+    factors_path = Path(factors_path).absolute()  # workers may run elsewhere
     with open_raster(factors_path) as src:
         names, _ = stack_metadata(src)
         grid = Grid(src.crs, src.transform, src.height, src.width)
@@ -728,6 +731,7 @@ def read_coarse_stack(factors_path: str | Path, factor: int, compute: Compute | 
     and column of coarse cells may reach past the raster edge). Read in full-width
     strips of whole coarse rows, all bands at once (``factors.tif`` is pixel-interleaved).
     """
+    factors_path = Path(factors_path).absolute()  # workers may run elsewhere
     with open_raster(factors_path) as src:
         names, class_names = stack_metadata(src)
         height, width = src.height, src.width
@@ -770,6 +774,7 @@ def segment_coarse(
     ``settings`` is a ``BlocksConfig``. Each full cell takes the block of the coarse
     cell containing it (nearest), and -1 where any factor is missing at full resolution.
     """
+    factors_path = Path(factors_path).absolute()  # workers may run elsewhere
     from metalsm.segmentation import segment_raster
 
     coarse = read_coarse_stack(factors_path, factor, compute, chunk_size)

@@ -122,7 +122,7 @@ def _write_probability_raster(
         results = ((win, _predict_one(src, indexes, nodata, predict_window, win))
                    for win in windows)
     else:
-        path = src.name
+        path = os.path.abspath(src.name)  # the workers may run in another folder
 
         def task(win: Window) -> tuple[np.ndarray, int]:
             with rasterio.open(path) as own:
@@ -525,7 +525,7 @@ def predict_blockwise_raster(
             def read_ids(win: Window) -> np.ndarray:
                 return bsrc.read(1, window=win)
         else:
-            blocks_file = str(blocks_path)
+            blocks_file = os.path.abspath(blocks_path)
 
             def read_ids(win: Window) -> np.ndarray:  # a Dask task: its own file handle
                 with rasterio.open(blocks_file) as own:
