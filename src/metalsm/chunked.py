@@ -434,8 +434,9 @@ def build_factor_stack_chunked(
     threshold = max(1, round(config.terrain.drainage_threshold_km2 * 1e6 / grid.cell_area))
     factors = tuple(dict.fromkeys(config.terrain.factors))
     step("deriving terrain factors (chunked)")
-    paths = derive_terrain_chunked(config.dem, grid, factors, work, chunk_size=chunk_size,
-                                   drainage_threshold_cells=threshold)
+    paths = derive_terrain_chunked(str(Path(config.dem).absolute()), grid, factors, work,
+                                   chunk_size=chunk_size, drainage_threshold_cells=threshold,
+                                   scheduler=compute.client)  # None: local threads
     sources = [LayerSource(n, path=str(paths[n])) for n in factors]
     class_names: dict[str, dict[int, str]] = {}
     for raster in config.rasters:
