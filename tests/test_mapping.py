@@ -251,3 +251,8 @@ def test_classify_raster_overviews_and_atomicity(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif", "zones.tif"]
     with pytest.raises(MetalsmInputError, match="non-decreasing"):
         classify_raster(spath, tmp_path / "z2.tif", [0.5, 0.2, 1.0])
+
+
+def test_quantile_breaks_with_fewer_values_than_zones():
+    edges = zone_breaks(np.array([0.2, 0.7]), "quantile", 3)
+    assert edges.tolist() == [0.2, 0.7, 0.7, 0.7]

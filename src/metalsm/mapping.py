@@ -282,7 +282,8 @@ def zone_breaks(
         # rank-based, integer arithmetic: zone k holds sorted[ceil((k-1)n/L):ceil(kn/L)],
         # so zone counts differ by at most one (ties aside) without float round-off
         n = sample.size
-        ranks = (np.arange(1, levels) * n + levels - 1) // levels
+        # (capped at the last value: with fewer values than zones the top ones are empty)
+        ranks = np.minimum((np.arange(1, levels) * n + levels - 1) // levels, n - 1)
         edges = np.empty(levels + 1)
         edges[1:-1] = np.partition(sample, ranks)[ranks] if ranks.size else []
     else:
