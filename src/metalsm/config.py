@@ -237,7 +237,8 @@ class ExperimentsConfig:
     cross_area_split: str = "west-east"
     cross_area_fraction: float = 0.6
     ablation_blocks: tuple[int, ...] = (16, 32, 64)
-    #: repeats of the ablations: at most this many (0 = as many as ``repeats``)
+    #: repeats of the costlier experiments (ablation, cross-area): at most this many
+    #: (0 = as many as ``repeats``)
     ablation_repeats: int = 5
 
 

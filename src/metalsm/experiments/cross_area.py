@@ -99,6 +99,8 @@ def run_cross_area(config: StudyAreaConfig, out_dir: str | Path, *,
     exp = config.experiments
     meta = experiment_meta(config)
     n_repeats = repeats_of(config, repeats)
+    if exp.ablation_repeats > 0:  # four schemes x every method: the costlier repeats cap
+        n_repeats = min(n_repeats, exp.ablation_repeats)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
