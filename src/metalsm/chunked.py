@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
@@ -527,8 +526,8 @@ def fit_membership_chunked(
     """
     factors_path = Path(factors_path).absolute()  # workers may run elsewhere
     from metalsm.config import CredibilityConfig, FactorSelectionConfig
-    from metalsm.credibility import MembershipModel
-    from metalsm.factors import differentiation, stack_classes
+    from metalsm.credibility import MembershipModel, membership_from_fr_tables
+    from metalsm.factors import fr_table_from_counts, stack_classes
 
     settings = settings or CredibilityConfig()
     classes_settings = classes_settings or FactorSelectionConfig()
@@ -576,23 +575,10 @@ def fit_membership_chunked(
             slides[k] = s if slides[k] is None else slides[k] + s
     if not slides or int(slides[0].sum()) == 0:
         raise MetalsmInputError("no training landslide cell lies on a valid cell of the stack")
-    tables, memberships, spread = [], [], []
-    for k, name in enumerate(factors):
-        table = _fr_from_counts(classes[name], area[k], slides[k])
-        fr = table["fr"].to_numpy(float)
-        table["membership"] = fr / fr.max()
-        tables.append(table)
-        memberships.append(table["membership"].to_numpy(float))
-        spread.append(differentiation(table))
-    spread = np.asarray(spread)
-    if settings.weighting == "differentiation" and spread.sum() > 0:
-        weights = spread / spread.sum()
-    else:
-        weights = np.full(len(factors), 1.0 / len(factors))
-    fr_tables = pd.concat(tables, ignore_index=True)
-    fr_tables["weight"] = fr_tables["factor"].map(dict(zip(factors, weights, strict=True)))
-    model = MembershipModel(factors, tuple(classes[f] for f in factors), tuple(memberships),
-                            weights, settings.combine, fr_tables)
+    model = membership_from_fr_tables(
+        [fr_table_from_counts(classes[name], area[k], slides[k])
+         for k, name in enumerate(factors)],
+        tuple(classes[f] for f in factors), settings)
     if not settings.rescale:
         return model
 
@@ -610,30 +596,6 @@ def fit_membership_chunked(
         return model
     return MembershipModel(model.factors, model.classes, model.membership, model.weights,
                            model.combine, model.fr_tables, (lo, hi))
-
-
-def _fr_from_counts(classes, n_cells: np.ndarray, n_slide: np.ndarray) -> pd.DataFrame:
-    """:func:`metalsm.factors.fr_table` from per-class counts (a reduction over windows)."""
-    k = classes.n_classes
-    if n_slide.sum() < k:
-        raise MetalsmInputError(
-            f"factor '{classes.name}': only {int(n_slide.sum())} landslide cell(s) for "
-            f"{k} FR classes; FR needs at least one landslide per class on average -- "
-            "lower factor_selection.n_classes or use a larger inventory")
-    area_share = n_cells / n_cells.sum()
-    slide_share = n_slide / n_slide.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fr = np.where(n_cells > 0, slide_share / area_share, 0.0)
-        iv = np.where(fr > 0, np.log(fr), np.nan)
-    if classes.categorical:
-        lower = upper = classes.codes
-    else:
-        lower, upper = classes.edges[:-1], classes.edges[1:]
-    return pd.DataFrame({
-        "factor": classes.name, "class": np.arange(k), "label": list(classes.labels),
-        "lower": lower, "upper": upper, "n_cells": n_cells, "n_landslide_cells": n_slide,
-        "area_share": area_share, "landslide_share": slide_share, "fr": fr, "iv": iv,
-    })
 
 
 def write_credibility_chunked(

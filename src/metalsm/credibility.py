@@ -109,6 +109,28 @@ def _chunks(shape: tuple[int, int]) -> Iterator[slice]:
         yield slice(r, min(shape[0], r + rows))
 
 
+def membership_from_fr_tables(tables: list[pd.DataFrame], classes: tuple,
+                              settings: CredibilityConfig) -> MembershipModel:
+    """The membership model (not yet rescaled) from one FR table per factor:
+    membership = FR / max FR, factors weighted equally or by their differentiation."""
+    factors = tuple(c.name for c in classes)
+    memberships, spread = [], []
+    for table in tables:
+        fr = table["fr"].to_numpy(float)
+        table["membership"] = fr / fr.max()
+        memberships.append(table["membership"].to_numpy(float))
+        spread.append(differentiation(table))
+    spread = np.asarray(spread)
+    if settings.weighting == "differentiation" and spread.sum() > 0:
+        weights = spread / spread.sum()
+    else:
+        weights = np.full(len(factors), 1.0 / len(factors))
+    fr_tables = pd.concat(tables, ignore_index=True)
+    fr_tables["weight"] = fr_tables["factor"].map(dict(zip(factors, weights, strict=True)))
+    return MembershipModel(factors, tuple(classes), tuple(memberships), weights,
+                           settings.combine, fr_tables)
+
+
 def fit_membership(
     stack: FactorStack,
     positives: tuple[np.ndarray, np.ndarray],
@@ -134,26 +156,9 @@ def fit_membership(
         raise MetalsmInputError("no training landslide cell lies on a valid cell of the stack")
     classes = stack_classes(stack, classes_settings, factors)
     slide_valid = slide[valid]
-    tables, memberships, spread = [], [], []
-    for name in factors:
-        table = fr_table(classes[name], stack.layer(name)[valid], slide_valid)
-        fr = table["fr"].to_numpy(float)
-        mu = fr / fr.max()
-        table["membership"] = mu
-        tables.append(table)
-        memberships.append(mu)
-        spread.append(differentiation(table))
-    spread = np.asarray(spread)
-    if settings.weighting == "differentiation" and spread.sum() > 0:
-        weights = spread / spread.sum()
-    else:
-        weights = np.full(len(factors), 1.0 / len(factors))
-    fr_tables = pd.concat(tables, ignore_index=True)
-    fr_tables["weight"] = fr_tables["factor"].map(dict(zip(factors, weights, strict=True)))
-    model = MembershipModel(
-        factors, tuple(classes[f] for f in factors), tuple(memberships), weights,
-        settings.combine, fr_tables,
-    )
+    model = membership_from_fr_tables(
+        [fr_table(classes[name], stack.layer(name)[valid], slide_valid) for name in factors],
+        tuple(classes[f] for f in factors), settings)
     if settings.rescale:
         model = _rescaled(model, stack)
     return model

@@ -194,8 +194,15 @@ def fr_table(classes: FactorClasses, values: np.ndarray, landslide: np.ndarray) 
     slide = np.asarray(landslide, dtype=bool).ravel()
     ok = idx >= 0
     k = classes.n_classes
-    n_cells = np.bincount(idx[ok], minlength=k)
-    n_slide = np.bincount(idx[ok & slide], minlength=k)
+    return fr_table_from_counts(classes, np.bincount(idx[ok], minlength=k),
+                                np.bincount(idx[ok & slide], minlength=k))
+
+
+def fr_table_from_counts(classes: FactorClasses, n_cells: np.ndarray,
+                         n_slide: np.ndarray) -> pd.DataFrame:
+    """:func:`fr_table` from per-class cell and landslide-cell counts, so the counts can
+    be summed over windows of a raster too large for memory."""
+    k = classes.n_classes
     if n_slide.sum() < k:
         raise MetalsmInputError(
             f"factor '{classes.name}': only {int(n_slide.sum())} landslide cell(s) for "
