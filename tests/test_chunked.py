@@ -222,3 +222,18 @@ def test_coarse_segmentation_gives_full_grid_blocks_for_a_run(runs, tmp_path):
     assert blocks.sizes().min() > 0 and blocks.centres.shape[0] == blocks.n_blocks
     assert (blocks.centres[:, 0] < labels.shape[0]).all()
     assert (blocks.centres[:, 1] < labels.shape[1]).all()
+
+
+def test_file_factor_stack_reads_what_the_in_memory_stack_holds(runs):
+    """Chunked runs sample from factors.tif on disk; values, mask and layers must be the
+    in-memory stack's, with a window size that cuts the grid unevenly."""
+    _, memory, _ = runs
+    in_memory = FactorStack.read(memory / "factors.tif")
+    on_disk = chunked.FileFactorStack(memory / "factors.tif", chunk_size=37)
+    assert on_disk.names == in_memory.names and on_disk.categorical == in_memory.categorical
+    np.testing.assert_array_equal(on_disk.valid, in_memory.valid)
+    np.testing.assert_array_equal(on_disk.layer("slope"), in_memory.layer("slope"))
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, in_memory.grid.height, 500)
+    cols = rng.integers(0, in_memory.grid.width, 500)
+    pd.testing.assert_frame_equal(on_disk.sample(rows, cols), in_memory.sample(rows, cols))

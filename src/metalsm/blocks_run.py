@@ -109,9 +109,10 @@ def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples,
     settings = config.blocks or BlocksConfig()
     with progress.stage(f"segmentation into ~{settings.n_blocks} blocks"):
         weights = factor_weights(settings, samples, stack)
-        if settings.coarse_resolution_m is not None:  # segment a decimated factors.tif
-            from metalsm.chunked import segment_on_coarse_grid
+        from metalsm.chunked import FileFactorStack, segment_on_coarse_grid
 
+        # a decimated factors.tif when asked, or when the stack is not in memory
+        if settings.coarse_resolution_m is not None or isinstance(stack, FileFactorStack):
             blocks = segment_on_coarse_grid(out / "factors.tif", settings, weights)
         else:
             blocks = segment_raster(stack, settings.n_blocks, settings.compactness,

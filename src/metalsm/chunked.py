@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
@@ -458,6 +459,52 @@ def build_factor_stack_chunked(
     finally:
         if not keep_layers and work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+class FileFactorStack:
+    """``factors.tif`` with the reading interface of :class:`metalsm.stack.FactorStack`
+    (``grid``, ``names``, ``categorical``, ``valid``, ``layer``, ``sample``), for
+    chunked runs: the stack itself stays on disk. ``valid`` is one byte per cell,
+    built window by window; ``layer`` reads one band (4 bytes per cell) when a stage
+    needs a whole layer (the slope rule, the DEM for scarp positives); ``sample``
+    reads only the windows that hold the cells asked for.
+    """
+
+    def __init__(self, path: str | Path, chunk_size: int = 1024) -> None:
+        self.path = Path(path).absolute()
+        self.chunk_size = int(chunk_size)
+        with open_raster(self.path) as src:
+            self.names, self.class_names = stack_metadata(src)
+            self.grid = Grid(src.crs, src.transform, src.height, src.width)
+        self._valid: np.ndarray | None = None
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if n in self.class_names)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Cells where every factor has a value (computed once, window by window)."""
+        if self._valid is None:
+            valid = np.zeros(self.grid.shape, dtype=bool)
+            with open_raster(self.path) as src:
+                for win in iter_windows(self.grid.height, self.grid.width, self.chunk_size):
+                    block = src.read(window=win)
+                    valid[win.row_off:win.row_off + win.height,
+                          win.col_off:win.col_off + win.width] = np.isfinite(block).all(axis=0)
+            self._valid = valid
+        return self._valid
+
+    def layer(self, name: str) -> np.ndarray:
+        if name not in self.names:
+            raise KeyError(f"no factor '{name}' in {self.path}; factors: {', '.join(self.names)}")
+        with open_raster(self.path) as src:
+            return src.read(self.names.index(name) + 1).astype(np.float32, copy=False)
+
+    def sample(self, rows: np.ndarray, cols: np.ndarray) -> pd.DataFrame:
+        """Factor values at cells, one row per cell, one column per factor."""
+        values = read_cells(self.path, rows, cols, chunk_size=self.chunk_size)
+        return pd.DataFrame(values.astype(np.float32), columns=list(self.names))
 
 
 # --------------------------------------------------------------------------- credibility

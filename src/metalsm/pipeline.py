@@ -155,7 +155,7 @@ def run_pipeline(
                 chunked.build_factor_stack_chunked(
                     config, out / "factors.tif", compute, chunk_size=chunk,
                     progress=lambda note: advance(1, note))
-                stack = FactorStack.read(out / "factors.tif")  # for sampling
+                stack = chunked.FileFactorStack(out / "factors.tif", chunk)  # stays on disk
             else:
                 stack = build_factor_stack(config, progress=lambda note: advance(1, note))
                 stack.write(out / "factors.tif")
@@ -325,6 +325,10 @@ def _metrics(
     }
 
 
+#: Largest side, in cells, of the rasters drawn into the run's map figure.
+MAP_FIGURE_SIDE = 3000
+
+
 def _figures(out, stack, inventory, evaluation, y, zones, labels, config) -> None:
     curves = {}
     for (name, scheme), proba in evaluation.oof.items():
@@ -333,13 +337,16 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config) -> Non
         roc = validation.roc_points(y, proba)
         curves[name] = (roc.fpr, roc.tpr, roc.auc)
     figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
-    import rasterio
-
-    with rasterio.open(out / "zones.tif") as src:
-        zone_array = src.read(1)
-    dem = stack.layer("elevation") if "elevation" in stack.names else None
+    # decimated reads: a province-scale map is drawn from at most MAP_FIGURE_SIDE cells a side
+    zone_array, grid = figures.read_decimated(out / "zones.tif", MAP_FIGURE_SIDE,
+                                              resampling="mode")
+    zone_array = np.nan_to_num(zone_array, nan=0).astype(np.uint8)  # 0 = no data
+    dem = None
+    if "elevation" in stack.names:
+        dem, _ = figures.read_decimated(out / "factors.tif", MAP_FIGURE_SIDE,
+                                        band=stack.names.index("elevation") + 1)
     figures.plot_susceptibility_map(
-        zone_array, stack.grid, dem, inventory, out / "map.png", labels=labels,
+        zone_array, grid, dem, inventory, out / "map.png", labels=labels,
         title=f"Landslide susceptibility, {config.name} ({config.model.map_model})",
     )
     figures.plot_zone_bars(zones, out / "zones.png")

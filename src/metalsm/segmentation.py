@@ -996,7 +996,7 @@ def weights_from_data(
             flat = np.flatnonzero(valid.ravel())
             flat = flat[:: max(1, math.ceil(flat.size / _PERCENTILE_SAMPLE))]
         for i, name in enumerate(names):
-            area_vals = stack.values[i].ravel()[flat] if stack is not None else X[:, i]
+            area_vals = stack.layer(name).ravel()[flat] if stack is not None else X[:, i]
             if name in cats:
                 edges = None
                 bins_s = X[:, i]

@@ -404,17 +404,25 @@ def plot_point_blocks(
 
 
 def _read_map(source: Any, max_side: int) -> tuple[np.ndarray, Grid | None]:
-    """An array as given, or a raster path read at most ``max_side`` cells a side (decimated
-    read: memory does not grow with the raster), with its grid."""
+    """An array as given, or a raster path read at most ``max_side`` cells a side."""
     if not isinstance(source, str | Path):
         return np.asarray(source, dtype=np.float64), None
+    return read_decimated(source, max_side)
+
+
+def read_decimated(path: str | Path, max_side: int, band: int = 1,
+                   resampling: str = "average") -> tuple[np.ndarray, Grid]:
+    """One band of a raster read at most ``max_side`` cells a side (a decimated read, so
+    a figure's memory does not grow with the raster), NaN for no data, with its grid.
+    ``resampling``: "average" for continuous values, "mode" for classes (zones)."""
     import rasterio
     from rasterio.enums import Resampling
 
-    with rasterio.open(source) as src:
+    with rasterio.open(path) as src:
         scale = max(1.0, max(src.height, src.width) / max_side)
         shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
-        data = src.read(1, out_shape=shape, masked=True, resampling=Resampling.average)
+        data = src.read(band, out_shape=shape, masked=True,
+                        resampling=Resampling[resampling])
         transform = src.transform @ src.transform.scale(src.width / shape[1],
                                                         src.height / shape[0])
         grid = Grid(src.crs, transform, shape[0], shape[1])
