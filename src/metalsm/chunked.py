@@ -301,12 +301,7 @@ def read_aligned_window(path: str | Path, grid: Grid, window: Window, *, name: s
     """
     sub = grid.window(window)
     with open_raster(path) as src:
-        same_grid = (
-            src.crs == grid.crs
-            and src.transform.almost_equals(grid.transform)
-            and (src.height, src.width) == grid.shape
-        )
-        if same_grid:
+        if grid.holds(src):
             values = src.read(1, window=window, masked=True).astype(np.float32).filled(np.nan)
         else:
             values = np.full(sub.shape, np.nan, dtype=np.float32)

@@ -99,12 +99,7 @@ def _open_dem_on_grid(dem_path: str | Path, grid: Grid):
     the grid (the usual case); a warped DEM is resampled per window by GDAL.
     """
     with open_raster(dem_path) as src:
-        same = (
-            src.crs == grid.crs
-            and src.transform.almost_equals(grid.transform)
-            and (src.height, src.width) == grid.shape
-        )
-        if same:
+        if grid.holds(src):
             yield src
         else:
             with WarpedVRT(

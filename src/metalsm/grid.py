@@ -9,6 +9,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -97,6 +98,12 @@ class Grid:
         profile.update(overrides)
         return profile
 
+    def holds(self, src: Any) -> bool:
+        """Whether an open raster already lies on this grid (same CRS, transform, shape),
+        so it can be read as is, window by window, without resampling."""
+        return (src.crs == self.crs and src.transform.almost_equals(self.transform)
+                and (src.height, src.width) == self.shape)
+
     @classmethod
     def from_raster(cls, path: str | Path) -> Grid:
         with open_raster(path) as src:
@@ -152,12 +159,7 @@ def read_aligned(
                     f"categorical raster {path} (layer '{name}') holds non-integer values "
                     f"(dtype {dtype}); categorical layers need integer class codes"
                 )
-        same_grid = (
-            src.crs == grid.crs
-            and src.transform.almost_equals(grid.transform)
-            and (src.height, src.width) == grid.shape
-        )
-        if same_grid:
+        if grid.holds(src):
             data = src.read(1, masked=True)
             values = data.astype(np.float32).filled(np.nan)
         else:

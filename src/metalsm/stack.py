@@ -118,10 +118,7 @@ def reference_grid(config: StudyAreaConfig) -> Grid:
 def read_dem(path: str, grid: Grid) -> np.ndarray:
     """The DEM on ``grid`` (bilinear), NaN for no data."""
     with open_raster(path) as src:
-        if src.crs == grid.crs and src.transform.almost_equals(grid.transform) and (
-            src.height,
-            src.width,
-        ) == grid.shape:
+        if grid.holds(src):
             dem = src.read(1, masked=True).astype(np.float32).filled(np.nan)
         else:
             dem = np.full(grid.shape, np.nan, dtype=np.float32)
