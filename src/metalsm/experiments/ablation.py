@@ -28,12 +28,9 @@ from metalsm.blocks_run import with_blocks
 from metalsm.config import BlocksConfig, MetaConfig, StudyAreaConfig
 from metalsm.experiments.common import (
     ExperimentResult,
-    apply_preset,
     experiment_data,
-    experiment_meta,
-    repeats_of,
 )
-from metalsm.experiments.comparison import Context, context_data, method_rows
+from metalsm.experiments.comparison import Context, begin_run, method_rows
 from metalsm.experiments.methods import METHODS, Method, fit_proposed, summarize
 from metalsm.report import figures
 from metalsm.report.html import Section
@@ -79,13 +76,9 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
                  preset: str | None = None, context: Context | None = None
                  ) -> ExperimentResult:
     """Pretraining × task loss, balanced adaptation, number of blocks."""
-    started = time.perf_counter()
-    config = apply_preset(config, preset)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    context = context_data(config, out / "blocks", context)
-    exp, meta = config.experiments, experiment_meta(config)
-    n = repeats_of(config, repeats)
+    run = begin_run(config, out_dir, repeats, preset, context)
+    config, out, context, exp, meta, n = (run.config, run.out, run.context, run.exp,
+                                          run.meta, run.repeats)
     if exp.ablation_repeats > 0:
         n = min(n, exp.ablation_repeats)
     ks = list(exp.k_shots)
@@ -151,4 +144,4 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
         ("Number of blocks", _short(tables["blocks"], ["blocks asked", "blocks made",
                                                        "meta-test blocks"])),
     ], images=[("Accuracy against K by number of blocks", paths["blocks_png"])])
-    return ExperimentResult(paths, round(time.perf_counter() - started, 3), tables, section)
+    return ExperimentResult(paths, round(time.perf_counter() - run.started, 3), tables, section)

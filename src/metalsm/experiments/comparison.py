@@ -129,6 +129,32 @@ def _protocol_text(data: Any, meta: MetaConfig, repeats: int, seed: int) -> str:
     )
 
 
+@dataclass
+class ExperimentRun:
+    """What every comparison-style experiment starts from: the (preset) config, its
+    output folder, the shared prepared data, its settings and the repeats to run."""
+
+    started: float
+    config: StudyAreaConfig
+    out: Path
+    context: Context
+    exp: Any
+    meta: MetaConfig
+    repeats: int
+
+
+def begin_run(config: StudyAreaConfig, out_dir: str | Path, repeats: int | None,
+              preset: str | None, context: Context | None) -> ExperimentRun:
+    """Start an experiment: apply the preset, make ``out_dir``, prepare (or reuse) the data."""
+    started = time.perf_counter()
+    config = apply_preset(config, preset)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    context = context_data(config, out / "blocks", context)
+    return ExperimentRun(started, config, out, context, config.experiments,
+                         experiment_meta(config), repeats_of(config, repeats))
+
+
 def _finish(out: Path, started: float, paths: dict[str, Path], tables: dict[str, pd.DataFrame],
             section: Section) -> ExperimentResult:
     return ExperimentResult(paths, round(time.perf_counter() - started, 3), tables, section)
@@ -138,13 +164,9 @@ def run_overall(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | 
                 preset: str | None = None, context: Context | None = None
                 ) -> ExperimentResult:
     """Every method at K = half: the six metrics (mean ± std), ROC curves."""
-    started = time.perf_counter()
-    config = apply_preset(config, preset)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    context = context_data(config, out / "blocks", context)
-    exp, meta = config.experiments, experiment_meta(config)
-    n = repeats_of(config, repeats)
+    run = begin_run(config, out_dir, repeats, preset, context)
+    config, out, context, exp, meta, n = (run.config, run.out, run.context, run.exp,
+                                          run.meta, run.repeats)
     methods = resolve_methods(exp.methods)
     raw = method_rows(context, meta, methods, ["half"], n, exp.seed)
     summary = summarize(raw)
@@ -162,7 +184,7 @@ def run_overall(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | 
     section = Section("Overall comparison (K = half)", text=text,
                       tables=[("Mean ± std over repeats", display_table(summary))],
                       images=[("ROC curves", paths["roc"])] if "roc" in paths else [])
-    return _finish(out, started, paths, {"raw": raw, "summary": summary}, section)
+    return _finish(out, run.started, paths, {"raw": raw, "summary": summary}, section)
 
 
 def kshot_methods(names: Sequence[str]) -> list[Method]:
@@ -177,13 +199,9 @@ def kshot_methods(names: Sequence[str]) -> list[Method]:
 def run_kshot(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None = None,
               preset: str | None = None, context: Context | None = None) -> ExperimentResult:
     """Transfer and meta methods (and the global MLP) at every K; candle chart."""
-    started = time.perf_counter()
-    config = apply_preset(config, preset)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    context = context_data(config, out / "blocks", context)
-    exp, meta = config.experiments, experiment_meta(config)
-    n = repeats_of(config, repeats)
+    run = begin_run(config, out_dir, repeats, preset, context)
+    config, out, context, exp, meta, n = (run.config, run.out, run.context, run.exp,
+                                          run.meta, run.repeats)
     methods = kshot_methods(exp.methods)
     raw = method_rows(context, meta, methods, list(exp.k_shots), n, exp.seed)
     summary = summarize(raw)
@@ -204,4 +222,4 @@ def run_kshot(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | No
     section = Section("K-shot comparison", text=text,
                       tables=[("Mean ± std over repeats", display_table(summary))],
                       images=[("Accuracy against K", paths["candles"])])
-    return _finish(out, started, paths, {"raw": raw, "summary": summary}, section)
+    return _finish(out, run.started, paths, {"raw": raw, "summary": summary}, section)
