@@ -179,3 +179,24 @@ def test_methods_config_unknown_name(hk_data, tmp_path):
     bad = replace(config, experiments=replace(config.experiments, methods=("nope",)))
     with pytest.raises(MetalsmInputError, match="unknown method"):
         EXPERIMENTS["overall"](bad, tmp_path / "o")
+
+
+def test_cli_meta_iterations_reaches_the_experiment(tmp_path, monkeypatch):
+    import metalsm.experiments as registry
+    from metalsm.experiments.common import ExperimentResult, experiment_meta
+
+    seen = {}
+
+    def record(config, out, **kwargs):
+        seen["iterations"] = experiment_meta(config).iterations
+        return ExperimentResult(paths={}, seconds=0.0)
+
+    monkeypatch.setitem(registry.EXPERIMENTS, "kshot", record)
+    path = _table_config(tmp_path, n=400)
+    args = ["experiment", "kshot", str(path), "--out", str(tmp_path / "o"), "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen["iterations"] == 30  # [meta] iterations of the config
+    assert CliRunner().invoke(app, [*args, "--meta-iterations", "5000"]).exit_code == 0
+    assert seen["iterations"] == 5000
+    clash = CliRunner().invoke(app, [*args, "--meta-iterations", "50", "--preset", "small"])
+    assert clash.exit_code != 0 and "--meta-iterations" in clash.output

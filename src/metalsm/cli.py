@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -145,6 +146,9 @@ def experiment(
         "[experiments] repeats.")] = None,
     preset: Annotated[str | None, typer.Option(
         help="'small': few blocks, iterations and repeats (quick look, tests).")] = None,
+    meta_iterations: Annotated[int | None, typer.Option(
+        "--meta-iterations", min=1, help="Meta-training iterations; default [experiments] "
+        "meta_iterations.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run a named experiment into OUT/NAME/ (all: every one into OUT/NAME/, plus
@@ -159,7 +163,16 @@ def experiment(
     if name == "credibility" and (repeats is not None or preset is not None):
         raise _fail("the credibility experiment takes its settings from [credibility]; "
                     "--repeats and --preset do not apply")
-    result = _guarded(config, quiet, lambda cfg: EXPERIMENTS[name](cfg, target, **kwargs))
+    if meta_iterations is not None and preset is not None:
+        raise _fail("--preset sets its own meta-iterations; drop --meta-iterations or --preset")
+
+    def run_experiment(cfg):
+        if meta_iterations is not None:  # recorded in the manifest's config like any setting
+            cfg = replace(cfg, experiments=replace(cfg.experiments,
+                                                   meta_iterations=meta_iterations))
+        return EXPERIMENTS[name](cfg, target, **kwargs)
+
+    result = _guarded(config, quiet, run_experiment)
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{target}[/]")
     for path in result.paths.values():
         console.print(f"  {path}")
