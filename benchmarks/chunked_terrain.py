@@ -26,37 +26,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import rasterio
-from rasterio.windows import Window
+from _support import mirror_tile, status_mb
 
 from metalsm.datasets import study_area
 from metalsm.terrain import TERRAIN_FACTORS
-
-
-def _status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since exec) of this process in MiB, from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def mirror_tile_dem(source: Path, target: Path, height: int, width: int) -> Path:
-    """Write a ``height`` x ``width`` DEM tiling ``source``, odd tiles flipped, tile by tile."""
-    with rasterio.open(source) as src:
-        data = src.read(1)
-        profile = src.profile.copy()
-    h, w = data.shape
-    profile.update(height=height, width=width, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", BIGTIFF="IF_SAFER")
-    with rasterio.open(target, "w", **profile) as dst:
-        for i, r in enumerate(range(0, height, h)):
-            for j, c in enumerate(range(0, width, w)):
-                tile = data[::-1] if i % 2 else data
-                tile = tile[:, ::-1] if j % 2 else tile
-                hh, ww = min(h, height - r), min(w, width - c)
-                dst.write(tile[:hh, :ww], 1, window=Window(c, r, ww, hh))
-    return target
 
 
 class StageTimer:
@@ -71,7 +44,7 @@ class StageTimer:
         yield lambda n=1, note=None: None
         self.stages[description] = {
             "wall_s": round(time.perf_counter() - start, 1),
-            "peak_rss_mb_so_far": round(_status_mb("VmHWM")),
+            "peak_rss_mb_so_far": round(status_mb("VmHWM")),
         }
 
 
@@ -82,7 +55,7 @@ def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: li
     from metalsm.grid import Grid
 
     grid = Grid.from_raster(dem)
-    baseline = _status_mb("VmRSS")  # interpreter + numpy/numba/rasterio imports
+    baseline = status_mb("VmRSS")  # interpreter + numpy/numba/rasterio imports
     timer = StageTimer()
     start = time.perf_counter()
     derive_terrain_chunked(dem, grid, factors, out_dir, chunk_size=chunk_size,
@@ -98,9 +71,9 @@ def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: li
         "wall_s": round(wall, 1),
         "cells_per_s": round(cells / wall),
         "baseline_rss_mb": round(baseline),
-        "peak_rss_mb": round(_status_mb("VmHWM")),
+        "peak_rss_mb": round(status_mb("VmHWM")),
         "peak_bytes_per_cell_above_baseline": round(
-            (_status_mb("VmHWM") - baseline) * 2**20 / cells, 2
+            (status_mb("VmHWM") - baseline) * 2**20 / cells, 2
         ),
         "stages": timer.stages,
     }))
@@ -127,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         start = time.perf_counter()
-        dem = mirror_tile_dem(study_area("kaghan") / "AW3D30.tif", work / "dem.tif", *args.size)
+        dem = mirror_tile(study_area("kaghan") / "AW3D30.tif", work / "dem.tif", *args.size)
         tiling = time.perf_counter() - start
         cmd = [sys.executable, __file__, "--child", str(dem), str(work / "out"),
                "--chunk-size", str(args.chunk_size), "--threshold-cells",

@@ -20,13 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from _support import status_mb
 
 
 def child(run: Path, rows: int, cols: int) -> None:
@@ -48,7 +42,7 @@ def child(run: Path, rows: int, cols: int) -> None:
         shift_c = (np.arange(cols) * w)[None, :].repeat(rows, 0).ravel()
         pos_rows = (pos_rows[None, :] + shift_r[:, None]).ravel()
         pos_cols = (pos_cols[None, :] + shift_c[:, None]).ravel()
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     start = time.perf_counter()
     credibility, _ = credibility_map(stack, (pos_rows, pos_cols), CredibilityConfig(),
                                      FactorSelectionConfig())
@@ -56,7 +50,7 @@ def child(run: Path, rows: int, cols: int) -> None:
     print(json.dumps({
         "cells": int(np.prod(stack.grid.shape)), "seconds": seconds,
         "stack_mb": stack.values.nbytes / 2**20, "rss_before_mb": before,
-        "peak_mb": _status_mb("VmHWM"), "mean": float(np.nanmean(credibility)),
+        "peak_mb": status_mb("VmHWM"), "mean": float(np.nanmean(credibility)),
     }))
 
 

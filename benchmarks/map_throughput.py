@@ -23,21 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import rasterio
+from _support import status_mb
 from rasterio.windows import Window
 
 from metalsm.models.classic import make_model
 from metalsm.stack import stack_metadata
-
-
-def _status_mb(field: str) -> float:
-    """A memory figure of this process from /proc (VmRSS now, VmHWM = peak since exec).
-
-    ``ru_maxrss`` is not used: it keeps the parent's high-water mark across fork/exec.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def tile_stack(source: Path, target: Path, rows: int, cols: int) -> Path:
@@ -63,12 +53,12 @@ def child(model_path: str, factors: str, out: str, window_size: int) -> None:
 
     with open(model_path, "rb") as handle:
         model, names = pickle.load(handle)
-    baseline = _status_mb("VmRSS")
+    baseline = status_mb("VmRSS")
     start = time.perf_counter()
     predict_raster(model, factors, out, feature_names=names, window_size=window_size,
                    overviews=())
     seconds = time.perf_counter() - start
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     with rasterio.open(out) as src:
         cells = int(np.isfinite(src.read(1, out_shape=(src.height // 8, src.width // 8))).sum()
                     * 64)

@@ -45,9 +45,9 @@ import numpy as np
 import pandas as pd
 import psutil
 import rasterio
+from _support import mirror_tile
 
 from metalsm.grid import Grid
-from metalsm.mapping import iter_windows
 
 TERRAIN = ("elevation", "slope", "aspect_sin", "aspect_cos", "plan_curvature",
            "profile_curvature", "twi", "spi", "distance_to_drainage")
@@ -105,31 +105,6 @@ def stage(results: list, memory: PeakMemory, scheduler: str, name: str, cells: i
 
 
 # --------------------------------------------------------------------------- study area
-
-
-def _mirror(index: np.ndarray, n: int) -> np.ndarray:
-    """Source index of tiled index ``index`` (odd tiles flipped)."""
-    tile, within = np.divmod(index, n)
-    return np.where(tile % 2 == 1, n - 1 - within, within)
-
-
-def mirror_tile(source: Path, target: Path, size: int, chunk: int = 2048) -> Path:
-    """``size`` x ``size`` mirror tiling of ``source`` as a tiled deflate GeoTIFF."""
-    with rasterio.open(source) as src:
-        data = src.read(1)
-        profile = src.profile.copy()
-    h, w = data.shape
-    profile.update(height=size, width=size, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", BIGTIFF="IF_SAFER")
-    with rasterio.open(target, "w", **profile) as dst:
-        for win in iter_windows(size, size, chunk):
-            rows = _mirror(np.arange(win.row_off, win.row_off + win.height), h)
-            cols = _mirror(np.arange(win.col_off, win.col_off + win.width), w)
-            dst.write(data[np.ix_(rows, cols)], 1, window=win)
-    aux = Path(f"{source}.aux.xml")
-    if aux.exists():
-        shutil.copyfile(aux, f"{target}.aux.xml")
-    return target
 
 
 def mirrored_landslides(kaghan: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
 
     inputs: dict[str, Path] = {}
     with stage(results, memory, "-", "build inputs (mirror tiling)", cells):
-        dem = mirror_tile(kaghan / "AW3D30.tif", work / "dem.tif", args.size)
+        dem = mirror_tile(kaghan / "AW3D30.tif", work / "dem.tif", args.size, args.size)
         for name, stem in THEMATIC.items():
-            inputs[name] = mirror_tile(kaghan / f"{stem}.tif", work / f"{name}.tif", args.size)
+            inputs[name] = mirror_tile(kaghan / f"{stem}.tif", work / f"{name}.tif", args.size,
+                                         args.size)
         landslides = mirrored_landslides(kaghan, args.size)
     grid = Grid.from_raster(dem)
     with stage(results, memory, "-", "derive", cells):
