@@ -159,7 +159,7 @@ def experiment(
         raise _fail(f"unknown experiment '{name}'; available: {', '.join(EXPERIMENTS)}")
     # credibility keeps writing into OUT itself (as documented before `all` existed)
     target = out if name in ("all", "credibility") else out / name
-    kwargs = {"repeats": repeats, "preset": preset} if name != "credibility" else {}
+    kwargs = {"repeats": repeats, "preset": preset}  # the registry drops what one ignores
     if name == "credibility" and (repeats is not None or preset is not None):
         raise _fail("the credibility experiment takes its settings from [credibility]; "
                     "--repeats and --preset do not apply")

@@ -17,7 +17,6 @@ query samples of the meta-test blocks.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -144,4 +143,4 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
         ("Number of blocks", _short(tables["blocks"], ["blocks asked", "blocks made",
                                                        "meta-test blocks"])),
     ], images=[("Accuracy against K by number of blocks", paths["blocks_png"])])
-    return ExperimentResult(paths, round(time.perf_counter() - run.started, 3), tables, section)
+    return run.finish(paths, tables, section)

@@ -142,6 +142,12 @@ class ExperimentRun:
     meta: MetaConfig
     repeats: int
 
+    def finish(self, paths: dict[str, Path], tables: dict[str, pd.DataFrame],
+               section: Section) -> ExperimentResult:
+        """The result, timed from :func:`begin_run`."""
+        return ExperimentResult(paths, round(time.perf_counter() - self.started, 3), tables,
+                                section)
+
 
 def begin_run(config: StudyAreaConfig, out_dir: str | Path, repeats: int | None,
               preset: str | None, context: Context | None) -> ExperimentRun:
@@ -153,11 +159,6 @@ def begin_run(config: StudyAreaConfig, out_dir: str | Path, repeats: int | None,
     context = context_data(config, out / "blocks", context)
     return ExperimentRun(started, config, out, context, config.experiments,
                          experiment_meta(config), repeats_of(config, repeats))
-
-
-def _finish(out: Path, started: float, paths: dict[str, Path], tables: dict[str, pd.DataFrame],
-            section: Section) -> ExperimentResult:
-    return ExperimentResult(paths, round(time.perf_counter() - started, 3), tables, section)
 
 
 def run_overall(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None = None,
@@ -184,7 +185,7 @@ def run_overall(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | 
     section = Section("Overall comparison (K = half)", text=text,
                       tables=[("Mean ± std over repeats", display_table(summary))],
                       images=[("ROC curves", paths["roc"])] if "roc" in paths else [])
-    return _finish(out, run.started, paths, {"raw": raw, "summary": summary}, section)
+    return run.finish(paths, {"raw": raw, "summary": summary}, section)
 
 
 def kshot_methods(names: Sequence[str]) -> list[Method]:
@@ -222,4 +223,4 @@ def run_kshot(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | No
     section = Section("K-shot comparison", text=text,
                       tables=[("Mean ± std over repeats", display_table(summary))],
                       images=[("Accuracy against K", paths["candles"])])
-    return _finish(out, run.started, paths, {"raw": raw, "summary": summary}, section)
+    return run.finish(paths, {"raw": raw, "summary": summary}, section)

@@ -87,14 +87,12 @@ def run_all(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None
             sections.append(Section(f"{name} (skipped)", text=f"Skipped: {reason}."))
             continue
         func = registry[name]
-        kwargs: dict[str, Any] = {}
+        # every experiment is offered the same settings; a registry entry drops those its
+        # experiment does not take, a plain function gets only those it names
         params = inspect.signature(func).parameters
         wrapped = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if name != "credibility":
-            kwargs = {"repeats": repeats, "preset": preset}
-            if "context" in params or (wrapped and name in ("kshot", "overall", "ablation",
-                                                            "validation")):
-                kwargs["context"] = context
+        offered = {"repeats": repeats, "preset": preset, "context": context}
+        kwargs = {k: v for k, v in offered.items() if wrapped or k in params}
         t, c = time.perf_counter(), time.process_time()
         try:
             result = func(config, out / name, **kwargs)

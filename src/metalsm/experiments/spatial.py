@@ -9,7 +9,6 @@ split flatters a model because its test samples sit next to training samples.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,8 +16,8 @@ import pandas as pd
 from metalsm import validation
 from metalsm.atomic import write_csv
 from metalsm.config import StudyAreaConfig
-from metalsm.experiments.common import ExperimentResult, apply_preset
-from metalsm.experiments.comparison import Context, context_data
+from metalsm.experiments.common import ExperimentResult
+from metalsm.experiments.comparison import Context, begin_run
 from metalsm.experiments.methods import METHODS, resolve_methods
 from metalsm.report import figures
 from metalsm.report.html import Section
@@ -31,12 +30,8 @@ def run_validation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int
                    ) -> ExperimentResult:
     """Random vs spatial folds for the global methods; table with the optimism, ROC."""
     del repeats  # folds, not repeats
-    started = time.perf_counter()
-    config = apply_preset(config, preset)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    context = context_data(config, out / "blocks", context)
-    data = context.data
+    run = begin_run(config, out_dir, None, preset, context)
+    config, out, data = run.config, run.out, run.context.data
     names = [m.name for m in resolve_methods(config.experiments.methods) if m.family == "global"]
     settings = config.validation
     evaluation = validation.evaluate_models(
@@ -79,5 +74,4 @@ def run_validation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int
                       tables=[("Fold means and optimism", shown)],
                       images=[(f"ROC, {s} folds", paths[f"roc_{s}"])
                               for s in validation.SCHEMES])
-    return ExperimentResult(paths, round(time.perf_counter() - started, 3),
-                            {"folds": table, "summary": summary}, section)
+    return run.finish(paths, {"folds": table, "summary": summary}, section)
