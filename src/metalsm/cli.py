@@ -138,7 +138,8 @@ def credibility(
 @app.command()
 def experiment(
     name: Annotated[str, typer.Argument(
-        help="overall, kshot, cross-area, ablation, validation, credibility or all.")],
+        help="overall, kshot, cross-area, ablation, validation, credibility, embeddings, "
+        "maps or all.")],
     config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
     out: OutDir,
     repeats: Annotated[int | None, typer.Option(
