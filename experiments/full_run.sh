@@ -10,6 +10,11 @@
 set -euo pipefail
 out=${1:-outputs/experiments}
 metalsm=${METALSM_BIN:-.venv/bin/metalsm}
+if [[ ! -x "$metalsm" ]]; then
+    echo "full_run.sh: $metalsm not found or not executable; run 'make install' first" \
+         "(or set METALSM_BIN)" >&2
+    exit 2
+fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 timer=()
 [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -v)
