@@ -245,6 +245,10 @@ def run_pipeline(
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
             if meta_result is not None:
                 metrics["meta"] = meta_result.metrics
+                metrics["meta"]["map"] = mapping.block_map_statistics(
+                    out / "susceptibility.tif", out / "blocks.tif", out / "zones.tif", mask,
+                    block_stage.blocks.n_blocks,
+                    block_stage.tasks.loc[block_stage.tasks["split"] == "meta-test", "block"])
             metrics["compute"] = {"chunked": use_chunks, "why": why,
                                   "chunk_size": chunk if use_chunks else None,
                                   "scheduler": compute.scheduler if compute else None}
