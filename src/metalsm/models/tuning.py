@@ -33,7 +33,7 @@ __all__ = ["CANDIDATES", "TuningResult", "tune_learner"]
 #: Settings tried, in order (overrides of the configured learner): the configured
 #: settings first, then one change at a time along the axes that mattered in
 #: docs/results.md (how step sizes are set, meta learning rate, support rule, steps,
-#: activation).
+#: activation, query size).
 CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("as configured", {}),
     ("Meta-SGD per tensor", {"inner_lr_mode": "per-tensor"}),
@@ -42,6 +42,8 @@ CANDIDATES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("stratified support", {"support_rule": "stratified"}),
     ("10 inner steps", {"inner_steps": 10}),
     ("relu units", {"activation": "relu"}),
+    ("adaptive steps 5/10/20", {"guard_steps": (5, 10, 20)}),
+    ("query 50 per task", {"k_query": 50}),
     ("fixed step 0.1 (paper)", {"inner_lr_mode": "fixed", "inner_lr": 0.1,
                                 "outer_lr": 1e-4}),
 )
