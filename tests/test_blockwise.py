@@ -25,6 +25,7 @@ from metalsm.models.blockwise import (
 from metalsm.models.meta import MetaLearner
 from metalsm.models.pretrain import PretrainConfig
 from metalsm.terrain import derive_terrain
+from metalsm.validation import within_group_metrics
 
 torch.set_num_threads(1)
 
@@ -280,3 +281,30 @@ def test_one_shot_keeps_the_zero_shot_model_and_guard_is_recorded(hk_learner) ->
     assert set(steps.tolist()) <= {0, 3, 6}
     assert np.array_equal(steps == 0, np.isin(half.reason, ["guard", "no-samples"]))
     assert (steps > 0).any() and (np.array(half.reason) == "guard").any()
+
+
+def test_default_settings_survive_rescaled_factors() -> None:
+    """A real slice with one factor x 1000 and another shifted by 500: the meta-learner
+    with the package defaults (fewer iterations) still ranks cells inside held-out
+    blocks and never collapses a block with both classes to one predicted class."""
+    df = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
+    df = df.iloc[::3].reset_index(drop=True)
+    df["DEM"] *= 1000.0
+    df["slope"] += 500.0
+    blocks = (pd.qcut(df["X"], 6, labels=False) * 5 + pd.qcut(df["Y"], 5, labels=False))
+    blocks = blocks.to_numpy()
+    X, y = df[HK_FACTORS].to_numpy(), df["label"].to_numpy()
+    test_blocks = np.random.default_rng(0).permutation(30)[:12]
+    test = np.isin(blocks, test_blocks)
+    learner = MetaLearner(iterations=300, pretrain=PretrainConfig(epochs=5), seed=0,
+                          n_threads=1).fit(X[~test], y[~test], groups=blocks[~test])
+    models = adapt_blocks(learner, X[test], y[test], blocks[test], k=5, seed=0)
+    query = np.ones(int(test.sum()), dtype=bool)
+    query[models.support_samples] = False
+    p = models.predict_proba(X[test][query], blocks[test][query])
+    yq, bq = y[test][query], blocks[test][query]
+    assert within_group_metrics(yq, p, bq)["within_auc"] > 0.7
+    for b in np.unique(bq):
+        inside = bq == b
+        if np.unique(yq[inside]).size == 2 and inside.sum() >= 10:
+            assert np.unique(p[inside] >= 0.5).size == 2, b
