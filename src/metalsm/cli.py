@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 from dataclasses import replace
@@ -9,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -36,21 +38,75 @@ def _setup_logging(quiet: bool) -> None:
     )
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str, code: int = 2) -> typer.Exit:
     """Print a bad-input message (verbatim: '[meta]' is not markup) and give exit code 2."""
     console.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code=2)
+    return typer.Exit(code=code)
 
 
-def _guarded(config_path: Path, quiet: bool, work):
-    """Load ``config_path`` and call ``work(config)``; bad input -> red message, exit code 2."""
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the full traceback of an error instead of one line.")] = False,
+) -> None:
+    """Landslide susceptibility mapping on real GIS data."""
+
+
+def _debug() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("debug"))
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """One line for an error that escaped the stages, and the exit code: 2 for bad input
+    (a file that cannot be read or written, a CRS...), 1 for a defect of metalsm."""
+    import rasterio.errors
+    from pyproj.exceptions import CRSError
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, MetalsmInputError):
+        return str(exc), 2
+    if isinstance(exc, rasterio.errors.RasterioIOError):
+        return (f"cannot read or write a raster: {first}; the file may be truncated or "
+                "corrupt (copy or export it again) or the folder not writable"), 2
+    if isinstance(exc, IsADirectoryError):
+        return f"{exc.filename} is a folder; a file was expected there", 2
+    if isinstance(exc, OSError) and exc.filename:
+        hint = ("choose another --out or fix the permissions" if exc.errno in
+                (errno.EACCES, errno.EPERM, errno.EROFS) else
+                "free some disk space" if exc.errno == errno.ENOSPC else
+                "check the path")
+        return f"{exc.filename}: {exc.strerror or first}; {hint}", 2
+    if isinstance(exc, CRSError | rasterio.errors.CRSError):
+        return f"invalid CRS: {first}; use e.g. EPSG:32643 or a WKT/PROJ string", 2
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a text input is not UTF-8 ({first}); save it as UTF-8", 2
+    if isinstance(exc, MemoryError):
+        return "out of memory; rerun with --chunk-size 1024 (out-of-core processing)", 2
+    if isinstance(exc, rasterio.errors.RasterioError | OSError):
+        return f"{type(exc).__name__}: {first}", 2
+    return (f"unexpected {type(exc).__name__}: {first} — a defect of metalsm; rerun with "
+            "--debug for the traceback and report it"), 1
+
+
+def _guarded(config_path: Path, quiet: bool, work, *, staged: Path | None = None):
+    """Load ``config_path`` and call ``work(config)``; any error -> one red line (exit 2 for
+    bad input), Ctrl-C -> exit 130; ``--debug`` shows tracebacks. ``staged``: the command
+    replaces that run folder only when complete, so an interruption changed nothing."""
     from metalsm.config import load_config
 
     _setup_logging(quiet)
     try:
         return work(load_config(config_path))
-    except MetalsmInputError as exc:
-        raise _fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        console.print("interrupted; " + ("no outputs were changed" if staged is not None
+                                         else "outputs written so far may be incomplete"))
+        raise typer.Exit(code=130) from None
+    except Exception as exc:
+        if _debug():
+            raise
+        message, code = describe_error(exc)
+        raise _fail(message, code) from None
 
 
 def _run(config_path: Path, out: Path, quiet: bool, chunk_size: int | None = None,
@@ -59,7 +115,8 @@ def _run(config_path: Path, out: Path, quiet: bool, chunk_size: int | None = Non
 
     result = _guarded(config_path, quiet,
                       lambda config: run_pipeline(config, out, show_progress=not quiet,
-                                                  chunk_size=chunk_size, scheduler=scheduler))
+                                                  chunk_size=chunk_size, scheduler=scheduler),
+                      staged=out)
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{out}[/]")
     for name, value in result.headline.items():
         console.print(f"  {name}: {value}")
@@ -75,8 +132,11 @@ def init(
     if path.exists() and not force:
         raise _fail(f"{path} exists; use --force to overwrite")
     template = resources.files("metalsm") / "templates" / "study_area.toml"
-    with resources.as_file(template) as source:
-        shutil.copyfile(source, path)
+    try:
+        with resources.as_file(template) as source:
+            shutil.copyfile(source, path)
+    except OSError as exc:
+        raise _fail(describe_error(exc)[0]) from None
     console.print(f"wrote {path}; edit the paths, then: metalsm run {path} --out RUN_DIR")
 
 
@@ -113,7 +173,8 @@ def factors(
     """Frequency ratio tables, MIC, collinearity and the factor selection."""
     from metalsm.factors import run_factor_analysis
 
-    analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(cfg, out))
+    analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(cfg, out),
+                               staged=out)
     console.print(f"[green]done[/] — outputs in [bold]{out}[/]")
     console.print(f"  selected factors: {', '.join(analysis.selected)}")
     for path in paths.values():
@@ -129,7 +190,7 @@ def credibility(
     """Credibility of every cell as a non-landslide sample (credibility.tif, credibility.png)."""
     from metalsm.credibility import run_credibility
 
-    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(cfg, out))
+    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(cfg, out), staged=out)
     console.print(f"[green]done[/] — credibility map in {seconds:.1f} s, outputs in [bold]{out}[/]")
     for path in paths.values():
         console.print(f"  {path}")
