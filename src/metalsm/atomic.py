@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +44,8 @@ def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
 
     On any failure, Ctrl-C included, the staging folder is removed and ``path`` is left
     exactly as it was. A killed process leaves only ``.NAME.staging-PID`` beside it,
-    which the next run removes.
+    which the next run removes. Ctrl-C is also remembered: a KeyboardInterrupt that a
+    C library's callback swallowed still stops the swap.
     """
     final = Path(path).absolute()
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -50,12 +53,34 @@ def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
     stage = final.with_name(f".{final.name}.staging-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
+    interrupted: list[int] = []
     try:
-        yield stage
+        with _remembering_interrupts(interrupted):
+            yield stage
+        if interrupted:
+            raise KeyboardInterrupt
         write_json(stage / RUN_MARKER, {"status": "complete"})
         _swap_in(stage, final)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def _remembering_interrupts(interrupted: list[int]) -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt as usual and is also noted in ``interrupted``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _swap_in(stage: Path, final: Path) -> None:

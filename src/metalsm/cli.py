@@ -10,7 +10,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -40,8 +39,12 @@ def _setup_logging(quiet: bool) -> None:
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     """Print a bad-input message (verbatim: '[meta]' is not markup) and give exit code 2."""
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=code)
+
+
+#: Set by ``metalsm --debug`` for the one command of this invocation.
+_show_tracebacks = {"debug": False}
 
 
 @app.callback()
@@ -50,11 +53,7 @@ def _options(
         "--debug", help="Show the full traceback of an error instead of one line.")] = False,
 ) -> None:
     """Landslide susceptibility mapping on real GIS data."""
-
-
-def _debug() -> bool:
-    context = click.get_current_context(silent=True)
-    return bool(context and context.find_root().params.get("debug"))
+    _show_tracebacks["debug"] = debug
 
 
 def describe_error(exc: BaseException) -> tuple[str, int]:
@@ -103,7 +102,7 @@ def _guarded(config_path: Path, quiet: bool, work, *, staged: Path | None = None
                                          else "outputs written so far may be incomplete"))
         raise typer.Exit(code=130) from None
     except Exception as exc:
-        if _debug():
+        if _show_tracebacks["debug"]:
             raise
         message, code = describe_error(exc)
         raise _fail(message, code) from None
