@@ -539,3 +539,27 @@ def test_a_killed_rerun_leaves_the_previous_run_byte_identical(how, finished_run
             raise RuntimeError("the next run fails too")
         assert _snapshot(out) == before
         assert not list(out.parent.glob(".run.*"))
+
+
+def test_many_more_blocks_than_samples_are_reported(hk_csv, tmp_path, caplog):
+    """2,000 samples in 1,500 blocks: most blocks are empty or one-class; the warning
+    counts them and the cells whose models fall back."""
+    from metalsm.blocks_run import warn_sparse_blocks
+    from metalsm.config import BlocksConfig
+    from metalsm.tasks import block_task_table
+
+    y = pd.read_csv(hk_csv)["label"].to_numpy()
+    sample_blocks = np.random.default_rng(0).integers(0, 1500, size=y.size)
+    tasks = block_task_table(sample_blocks, y, 1500)
+    labels = np.arange(3000).reshape(60, 50) % 1500  # two cells per block
+    with caplog.at_level(logging.WARNING, logger="metalsm"):
+        weak = warn_sparse_blocks(tasks, BlocksConfig(n_blocks=1500), labels)
+    empty, single = int(tasks["empty"].sum()), int(tasks["single_class"].sum())
+    assert weak == empty + single and empty > 100 and single > 500
+    assert f"{empty} of 1500 blocks hold no sample and {single} only one class" in caplog.text
+    assert f"{2 * weak} of 3000 mapped cells lie in them" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="metalsm"):
+        tasks = block_task_table(np.arange(y.size) % 8, y, 8)
+        assert warn_sparse_blocks(tasks, BlocksConfig(n_blocks=8)) == 0
+    assert caplog.text == ""
