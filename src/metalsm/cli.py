@@ -38,7 +38,7 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a bad-input message (verbatim: '[meta]' is not markup) and give exit code 2."""
+    """Print an error as one line (verbatim: '[meta]' is not markup); exit code 2 = bad input."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=code)
 
@@ -88,17 +88,17 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
             "--debug for the traceback and report it"), 1
 
 
-def _guarded(config_path: Path, quiet: bool, work, *, staged: Path | None = None):
+def _guarded(config_path: Path, quiet: bool, work, *, staged: bool = False):
     """Load ``config_path`` and call ``work(config)``; any error -> one red line (exit 2 for
     bad input), Ctrl-C -> exit 130; ``--debug`` shows tracebacks. ``staged``: the command
-    replaces that run folder only when complete, so an interruption changed nothing."""
+    replaces its run folder only when complete, so an interruption changed nothing."""
     from metalsm.config import load_config
 
     _setup_logging(quiet)
     try:
         return work(load_config(config_path))
     except KeyboardInterrupt:
-        console.print("interrupted; " + ("no outputs were changed" if staged is not None
+        console.print("interrupted; " + ("no outputs were changed" if staged
                                          else "outputs written so far may be incomplete"))
         raise typer.Exit(code=130) from None
     except Exception as exc:
@@ -115,7 +115,7 @@ def _run(config_path: Path, out: Path, quiet: bool, chunk_size: int | None = Non
     result = _guarded(config_path, quiet,
                       lambda config: run_pipeline(config, out, show_progress=not quiet,
                                                   chunk_size=chunk_size, scheduler=scheduler),
-                      staged=out)
+                      staged=True)
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{out}[/]")
     for name, value in result.headline.items():
         console.print(f"  {name}: {value}")
@@ -173,7 +173,7 @@ def factors(
     from metalsm.factors import run_factor_analysis
 
     analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(cfg, out),
-                               staged=out)
+                               staged=True)
     console.print(f"[green]done[/] — outputs in [bold]{out}[/]")
     console.print(f"  selected factors: {', '.join(analysis.selected)}")
     for path in paths.values():
@@ -189,7 +189,7 @@ def credibility(
     """Credibility of every cell as a non-landslide sample (credibility.tif, credibility.png)."""
     from metalsm.credibility import run_credibility
 
-    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(cfg, out), staged=out)
+    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(cfg, out), staged=True)
     console.print(f"[green]done[/] — credibility map in {seconds:.1f} s, outputs in [bold]{out}[/]")
     for path in paths.values():
         console.print(f"  {path}")

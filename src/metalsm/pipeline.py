@@ -135,15 +135,17 @@ def run_pipeline(
             f"{config.source}: '{config.name}' is a sample-table study area (no rasters to map); "
             "use `metalsm segment` for its blocks"
         )
-    check_run(config, out_dir)
-    with staged_directory(out_dir) as stage, collect_warnings() as warned:
-        if config.table is not None:
-            from metalsm.meta_run import run_table_pipeline
+    with collect_warnings() as warned:
+        check_run(config, out_dir)
+        with staged_directory(out_dir) as stage:
+            if config.table is not None:
+                from metalsm.meta_run import run_table_pipeline
 
-            result = run_table_pipeline(config, stage, show_progress=show_progress)
-        else:
-            result = _run_raster_pipeline(config, stage, warned, show_progress=show_progress,
-                                          chunk_size=chunk_size, scheduler=scheduler)
+                result = run_table_pipeline(config, stage, show_progress=show_progress)
+            else:
+                result = _run_raster_pipeline(config, stage, warned,
+                                              show_progress=show_progress,
+                                              chunk_size=chunk_size, scheduler=scheduler)
     result.out_dir = Path(out_dir)
     return result
 
