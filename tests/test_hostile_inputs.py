@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,9 +34,11 @@ from metalsm.cli import app
 from metalsm.config import TableConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid
-from metalsm.inventory import read_inventory
+from metalsm.inventory import landslide_mask, read_inventory
+from metalsm.pipeline import draw_samples
 from metalsm.preflight import check_run
 from metalsm.sample_table import Samples, read_sample_table, warn_constant_factors
+from metalsm.stack import build_factor_stack
 
 WINDOW = Window(col_off=150, row_off=550, width=200, height=200)
 FAST = {"terrain": 'factors = ["elevation", "slope"]\ndrainage_threshold_km2 = 0.5',
@@ -467,10 +470,26 @@ def test_raster_covering_part_of_the_grid_is_reported(crop, kaghan, tmp_path, ca
                                                  str(tmp_path / "half.tif")))
     from metalsm.config import load_config
 
+    config = load_config(config)
     with caplog.at_level(logging.WARNING, logger="metalsm"):
-        check_run(load_config(config), tmp_path / "run")
+        check_run(config, tmp_path / "run")
     assert "half.tif covers 50 % of the study grid" in caplog.text
     assert not (tmp_path / "run").exists()
+    # the landslides on the uncovered half are counted, and the layer lacking data named
+    stack = build_factor_stack(config)
+    inventory = read_inventory(config.inventory.path, stack.grid)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="metalsm"):
+        samples = draw_samples(config, stack, inventory, landslide_mask(inventory, stack.grid))
+    anchors = shapely.point_on_surface(inventory.geometry.values)
+    rows, cols = stack.grid.rowcol(shapely.get_x(anchors), shapely.get_y(anchors))
+    inside = stack.grid.contains(rows, cols)
+    off_half = np.unique((rows * 200 + cols)[inside & (cols >= 100)]).size
+    assert samples.table["col"].max() < 100
+    match = re.search(r"(\d+) landslide cell\(s\) fall where a factor has no data .*"
+                      r"per layer: landcover (\d+)\)", caplog.text)
+    assert match, caplog.text
+    assert int(match[1]) == int(match[2]) >= 0.9 * off_half > 100
 
 
 # --------------------------------------------------------------------------- one run per folder
