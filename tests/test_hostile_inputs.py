@@ -379,7 +379,7 @@ def test_an_input_inside_out_is_never_modified(crop, kaghan, tmp_path):
     config = _config(tmp_path, crop, kaghan)
     config.write_text(config.read_text().replace(str(crop / "AW3D30.tif"),
                                                  str(out / "factors.tif")))
-    for command in ("run", "factors", "credibility"):
+    for command in ("run", "factors", "credibility", "segment", "pretrain"):
         result = _invoke(command, config, "--out", out)
         text = " ".join(result.output.split())
         assert result.exit_code == 2, result.output
@@ -397,6 +397,18 @@ def test_truncated_raster_in_the_raster_commands(command, crop, kaghan, tmp_path
     _assert_clean_failure(_invoke(command, config, "--out", out), out,
                           f"rasters[0] 'geology': raster {cut} cannot be read to its end",
                           "truncated or corrupt")
+
+
+@pytest.mark.parametrize("command", [["segment"], ["experiment", "overall"]])
+def test_step_commands_check_their_inputs_first(command, crop, kaghan, tmp_path):
+    """Commands that add to a folder (blocks, meta-learning steps, experiments) check the
+    inputs before any work too: nothing is written."""
+    config = _config(tmp_path, crop, kaghan)
+    config.write_text(config.read_text().replace(str(crop / "Landcover.tif"),
+                                                 str(tmp_path / "gone.tif")))
+    out = tmp_path / "out"
+    _assert_clean_failure(_invoke(*command, config, "--out", out), out,
+                          f"rasters[1] 'landcover': raster file not found: {tmp_path}/gone.tif")
 
 
 def test_debug_shows_the_traceback(crop, kaghan, tmp_path):

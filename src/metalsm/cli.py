@@ -88,15 +88,22 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
             "--debug for the traceback and report it"), 1
 
 
-def _guarded(config_path: Path, quiet: bool, work, *, staged: bool = False):
+def _guarded(config_path: Path, quiet: bool, work, *, staged: bool = False,
+             adds_to: Path | None = None):
     """Load ``config_path`` and call ``work(config)``; any error -> one red line (exit 2 for
     bad input), Ctrl-C -> exit 130; ``--debug`` shows tracebacks. ``staged``: the command
-    replaces its run folder only when complete, so an interruption changed nothing."""
+    replaces its run folder only when complete (and checks its inputs itself), so an
+    interruption changed nothing; ``adds_to``: the folder a step-by-step command writes
+    into, checked with the inputs before any work."""
     from metalsm.config import load_config
+    from metalsm.preflight import check_run
 
     _setup_logging(quiet)
     try:
-        return work(load_config(config_path))
+        config = load_config(config_path)
+        if adds_to is not None:
+            check_run(config, adds_to, replaces_out=False)
+        return work(config)
     except KeyboardInterrupt:
         console.print("interrupted; " + ("no outputs were changed" if staged
                                          else "outputs written so far may be incomplete"))
@@ -233,7 +240,7 @@ def experiment(
                                                    meta_iterations=meta_iterations))
         return EXPERIMENTS[name](cfg, target, **kwargs)
 
-    result = _guarded(config, quiet, run_experiment)
+    result = _guarded(config, quiet, run_experiment, adds_to=target)
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{target}[/]")
     for path in result.paths.values():
         console.print(f"  {path}")
@@ -256,7 +263,8 @@ def segment(
     from metalsm.blocks_run import block_statistics, segment_study_area, with_blocks
 
     stage = _guarded(config, quiet, lambda cfg: segment_study_area(
-        with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet))
+        with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet),
+        adds_to=out)
     stats = block_statistics(stage.tasks)
     console.print(
         f"[green]done[/]: {stats['blocks']} blocks, samples per block "
@@ -279,7 +287,8 @@ def pretrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
     from metalsm.meta_run import pretrain_step
 
     result = _guarded(config, quiet, lambda cfg: pretrain_step(cfg, out,
-                                                               show_progress=not quiet))
+                                                               show_progress=not quiet),
+                      adds_to=out)
     console.print(f"[green]done[/]: pretraining in {result['seconds']:.1f} s — "
                   f"[bold]{result['path']}[/]")
     for layer, (before, after) in result["errors"].items():
@@ -292,7 +301,8 @@ def metatrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
     from metalsm.meta_run import metatrain_step
 
     result = _guarded(config, quiet, lambda cfg: metatrain_step(cfg, out,
-                                                                show_progress=not quiet))
+                                                                show_progress=not quiet),
+                      adds_to=out)
     source = "saved pretraining" if result["used_saved_pretraining"] else "fresh start"
     console.print(f"[green]done[/]: meta-training in {result['seconds']:.1f} s ({source}) — "
                   f"[bold]{result['path']}[/]")
@@ -310,7 +320,8 @@ def adapt(
     from metalsm.meta_run import adapt_step
 
     result = _guarded(config, quiet, lambda cfg: adapt_step(cfg, out, k,
-                                                            show_progress=not quiet))
+                                                            show_progress=not quiet),
+                      adds_to=out)
     rules = ", ".join(f"{n} {rule}" for rule, n in result["rules"].items())
     console.print(f"[green]done[/]: blocks {rules} — outputs in [bold]{out}[/]")
     for path in result["paths"].values():

@@ -138,7 +138,7 @@ def source_cell_size_on(src: Any, grid: Grid) -> float:
         return float(np.sqrt(abs(src.transform.a * src.transform.e - src.transform.b
                                  * src.transform.d)))
     row, col = src.height // 2, src.width // 2
-    corners = [src.transform * (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))]
+    corners = [src.transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))]
     xs, ys = transform(src.crs, grid.crs, [c[0] for c in corners], [c[1] for c in corners])
     (x0, x1, x2), (y0, y1, y2) = xs, ys
     area = abs((x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0))  # parallelogram of two edges

@@ -36,12 +36,16 @@ def input_files(config: StudyAreaConfig) -> dict[str, str]:
 
 
 def check_run(config: StudyAreaConfig, out: str | Path | None, *,
-              needs_rasters: bool = False, command: str = "run") -> None:
+              needs_rasters: bool = False, command: str = "run",
+              replaces_out: bool = True) -> None:
     """Raise one :class:`MetalsmInputError` listing every problem of ``config``'s inputs
-    and of the output folder ``out`` (None: no output folder to check)."""
+    and of the output folder ``out`` (None: no output folder to check).
+
+    ``replaces_out``: the command replaces ``out`` as a whole (a staged run), so ``out``
+    must be new, empty or a previous run; the step-by-step commands add to ``out``."""
     problems: list[str] = []
     if out is not None:
-        problems += output_problems(Path(out), input_files(config))
+        problems += output_problems(Path(out), input_files(config), replaces_out)
     if config.table is not None:
         if needs_rasters:
             problems.append(
@@ -58,19 +62,20 @@ def check_run(config: StudyAreaConfig, out: str | Path | None, *,
         raise MetalsmInputError(f"{len(problems)} problems, nothing was written:\n{listed}")
 
 
-def output_problems(out: Path, inputs: dict[str, str]) -> list[str]:
-    """The output folder must be a folder we may replace as a whole: writable, holding
-    no input, and either new, empty, or a previous metalsm run."""
+def output_problems(out: Path, inputs: dict[str, str], replaces_out: bool = True
+                    ) -> list[str]:
+    """The output folder must be a writable folder holding no input; one that a run
+    replaces as a whole must also be new, empty, or a previous metalsm run."""
     out = out.absolute()
     if out.exists() and not out.is_dir():
         return [f"--out {out} is a file; give a folder for the run's outputs"]
     inside = [f"{key} {path}" for key, path in inputs.items()
               if Path(path).absolute().resolve().is_relative_to(out.resolve())]
     if inside:
-        return [f"input {name} lies inside the output folder {out}; a run replaces that "
-                "folder as a whole and never writes over an input: move the input out or "
+        return [f"input {name} lies inside the output folder {out}; outputs never go where "
+                "an input is (a run replaces its folder as a whole): move the input out or "
                 "choose another --out" for name in inside]
-    if out.is_dir() and any(out.iterdir()) and not _is_run_dir(out):
+    if replaces_out and out.is_dir() and any(out.iterdir()) and not _is_run_dir(out):
         names = sorted(p.name for p in out.iterdir())
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         return [f"--out {out} holds files that are not a metalsm run ({shown}); choose a new "
