@@ -222,6 +222,31 @@ def _problems_in_several_inputs(tmp, crop, kaghan):
     return path, ["2 problems", "missing.tif", "gone.shp"]
 
 
+def _float_classes(tmp, crop):
+    with rasterio.open(crop / "Geology.tif") as src:
+        profile = src.profile | {"dtype": "float32"}
+        values = src.read().astype("float32") + 0.5
+    with rasterio.open(tmp / "geology_float.tif", "w", **profile) as dst:
+        dst.write(values)
+    return tmp / "geology_float.tif"
+
+
+def _all_nodata(tmp, crop):
+    with rasterio.open(crop / "AW3D30.tif") as src:
+        profile = src.profile
+        values = np.full((1, src.height, src.width), src.nodata, dtype="float32")
+    with rasterio.open(tmp / "dem_empty.tif", "w", **profile) as dst:
+        dst.write(values)
+    return tmp / "dem_empty.tif"
+
+
+def _inventory_without_features(tmp, crop, kaghan):
+    empty = gpd.read_file(kaghan / "landslides.shp", rows=1).iloc[:0]
+    empty.to_file(tmp / "none.gpkg")
+    path = _config(tmp, crop, kaghan, inventory=f'path = "{tmp / "none.gpkg"}"')
+    return path, ["inventory", "none.gpkg holds no features"]
+
+
 CASES = {
     "config is a folder": _config_is_a_folder,
     "config not UTF-8": _config_not_utf8,
@@ -248,6 +273,9 @@ CASES = {
         "Geology.tif", lambda tmp, crop: _truncate(crop / "Geology.tif", tmp / "geo_cut.tif")),
     "thematic raster without CRS": _raster_replaced("Geology.tif", _without_crs),
     "thematic raster elsewhere": _raster_replaced("Landcover.tif", _far_away),
+    "DEM all no-data": _dem_replaced(_all_nodata),
+    "categorical raster with fractions": _raster_replaced("Geology.tif", _float_classes),
+    "inventory without features": _inventory_without_features,
     "vector without .prj": _vector_without_prj,
     "inventory outside the grid": _inventory_elsewhere,
     "inventory table without CRS": _inventory_table_without_crs,
@@ -261,7 +289,9 @@ KEYS = {"unknown key": "levls", "grid.crs unknown": "grid.crs",
         "folds as text": "validation.n_folds", "zero zones": "zones.levels",
         "negative buffer": "sampling.buffer_m",
         "negative drainage threshold": "terrain.drainage_threshold_km2",
-        "unknown terrain factor": "terrain.factors", "window too small": "output.window_size"}
+        "unknown terrain factor": "terrain.factors", "window too small": "output.window_size",
+        "DEM all no-data": "has no valid cells",
+        "categorical raster with fractions": "holds non-integer values"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
