@@ -62,7 +62,9 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     import rasterio.errors
     from pyproj.exceptions import CRSError
 
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    from metalsm.preflight import first_line
+
+    first = first_line(exc)
     if isinstance(exc, MetalsmInputError):
         return str(exc), 2
     if isinstance(exc, rasterio.errors.RasterioIOError):

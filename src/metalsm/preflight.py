@@ -148,7 +148,7 @@ def _raster_header_problem(path: str, key: str) -> str | None:
     except MetalsmInputError as exc:
         return f"{key}: {exc}"
     except (rasterio.errors.RasterioError, OSError) as exc:
-        return (f"{key}: raster {path} cannot be read to its end ({_first_line(exc)}); "
+        return (f"{key}: raster {path} cannot be read to its end ({first_line(exc)}); "
                 "the file is truncated or corrupt: copy or export it again")
     return None
 
@@ -178,7 +178,7 @@ def _vector_problems(path: str, key: str, grid) -> list[str]:
     try:
         info = pyogrio.read_info(path, force_total_bounds=True)
     except Exception as exc:  # pyogrio raises several types for unreadable files
-        return [f"{key}: cannot read vector file {path} ({_first_line(exc)})"]
+        return [f"{key}: cannot read vector file {path} ({first_line(exc)})"]
     if info.get("crs") is None:
         return [f"{key}: vector file {path} has no CRS (missing .prj?); assign one"]
     if not info.get("features"):
@@ -251,5 +251,9 @@ def _fmt(bounds: tuple) -> str:
     return "(" + ", ".join(f"{b:.6g}" for b in bounds) + ")"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of the message; rasterio's "See previous exception" points at GDAL's
+    own message, which is the useful one."""
+    if "previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
