@@ -7,6 +7,7 @@ directory never mixes the outputs of two runs.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -95,7 +96,7 @@ def _swap_in(stage: Path, final: Path) -> None:
 def _clean_stale(final: Path) -> None:
     """Remove staging folders of dead runs; a run killed between the two renames of
     :func:`_swap_in` gets its previous folder back."""
-    for leftover in final.parent.glob(f".{final.name}.*-*"):
+    for leftover in final.parent.glob(f".{glob.escape(final.name)}.*-*"):
         kind, _, pid = leftover.name.rpartition("-")
         if not pid.isdigit() or _alive(int(pid)):
             continue
