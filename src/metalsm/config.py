@@ -194,8 +194,8 @@ class MetaConfig:
     The network, pretraining and task weighting are the paper's; the adaptation
     settings are what nested validation on the meta-train blocks chose on Kaghan and
     Hong Kong (docs/results.md): Meta-SGD step sizes learned per weight from 0.01,
-    meta lr 1e-3, support sets drawn at random (the block's own landslide share), and
-    the guard that keeps a block zero-shot unless adapting wins a cross-validation on
+    meta lr 1e-3, 50 query samples per task, support sets drawn at random (the block's
+    own landslide share), and the guard that keeps a block zero-shot unless adapting wins a cross-validation on
     its own shots. ``k_shots``: the K values evaluated on the meta-test blocks
     ("half" = half of the block's samples, "all" = all of them); ``map_k``: the K used
     to adapt every block for the map. ``task_weighting = "uniform"`` with
@@ -219,7 +219,7 @@ class MetaConfig:
     meta_lr: float = 1e-3
     iterations: int = 5000
     k_support: int = 5
-    k_query: int = 15
+    k_query: int = 50
     support_rule: Literal["random", "stratified"] = "random"
     adapt_guard: bool = True
     guard_steps: tuple[int, ...] = ()

@@ -24,6 +24,7 @@ repeat serves every K.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -177,8 +178,9 @@ def pretrained_state(data: MetaData, meta: MetaConfig, seed: int) -> Any:
 
 def proposed_learner(data: MetaData, meta: MetaConfig, seed: int) -> MetaLearner:
     """The intermediate model of the proposed method for ``seed`` and ``meta``, trained
-    once per data value (the zero-shot row reuses the proposed method's)."""
-    key = ("proposed", int(seed), meta)
+    once per data value: the zero-shot row and the guard ablation (settings that only
+    change adaptation) reuse the proposed method's."""
+    key = ("proposed", int(seed), replace(meta, adapt_guard=True, guard_steps=()))
     if key not in data.cache:
         learner = make_learner(meta, seed=seed)
         pretrained = pretrained_state(data, meta, seed) if meta.pretrain else None
@@ -186,7 +188,8 @@ def proposed_learner(data: MetaData, meta: MetaConfig, seed: int) -> MetaLearner
         learner.fit(data.X[train], data.y[train], groups=data.blocks[train],
                     init_state=pretrained.state if pretrained is not None else None)
         data.cache[key] = learner
-    return data.cache[key]
+    return copy.copy(data.cache[key]).set_params(adapt_guard=meta.adapt_guard,
+                                                 guard_steps=tuple(meta.guard_steps))
 
 
 def fit_proposed(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:

@@ -509,7 +509,7 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
                  normalization: str = "none", inner_lr: float = 0.01, inner_steps: int = 5,
                  inner_lr_mode: str = "per-element", adapt_biases: bool = True,
                  meta_batch: int = 16, outer_lr: float = 1e-3, iterations: int = 5000,
-                 k_support: int = 5, k_query: int = 15, support_rule: str = "random",
+                 k_support: int = 5, k_query: int = 50, support_rule: str = "random",
                  task_weighting: str = "softmax", first_order: bool = False,
                  balanced: bool = False, adapt_guard: bool = True,
                  guard_steps: Sequence[int] = (),
