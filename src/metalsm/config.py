@@ -195,10 +195,10 @@ class MetaConfig:
     settings are what nested validation on the meta-train blocks chose on Kaghan and
     Hong Kong (docs/results.md): Meta-SGD step sizes learned per weight from 0.01,
     meta lr 1e-3, 50 query samples per task, support sets drawn at random (the block's
-    own landslide share), and the guard that keeps a block zero-shot unless adapting wins a cross-validation on
-    its own shots. ``k_shots``: the K values evaluated on the meta-test blocks
-    ("half" = half of the block's samples, "all" = all of them); ``map_k``: the K used
-    to adapt every block for the map. ``task_weighting = "uniform"`` with
+    own landslide share), and the guard that keeps a block zero-shot unless adapting
+    wins a cross-validation on its own shots. ``k_shots``: the K values evaluated on
+    the meta-test blocks ("half" = half of the block's samples, "all" = all of them);
+    ``map_k``: the K used to adapt every block for the map. ``task_weighting = "uniform"`` with
     ``pretrain = false`` is plain MAML. ``tune``: choose the adaptation settings by
     nested validation inside the meta-train blocks (:mod:`metalsm.models.tuning`)
     within ``tune_budget_s`` seconds.
