@@ -227,7 +227,7 @@ class MetaConfig:
     first_order: bool = False
     balanced: bool = False
     tune: bool = False
-    tune_budget_s: float = 600.0
+    tune_budget_s: float = 480.0
     k_shots: tuple[str, ...] = ("1", "5", "half")
     map_k: str = "5"
     repeats: int = 5
@@ -507,6 +507,21 @@ def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> N
     if config.inventory is not None:
         at_least.append(("inventory.cells_per_polygon", config.inventory.cells_per_polygon, 1,
                          "at least one cell per polygon"))
+    if config.meta is not None:
+        meta = config.meta
+        at_least += [
+            ("meta.inner_steps", meta.inner_steps, 1, "adaptation takes at least one step"),
+            ("meta.k_support", meta.k_support, 1, "a support set holds at least one sample"),
+            ("meta.k_query", meta.k_query, 1, "a query set holds at least one sample"),
+            ("meta.meta_batch", meta.meta_batch, 1, "a meta-batch holds at least one task"),
+            ("meta.repeats", meta.repeats, 1, "at least one shot draw"),
+        ]
+        at_least += [(f"meta.guard_steps[{i}]", v, 1, "a step count is at least 1")
+                     for i, v in enumerate(meta.guard_steps)]
+        for key, value in (("meta.inner_lr", meta.inner_lr), ("meta.meta_lr", meta.meta_lr),
+                           ("meta.tune_budget_s", meta.tune_budget_s)):
+            if not value > 0:
+                problems.append(f"{path}: {key} must be > 0, got {value:g}")
     for key, value, low, why in at_least:
         if value < low:
             problems.append(f"{path}: {key} must be >= {low} ({why}), got {value}")
