@@ -179,7 +179,9 @@ def predict_raster(
     The stack is read one window at a time so memory does not grow with the
     raster; only cells where every selected factor is finite are predicted, as a
     float64 DataFrame with the training column names (so any scikit-learn
-    estimator or pipeline works). Output as :func:`_write_probability_raster`.
+    estimator or pipeline works), or as a NumPy array for a model with
+    ``predict_cells(values, feature_names)`` (the registry models: same numbers,
+    no DataFrame per window). Output as :func:`_write_probability_raster`.
 
     ``progress(n_new, n_done)`` is called after each window with the number of
     cells just predicted and the running total, both counting valid cells only
@@ -190,11 +192,15 @@ def predict_raster(
     if not feature_names:
         raise MetalsmInputError("predict_raster needs at least one feature name")
 
+    predict_cells = getattr(model, "predict_cells", None)
+
     def predict_window(values: np.ndarray, _win: Window) -> tuple[np.ndarray, np.ndarray]:
         valid = np.isfinite(values).all(axis=0)
         n = int(valid.sum())
         if not n:
             return valid, np.empty(0)
+        if predict_cells is not None:  # the registry models: NumPy in, no DataFrame per window
+            return valid, predict_cells(values[:, valid].T, feature_names)
         frame = pd.DataFrame(values[:, valid].T, columns=feature_names)
         proba = np.asarray(model.predict_proba(frame))
         if proba.ndim != 2 or proba.shape[0] != n or proba.shape[1] < 2:

@@ -199,6 +199,7 @@ def run_pipeline(
         t = timed("validation", t)
 
         meta_result = None
+        predictor: dict[str, str] = {}  # map model -> "compiled" (packed trees) or "library"
         if config.model.map_model == "meta-blockwise":  # block-wise models (meta_run.py)
             from metalsm.meta_run import run_meta_stage
 
@@ -227,6 +228,7 @@ def run_pipeline(
                     compute=compute,
                 )
             t = timed("predict_map", t)
+            predictor = {config.model.map_model: getattr(model, "predictor_", "library")}
 
         with progress.stage("zones"):
             edges = mapping.zone_breaks(
@@ -245,6 +247,7 @@ def run_pipeline(
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
             if meta_result is not None:
                 metrics["meta"] = meta_result.metrics
+            metrics["predictor"] = predictor
             metrics["compute"] = {"chunked": use_chunks, "why": why,
                                   "chunk_size": chunk if use_chunks else None,
                                   "scheduler": compute.scheduler if compute else None}
