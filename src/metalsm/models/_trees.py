@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 
 #: Rows per block: a block walks every tree before the next block starts.
-_BLOCK_ROWS = 4096
+_BLOCK_ROWS = 16_384
 #: Threads per prediction: the project's good-neighbour default (the forests' ``n_jobs``).
 PREDICT_THREADS = 2
 #: LightGBM reads inputs this close to zero as zero (its ``kZeroThreshold``).
@@ -82,8 +82,9 @@ class CompiledTrees:
     def n_trees(self) -> int:
         return int(self.roots.size)
 
-    def positive_proba(self, X: np.ndarray, n_threads: int = PREDICT_THREADS) -> np.ndarray:
-        """P(class 1) for every row of the encoded feature matrix ``X`` (finite values)."""
+    def positive_proba(self, X: np.ndarray, n_threads: int | None = None) -> np.ndarray:
+        """P(class 1) for every row of the encoded feature matrix ``X`` (finite values),
+        on ``n_threads`` threads (default :data:`PREDICT_THREADS`)."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected an (n, {self.n_features}) array, got {X.shape}")
@@ -93,7 +94,7 @@ class CompiledTrees:
             X = np.where(np.abs(X) <= _LIGHTGBM_ZERO, 0.0, X)
         X = np.ascontiguousarray(X)
         total = np.zeros(X.shape[0])
-        parts = _row_parts(X.shape[0], n_threads)
+        parts = _row_parts(X.shape[0], PREDICT_THREADS if n_threads is None else n_threads)
         args = (self.roots, self.feature, self.threshold, self.right, self.value)
         if len(parts) == 1:
             _sum_leaves(X, *args, total)

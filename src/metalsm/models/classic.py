@@ -529,14 +529,15 @@ def _numpy_prep(prep: Any, columns: list[Any]) -> Callable[[np.ndarray], np.ndar
 
     FR encoding is the estimator's own array code. A ``ColumnTransformer`` of one-hot
     encoders, passthrough and standard scaling becomes the same column operations in
-    the same order; it is used only if it reproduces ``prep.transform`` exactly on a
-    probe table of every known category, an unknown one and spread continuous values.
+    the same order, written into one preallocated array; it is used only if it
+    reproduces ``prep.transform`` exactly on a probe table of every known category, an
+    unknown one and spread continuous values.
     """
     if isinstance(prep, FrequencyRatioClassifier):
         return prep._encode
     if not isinstance(prep, ColumnTransformer):
         return None
-    steps: list[Callable[[np.ndarray], list[np.ndarray]]] = []
+    blocks: list[tuple[int, Callable[[np.ndarray, np.ndarray], None]]] = []
     categories: dict[int, np.ndarray] = {}
     for _, transformer, cols in prep.transformers_:
         if isinstance(transformer, str) and transformer == "drop":
@@ -546,15 +547,21 @@ def _numpy_prep(prep: Any, columns: list[Any]) -> Callable[[np.ndarray], np.ndar
         idx = [columns.index(c) if c in columns else -1 for c in cols]
         if -1 in idx:
             return None
-        step = _numpy_column_step(transformer, idx)
-        if step is None:
+        block = _numpy_column_block(transformer, idx)
+        if block is None:
             return None
-        steps.append(step)
+        blocks.append(block)
         if isinstance(transformer, OneHotEncoder):
             categories.update(zip(idx, transformer.categories_, strict=True))
+    width = sum(w for w, _ in blocks)
 
     def encode(values: np.ndarray) -> np.ndarray:
-        return np.hstack([part for step in steps for part in step(values)])
+        out = np.empty((values.shape[0], width))
+        start = 0
+        for w, fill in blocks:
+            fill(values, out[:, start:start + w])
+            start += w
+        return out
 
     probe = _probe_table(len(columns), categories)
     expected = prep.transform(pd.DataFrame(probe, columns=columns))
@@ -563,36 +570,41 @@ def _numpy_prep(prep: Any, columns: list[Any]) -> Callable[[np.ndarray], np.ndar
     return encode
 
 
-def _numpy_column_step(transformer: Any, idx: list[int]) -> Callable | None:
-    """One transformer of a ``ColumnTransformer`` as a function of the whole array."""
+def _numpy_column_block(transformer: Any, idx: list[int]) -> tuple[int, Callable] | None:
+    """One transformer of a ``ColumnTransformer``: its output width and a function that
+    writes its output for the whole array into a given block of columns."""
     if (isinstance(transformer, str) and transformer == "passthrough") or (
         isinstance(transformer, FunctionTransformer) and transformer.func is None
     ):
-        return lambda values: [values[:, idx]]
+        def passthrough(values: np.ndarray, out: np.ndarray) -> None:
+            out[:] = values[:, idx]
+
+        return len(idx), passthrough
     if isinstance(transformer, StandardScaler):
         mean = transformer.mean_ if transformer.with_mean else None
         scale = transformer.scale_ if transformer.with_std else None
 
-        def standardise(values: np.ndarray) -> list[np.ndarray]:
-            block = values[:, idx]  # a copy: fancy indexing
-            if mean is not None:
-                block -= mean
+        def standardise(values: np.ndarray, out: np.ndarray) -> None:
+            out[:] = values[:, idx]
+            if mean is not None:  # in place, the scaler's own two steps
+                out -= mean
             if scale is not None:
-                block /= scale
-            return [block]
+                out /= scale
 
-        return standardise
+        return len(idx), standardise
     if (isinstance(transformer, OneHotEncoder) and transformer.drop_idx_ is None
             and transformer.handle_unknown == "ignore" and transformer.dtype == np.float64
             and not getattr(transformer, "_infrequent_enabled", False)
             and all(c.dtype.kind in "fiu" for c in transformer.categories_)):
         cats = [np.asarray(c, dtype=np.float64) for c in transformer.categories_]
 
-        def one_hot(values: np.ndarray) -> list[np.ndarray]:
-            return [(values[:, j, None] == c[None, :]).astype(np.float64)
-                    for j, c in zip(idx, cats, strict=True)]
+        def one_hot(values: np.ndarray, out: np.ndarray) -> None:
+            start = 0
+            for j, c in zip(idx, cats, strict=True):
+                out[:, start:start + c.size] = values[:, j, None] == c[None, :]
+                start += c.size
 
-        return one_hot
+        return sum(c.size for c in cats), one_hot
     return None
 
 
