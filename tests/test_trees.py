@@ -119,14 +119,16 @@ def test_unsupported_models_fall_back_to_the_library(crop, fitted):
                                   lr.predict_proba(pd.DataFrame(cells, columns=NAMES))[:, 1])
 
 
-def test_pickles_stay_library_sized_and_predict_the_same(crop, fitted):
+def test_pickled_models_keep_their_packed_trees(crop, fitted):
     _, _, _, _, cells = crop
     model = fitted("lightgbm")
     before = model.predict_cells(cells[:5000], NAMES)
-    assert "_fast_trees" in vars(model)
     restored = pickle.loads(pickle.dumps(model))
-    assert "_fast_trees" in vars(model) and "_fast_trees" not in vars(restored)
+    assert "_fast_encoder" in vars(model) and "_fast_encoder" not in vars(restored)
+    assert restored._fast_trees.n_trees == model._fast_trees.n_trees == 120
     np.testing.assert_array_equal(restored.predict_cells(cells[:5000], NAMES), before)
+    restored.fit(*crop[2:4])  # a new fit never reuses the old trees
+    assert "_fast_trees" not in vars(restored)
 
 
 @pytest.mark.parametrize("name", ["rf", "lr", "fr"])

@@ -418,9 +418,10 @@ class FactorPipeline(Pipeline):
         return check_samples(X, required=None if required is None else list(required))
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(super().__getstate__())  # a copy: never drop the live caches
-        for key in self._CACHED:  # rebuilt on demand; keeps pickles the library's size
-            state.pop(key, None)
+        # packed trees travel with the model (Dask workers need not repack them); the
+        # NumPy encoder is a closure, cheap to rebuild, and not picklable
+        state = dict(super().__getstate__())  # a copy: never drop the live cache
+        state.pop("_fast_encoder", None)
         return state
 
     def fit(self, X: Any, y: Any = None, **params: Any) -> FactorPipeline:
