@@ -65,10 +65,9 @@ def fitted(crop):
     return get
 
 
-@pytest.mark.parametrize("name", ["rf", "fr-rf", "lightgbm"])
-def test_compiled_probabilities_equal_the_library(name, crop, fitted):
+def test_lightgbm_predicts_compiled_and_equals_the_library(crop, fitted):
     cells = crop[4][::3]  # every third valid cell: more than a map window
-    model = fitted(name)
+    model = fitted("lightgbm")
     assert model.predictor_ == "compiled"
     frame = pd.DataFrame(cells, columns=NAMES)
     expected = model.predict_proba_library(frame)
@@ -81,6 +80,22 @@ def test_compiled_probabilities_equal_the_library(name, crop, fitted):
     np.testing.assert_allclose(model.predict_cells(cells[:, ::-1], reordered), expected[:, 1],
                                rtol=0, atol=1e-6)
     assert 0.05 < expected[:, 1].mean() < 0.95  # a real model, not a constant
+
+
+@pytest.mark.parametrize("name", ["rf", "fr-rf"])
+def test_packed_forests_equal_sklearn(name, crop, fitted):
+    """Forests keep sklearn's walk (it is as fast); the packed walk the benchmark compares
+    with it gives the same probabilities."""
+    cells = crop[4][::3]
+    model = fitted(name)
+    assert model.predictor_ == "library"
+    forest = model.steps[-1][1]
+    encoded = model[:-1].transform(pd.DataFrame(cells, columns=NAMES))
+    expected = forest.predict_proba(encoded)[:, 1]
+    np.testing.assert_allclose(compile_forest(forest).positive_proba(encoded), expected,
+                               rtol=0, atol=1e-6)
+    # sklearn's threads add the trees in no fixed order: equal to the last bits only
+    np.testing.assert_allclose(model.predict_cells(cells, NAMES), expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["rf", "lightgbm"])
@@ -131,7 +146,7 @@ def test_pickled_models_keep_their_packed_trees(crop, fitted):
     assert "_fast_trees" not in vars(restored)
 
 
-@pytest.mark.parametrize("name", ["rf", "lr", "fr"])
+@pytest.mark.parametrize("name", ["rf", "lightgbm", "lr", "fr"])
 def test_maps_match_the_library_prediction(name, crop, fitted, tmp_path):
     path, valid, _, _, cells = crop
     model = fitted(name)
@@ -142,7 +157,7 @@ def test_maps_match_the_library_prediction(name, crop, fitted, tmp_path):
     assert np.array_equal(np.isfinite(mapped), valid)
     frame = pd.DataFrame(cells, columns=NAMES)
     library = getattr(model, "predict_proba_library", model.predict_proba)(frame)[:, 1]
-    if name == "rf":
+    if name in ("rf", "lightgbm"):  # compiled, or sklearn's threads (no fixed tree order)
         np.testing.assert_allclose(mapped[valid], library, rtol=0, atol=1e-6)
-    else:  # not compiled: the same numbers as the DataFrame path, bit for bit
+    else:  # the same numbers as the DataFrame path, bit for bit
         np.testing.assert_array_equal(mapped[valid], library.astype(np.float32))

@@ -6,9 +6,10 @@ itself and compares against ``-inf``, so "the next node is this node" ends a wal
 One kernel walks blocks of rows tree by tree (a tree stays in cache while the rows
 of a block pass through it) and sums the leaves; it releases the GIL, so row
 ranges run on threads. Measured on Kaghan windows (``docs/benchmarks.md``):
-LightGBM's own predict is 2-3 times slower per core than this walk; scikit-learn's
-forest walk is already compiled (Cython) and this one matches it per core, the
-gain there being the pandas and encoding overhead around it.
+LightGBM's own predict is 2-3 times slower per core than this walk, so LightGBM
+models predict here; scikit-learn's forest walk is already compiled (Cython) and
+this one reaches 0.75-0.95 of its speed, so forests keep it (their packed form,
+:func:`compile_forest`, is what ``benchmarks/predict_speed.py`` compares it with).
 
 The libraries' own semantics are kept exactly, so probabilities agree to rounding:
 
@@ -40,8 +41,8 @@ from numba import njit
 #: Rows per block: a block walks every tree before the next block starts (large blocks
 #: load each tree into cache fewer times; measured best from 16k rows up).
 _BLOCK_ROWS = 65_536
-#: Fewer rows than this per thread are not worth a thread.
-_MIN_ROWS_PER_THREAD = 8_192
+#: Rows per threaded task (threads take tasks as they come free).
+_TASK_ROWS = 32_768
 #: Threads per prediction: the project's good-neighbour default (the forests' ``n_jobs``).
 PREDICT_THREADS = 2
 #: LightGBM reads inputs this close to zero as zero (its ``kZeroThreshold``).
@@ -99,23 +100,18 @@ class CompiledTrees:
             X = np.asarray(X, dtype=np.float64)
             X = np.ascontiguousarray(np.where(np.abs(X) <= _LIGHTGBM_ZERO, 0.0, X))
         total = np.zeros(X.shape[0])
-        parts = _row_parts(X.shape[0], PREDICT_THREADS if n_threads is None else n_threads)
         args = (self.roots, self.feature, self.threshold, self.right, self.value)
-        if len(parts) == 1:
+        n_threads = PREDICT_THREADS if n_threads is None else n_threads
+        n_threads = max(1, min(int(n_threads), os.cpu_count() or 1))
+        parts = [slice(lo, lo + _TASK_ROWS) for lo in range(0, X.shape[0], _TASK_ROWS)]
+        if n_threads == 1 or len(parts) == 1:
             _sum_leaves(X, *args, total)
-        else:
-            with ThreadPoolExecutor(len(parts)) as pool:
+        else:  # many small tasks, so a thread that the OS holds back does not hold up the rest
+            with ThreadPoolExecutor(min(n_threads, len(parts))) as pool:
                 list(pool.map(lambda s: _sum_leaves(X[s], *args, total[s]), parts))
         if self.combine == "mean":
             return total / self.n_trees
         return 1.0 / (1.0 + np.exp(-self.sigmoid_scale * total))
-
-
-def _row_parts(n: int, n_threads: int) -> list[slice]:
-    """Contiguous row ranges, one per thread, none much smaller than ``_MIN_ROWS_PER_THREAD``."""
-    n_threads = max(1, min(int(n_threads), os.cpu_count() or 1, n // _MIN_ROWS_PER_THREAD))
-    edges = np.linspace(0, n, n_threads + 1).astype(int)
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def _pack(trees: list[tuple[np.ndarray, ...]], n_features: int, **kind: Any) -> CompiledTrees:

@@ -392,14 +392,14 @@ class FactorPipeline(Pipeline):
     ``fit`` runs :func:`check_binary_target` (single-class ``y`` rejected), so every
     registry model fails with the same clear :class:`MetalsmInputError`.
 
-    Tree ensembles (random forest, LightGBM) predict through a compiled traversal
-    of the fitted trees (:mod:`metalsm.models._trees`) with the library's own
+    LightGBM predicts through a compiled traversal of the fitted trees
+    (:mod:`metalsm.models._trees`, :func:`compile_ensemble`) with the library's own
     numbers to rounding; :attr:`predictor_` says which path a model takes. Packing
     the trees costs up to a few tenths of a second, so ``predict_proba`` switches to
     it from the first call of at least ``COMPILE_MIN_ROWS`` rows (a map window)
     and the small predictions of cross-validation keep the library's.
-    :meth:`predict_cells` is the map's path: raster cells as a NumPy array, encoded
-    without pandas.
+    :meth:`predict_cells` is the map's path for every registry model: raster cells
+    as a NumPy array, encoded without pandas.
     """
 
     #: Rows from which ``predict_proba`` packs the trees (a 128 x 128 window and up).
@@ -499,12 +499,16 @@ class FactorPipeline(Pipeline):
 
 
 def compile_ensemble(estimator: Any) -> Any:
-    """The fitted ``estimator`` as packed trees, or ``None`` where the library must predict."""
-    from metalsm.models import _trees
+    """The fitted ``estimator`` as packed trees, or ``None`` where the library predicts.
 
-    if isinstance(estimator, RandomForestClassifier):
-        return _trees.compile_forest(estimator)
+    LightGBM only. Random forests stay on scikit-learn's own walk: it is compiled
+    (Cython) already, and the packed walk (:func:`metalsm.models._trees.compile_forest`,
+    equal to it to rounding) measured 0.75-0.95 times its speed on the Kaghan map
+    (``benchmarks/predict_speed.py``), so it would only slow the default map down.
+    """
     if type(estimator).__module__.startswith("lightgbm"):
+        from metalsm.models import _trees
+
         return _trees.compile_lightgbm(estimator)
     return None
 
