@@ -8,7 +8,7 @@ of a block pass through it) and sums the leaves; it releases the GIL, so row
 ranges run on threads. Measured on Kaghan windows (``docs/benchmarks.md``):
 LightGBM's own predict is 2-3 times slower per core than this walk, so LightGBM
 models predict here; scikit-learn's forest walk is already compiled (Cython) and
-this one reaches 0.75-0.95 of its speed, so forests keep it (their packed form,
+this one reaches 0.7-1.0 of its speed, so forests keep it (their packed form,
 :func:`compile_forest`, is what ``benchmarks/predict_speed.py`` compares it with).
 
 The libraries' own semantics are kept exactly, so probabilities agree to rounding:

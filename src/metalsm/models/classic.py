@@ -377,7 +377,8 @@ class FrequencyRatioClassifier(ClassifierMixin, TransformerMixin, BaseEstimator)
         building and checking a DataFrame per window.
         """
         check_is_fitted(self, "fr_tables_")
-        lsi = self._lsi(_in_order(values, feature_names, self._columns)).reshape(-1, 1)
+        values = _in_order(np.asarray(values, dtype=np.float64), feature_names, self._columns)
+        lsi = self._lsi(values).reshape(-1, 1)
         return self.lsi_model_.predict_proba(lsi)[:, 1]
 
 
@@ -503,7 +504,7 @@ def compile_ensemble(estimator: Any) -> Any:
 
     LightGBM only. Random forests stay on scikit-learn's own walk: it is compiled
     (Cython) already, and the packed walk (:func:`metalsm.models._trees.compile_forest`,
-    equal to it to rounding) measured 0.75-0.95 times its speed on the Kaghan map
+    equal to it to rounding) measured 0.7-1.0 times its speed on the Kaghan map
     (``benchmarks/predict_speed.py``), so it would only slow the default map down.
     """
     if type(estimator).__module__.startswith("lightgbm"):
