@@ -96,7 +96,7 @@ def tune_learner(learner: MetaLearner, X: Any, y: Any, groups: Any, *,
         if i > 0 and elapsed + _mean_cost(rows) > budget_s:
             break
         t = time.perf_counter()
-        model = clone(learner).set_params(**overrides, iterations=its)
+        model = clone(learner).set_params(**{"iterations": its, **overrides})
         model.fit(X[inner_train], y[inner_train], groups=groups[inner_train],
                   init_state=init_state)
         fit_seconds = time.perf_counter() - t
