@@ -10,6 +10,7 @@ from conftest import write_config
 from typer.testing import CliRunner
 
 from metalsm.cli import app
+from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
 from metalsm.pipeline import run_pipeline
@@ -34,6 +35,16 @@ def test_every_output_is_written(crop_run):
     names = {p.name for p in crop_run.iterdir()}
     assert EXPECTED_OUTPUTS <= names
     assert not [n for n in names if "partial" in n]
+
+
+def test_every_raster_output_is_a_cloud_optimized_geotiff(crop_run):
+    rasters = sorted(crop_run.glob("*.tif"))
+    assert {p.name for p in rasters} >= {"factors.tif", "susceptibility.tif", "zones.tif"}
+    for path in rasters:
+        assert cog_problems(path) == [], path.name
+        with rasterio.open(path) as src:
+            assert src.overviews(1), path.name  # the 260 x 300 crop is larger than a tile
+            assert src.compression.name == "deflate" and src.block_shapes[0] == (256, 256)
 
 
 def test_susceptibility_raster_is_on_the_input_grid(crop_run, kaghan_crop):

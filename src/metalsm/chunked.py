@@ -56,7 +56,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from metalsm.atomic import atomic_path
+from metalsm.cog import atomic_cog
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid, open_raster, read_class_names
 from metalsm.mapping import iter_windows
@@ -363,7 +363,7 @@ def write_factor_stack(
     class_names = class_names or {}
     finite = np.zeros(len(sources), dtype=np.int64)
     n_valid = 0
-    with atomic_path(out_path) as tmp:
+    with atomic_cog(out_path, overview_resampling="nearest") as tmp:
         # NUM_THREADS: deflate the tiles on every core (this process is the only writer)
         with rasterio.open(tmp, "w", **stack_profile(grid, len(names)),
                            NUM_THREADS="ALL_CPUS") as dst:
@@ -663,7 +663,7 @@ def write_credibility_chunked(
         return np.where(valid, cred, np.nan).astype(np.float32)
 
     profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
-    with atomic_path(out_path) as tmp:
+    with atomic_cog(out_path, overview_resampling="average") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             for win, cred in compute.map_windows(task, iter_windows(grid.height, grid.width,
                                                                     chunk_size)):
@@ -800,7 +800,7 @@ def segment_coarse(
         return ids
 
     profile = grid.profile(dtype="int32", nodata=-1)
-    with atomic_path(out_path) as tmp:
+    with atomic_cog(out_path, overview_resampling="nearest") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             for win, ids in compute.map_windows(task, iter_windows(grid.height, grid.width,
                                                                    chunk_size)):

@@ -45,7 +45,8 @@ import pandas as pd
 import rasterio
 from matplotlib.colors import Normalize
 
-from metalsm.atomic import atomic_path, write_csv
+from metalsm.atomic import write_csv
+from metalsm.cog import atomic_cog
 from metalsm.config import CredibilityConfig, FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.factors import FactorClasses, differentiation, fr_table, stack_classes
@@ -201,9 +202,9 @@ def credibility_map(
 
 
 def write_credibility(credibility: np.ndarray, grid: Grid, path: str | Path) -> Path:
-    """``credibility.tif``: float32, NaN nodata, same grid as the stack, written atomically."""
+    """``credibility.tif``: float32 COG, NaN nodata, same grid as the stack, written atomically."""
     profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
-    with atomic_path(path) as tmp:
+    with atomic_cog(path, overview_resampling="average") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(credibility.astype(np.float32, copy=False), 1)
             dst.set_band_description(1, "credibility as a non-landslide sample (0-1)")

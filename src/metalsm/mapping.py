@@ -21,7 +21,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import EnvError
 from rasterio.windows import Window
 
-from metalsm.atomic import atomic_path
+from metalsm.cog import atomic_cog
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid, open_raster
 from metalsm.stack import stack_metadata
@@ -106,7 +106,7 @@ def _write_probability_raster(
 
     ``predict_window(values, window)`` gets the window's bands (float64, NaN = no
     data) and returns the mask of cells it predicted and their probabilities.
-    Output: float32 tiled deflate GeoTIFF on the source grid, NaN nodata, average
+    Output: float32 Cloud-Optimized GeoTIFF on the source grid, NaN nodata, average
     overviews, written atomically (a failure leaves no output behind).
 
     ``compute`` (a :class:`metalsm.chunked.Compute`) runs the windows on Dask (local
@@ -129,7 +129,7 @@ def _write_probability_raster(
                 return _predict_one(own, indexes, nodata, predict_window, win)
 
         results = compute.map_windows(task, windows)
-    with atomic_path(out_path) as tmp:
+    with atomic_cog(out_path, overview_resampling="average") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             for win, (out, n_new) in results:
                 if compute is None:
@@ -367,7 +367,7 @@ def classify_raster(
 ) -> Path:
     """Write the zone raster (uint8, 1 = lowest zone, 0 = nodata) from class ``edges``.
 
-    Windowed and atomic; overviews use the mode so zones stay whole classes.
+    Windowed, atomic, a COG; overviews use the mode so zones stay whole classes.
     The edges are stored in a tag so :func:`zone_table` knows the number of levels.
     """
     edges = np.asarray(edges, dtype=np.float64)
@@ -379,7 +379,7 @@ def classify_raster(
         grid = Grid(src.crs, src.transform, src.height, src.width)
         nodata = src.nodata
         profile = grid.profile(dtype="uint8", nodata=0)
-        with atomic_path(zones_path) as tmp:
+        with atomic_cog(zones_path, overview_resampling="mode") as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 for win in iter_windows(grid.height, grid.width, window_size):
                     values = src.read(1, window=win)
