@@ -248,7 +248,8 @@ def test_classify_raster_overviews_and_atomicity(tmp_path):
         assert src.overviews(1) == [2, 4, 8, 16]
         counts = np.bincount(src.read(1).ravel(), minlength=6)
     assert counts[0] == 0 and counts[1:].max() - counts[1:].min() <= 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif", "zones.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "s.qml", "s.tif", "zones.qml", "zones.tif", "zones.tif.aux.xml"]  # styles beside
     with pytest.raises(MetalsmInputError, match="non-decreasing"):
         classify_raster(spath, tmp_path / "z2.tif", [0.5, 0.2, 1.0])
 

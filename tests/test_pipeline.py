@@ -1,6 +1,7 @@
 """End to end on a crop of the real Kaghan data: config → run directory, through the CLI."""
 
 import json
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pandas as pd
@@ -9,6 +10,7 @@ import rasterio
 from conftest import write_config
 from typer.testing import CliRunner
 
+from metalsm import styles
 from metalsm.cli import app
 from metalsm.cog import cog_problems
 from metalsm.config import load_config
@@ -45,6 +47,24 @@ def test_every_raster_output_is_a_cloud_optimized_geotiff(crop_run):
         with rasterio.open(path) as src:
             assert src.overviews(1), path.name  # the 260 x 300 crop is larger than a tile
             assert src.compression.name == "deflate" and src.block_shapes[0] == (256, 256)
+
+
+def test_zone_styles_match_the_zone_table(crop_run):
+    """QGIS opens zones.tif and susceptibility.tif with the classes, breaks and colours of
+    zones.csv and metrics.json."""
+    zones = pd.read_csv(crop_run / "zones.csv")
+    edges = json.loads((crop_run / "metrics.json").read_text())["zones"]["edges"]
+    palette = [e.attrib for e in ET.parse(crop_run / "zones.qml").getroot().iter("paletteEntry")]
+    assert [int(e["value"]) for e in palette] == zones["level"].tolist()
+    for entry, label, lo, hi in zip(palette, zones["label"], edges[:-1], edges[1:], strict=True):
+        assert entry["label"] == f"{label} ({lo:.3f} – {hi:.3f})"
+    with rasterio.open(crop_run / "zones.tif") as src:
+        table = src.colormap(1)
+    assert [styles.hex_colour(table[level][:3]) for level in zones["level"]] == [
+        e["color"] for e in palette]
+    items = [e.attrib for e in ET.parse(crop_run / "susceptibility.qml").getroot().iter("item")]
+    assert [float(e["value"]) for e in items] == pytest.approx(edges[1:])
+    assert [e["color"] for e in items] == [e["color"] for e in palette]
 
 
 def test_susceptibility_raster_is_on_the_input_grid(crop_run, kaghan_crop):

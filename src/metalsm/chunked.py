@@ -61,6 +61,7 @@ from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid, open_raster, read_class_names
 from metalsm.mapping import iter_windows
 from metalsm.stack import _CATEGORICAL_TAG, FactorStack, stack_metadata
+from metalsm.styles import write_blocks_style, write_credibility_style
 
 log = logging.getLogger(__name__)
 
@@ -670,6 +671,7 @@ def write_credibility_chunked(
                 with compute.lock(str(out_path)):
                     dst.write(cred, 1, window=win)
             dst.set_band_description(1, "credibility as a non-landslide sample (0-1)")
+    write_credibility_style(out_path)
     return Path(out_path)
 
 
@@ -806,6 +808,7 @@ def segment_coarse(
                                                                    chunk_size)):
                 with compute.lock(str(out_path)):
                     dst.write(ids, 1, window=win)
+    write_blocks_style(out_path, range(blocks.n_blocks))
     return CoarseBlocks(blocks, factor, grid, Path(out_path))
 
 

@@ -52,6 +52,7 @@ from metalsm.errors import MetalsmInputError
 from metalsm.factors import FactorClasses, differentiation, fr_table, stack_classes
 from metalsm.grid import Grid
 from metalsm.stack import FactorStack
+from metalsm.styles import write_credibility_style
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ def write_credibility(credibility: np.ndarray, grid: Grid, path: str | Path) -> 
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(credibility.astype(np.float32, copy=False), 1)
             dst.set_band_description(1, "credibility as a non-landslide sample (0-1)")
+    write_credibility_style(path)
     return Path(path)
 
 

@@ -21,6 +21,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import EnvError
 from rasterio.windows import Window
 
+from metalsm import styles
 from metalsm.cog import atomic_cog
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid, open_raster
@@ -364,17 +365,23 @@ def classify_raster(
     window_size: int = 512,
     *,
     overviews: Sequence[int] = (2, 4, 8, 16),
+    labels: Sequence[str] | None = None,
 ) -> Path:
     """Write the zone raster (uint8, 1 = lowest zone, 0 = nodata) from class ``edges``.
 
     Windowed, atomic, a COG; overviews use the mode so zones stay whole classes.
     The edges are stored in a tag so :func:`zone_table` knows the number of levels.
+    The raster carries the zone colour table; beside it go ``zones.qml``, an
+    attribute table (``zones.tif.aux.xml``: label, break values, colour) and a
+    ``.qml`` for the susceptibility raster classed by the same breaks.
     """
     edges = np.asarray(edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) < 0):
         raise MetalsmInputError(f"zone edges must be a non-decreasing 1-D list of >= 2: {edges}")
     if edges.size - 1 > 255:
         raise MetalsmInputError(f"at most 255 zones fit a uint8 raster, got {edges.size - 1}")
+    labels = _zone_labels(edges.size - 1, labels, zones_path)
+    colours = styles.zone_colours(edges.size - 1)
     with open_raster(susceptibility_path) as src:
         grid = Grid(src.crs, src.transform, src.height, src.width)
         nodata = src.nodata
@@ -392,7 +399,22 @@ def classify_raster(
                     dst.update_tags(ns="rio_overview", resampling="mode")
                 dst.update_tags(**{_ZONES_TAG: json.dumps(edges.tolist())})
                 dst.set_band_description(1, "susceptibility zone (1 = lowest)")
+                dst.write_colormap(1, {0: (0, 0, 0, 0), **{
+                    level: (*rgb, 255) for level, rgb in enumerate(colours, start=1)}})
+    styles.write_zone_styles(zones_path, susceptibility_path, edges, labels)
     return Path(zones_path)
+
+
+def _zone_labels(levels: int, labels: Sequence[str] | None, zones_path: str | Path) -> list[str]:
+    """The given zone labels (checked against the number of zones), else the defaults."""
+    if labels is None:
+        labels = DEFAULT_LABELS.get(levels, tuple(f"Zone {i}" for i in range(1, levels + 1)))
+    labels = list(labels)
+    if len(labels) != levels:
+        raise MetalsmInputError(
+            f"{len(labels)} zone labels given for {levels} zones in {zones_path}: {labels}"
+        )
+    return labels
 
 
 @_bounded_gdal_cache
@@ -454,13 +476,7 @@ def zone_table(
         levels = int(nonzero[-1]) + 1 if nonzero.size else 0
     if levels == 0:
         raise MetalsmInputError(f"zone raster {zones_path} has no zoned cells")
-    if labels is None:
-        labels = DEFAULT_LABELS.get(levels, tuple(f"Zone {i}" for i in range(1, levels + 1)))
-    labels = list(labels)
-    if len(labels) != levels:
-        raise MetalsmInputError(
-            f"{len(labels)} zone labels given for {levels} zones in {zones_path}: {labels}"
-        )
+    labels = _zone_labels(levels, labels, zones_path)
     n = cells[1 : levels + 1]
     table = pd.DataFrame({"level": np.arange(1, levels + 1), "label": labels, "n_cells": n})
     table["area_km2"] = n * grid.cell_area / 1e6

@@ -235,8 +235,9 @@ def run_pipeline(
                 levels=config.zones.levels,
                 seed=config.model.seed,
             )
-            mapping.classify_raster(out / "susceptibility.tif", out / "zones.tif", edges)
             labels = list(config.zones.labels) or None
+            mapping.classify_raster(out / "susceptibility.tif", out / "zones.tif", edges,
+                                    labels=labels)
             zones = mapping.zone_table(out / "zones.tif", mask, labels=labels)
             write_csv(out / "zones.csv", zones)
         t = timed("zones", t)

@@ -51,6 +51,7 @@ from metalsm.atomic import atomic_path
 from metalsm.cog import atomic_cog
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid
+from metalsm.styles import write_blocks_style
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -1053,6 +1054,7 @@ def write_blocks(
     with atomic_cog(tif, overview_resampling="nearest") as tmp, \
             rasterio.open(tmp, "w", **profile) as dst:
         dst.write(blocks.labels.astype(np.int32), 1)
+    write_blocks_style(tif, range(blocks.n_blocks))
 
     geoms, ids = [], []
     for geom, value in shapes(
