@@ -15,10 +15,12 @@ from metalsm.mapping import (
     classify_raster,
     classify_values,
     predict_raster,
+    success_rate,
     zone_breaks,
     zone_table,
 )
 from metalsm.stack import FactorStack
+from metalsm.validation import rate_curve
 
 FEATURES = ["elevation", "geology"]
 
@@ -252,6 +254,22 @@ def test_classify_raster_overviews_and_atomicity(tmp_path):
         "s.qml", "s.tif", "zones.qml", "zones.tif", "zones.tif.aux.xml"]  # styles beside
     with pytest.raises(MetalsmInputError, match="non-decreasing"):
         classify_raster(spath, tmp_path / "z2.tif", [0.5, 0.2, 1.0])
+
+
+def test_success_rate_of_a_raster_equals_the_exact_curve(tmp_path):
+    grid = _grid((300, 280))
+    rng = np.random.default_rng(1)
+    values = rng.random(grid.shape)
+    values[:4, :9] = np.nan
+    mask = rng.random(grid.shape) < values * 0.1  # landslides where susceptible
+    path = _write(tmp_path / "s.tif", values, grid)
+    curve = success_rate(path, mask, window_size=100)
+    stored = values.astype(np.float32)
+    exact = rate_curve(stored, stored[mask])
+    assert curve.auc == pytest.approx(exact.auc, abs=2e-4)  # 10,000 probability classes
+    assert 0.6 < curve.auc < 0.75  # P(slide) rises with the value: well above 0.5
+    with pytest.raises(MetalsmInputError, match="shape"):
+        success_rate(path, mask[:10])
 
 
 def test_quantile_breaks_with_fewer_values_than_zones():

@@ -16,11 +16,12 @@ from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
 from metalsm.pipeline import run_pipeline
+from metalsm.validation import rate_curve_from_counts
 
 EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
     "zones.csv", "metrics.json", "roc.png", "map.png", "zones.png", "manifest.json",
-    "report.html",
+    "report.html", "roc_folds.png", "rates.png",
 }
 
 
@@ -65,6 +66,26 @@ def test_zone_styles_match_the_zone_table(crop_run):
     items = [e.attrib for e in ET.parse(crop_run / "susceptibility.qml").getroot().iter("item")]
     assert [float(e["value"]) for e in items] == pytest.approx(edges[1:])
     assert [e["color"] for e in items] == [e["color"] for e in palette]
+
+
+def test_success_and_prediction_rates(crop_run):
+    metrics = json.loads((crop_run / "metrics.json").read_text())
+    rates = metrics["rates"]
+    zones = pd.read_csv(crop_run / "zones.csv")
+    # the zones are a four-class success-rate curve: cells within a zone count as ties
+    # (a straight line across the zone), so it lies a little under the fine curve
+    four_class = rate_curve_from_counts(zones["n_cells"], zones["landslide_cells"]).auc
+    x = np.r_[0, zones["cum_area_share"][::-1]]
+    y = np.r_[0, zones["cum_landslide_share"][::-1]]
+    assert four_class == pytest.approx(np.trapezoid(y, x))
+    assert four_class - 0.005 <= rates["success_rate_auc"] <= four_class + 0.06
+    # held-out landslides rank lower than the training ones, spatial folds lowest
+    assert 0.5 < rates["prediction_rate_spatial_auc"] < rates["success_rate_auc"]
+    assert rates["prediction_rate_spatial_auc"] <= rates["prediction_rate_random_auc"] + 0.02
+    table = pd.read_csv(crop_run / "validation.csv").set_index(["model", "scheme"])
+    assert table.loc[("rf", "spatial"), "prediction_rate_auc"] == pytest.approx(
+        rates["prediction_rate_spatial_auc"])
+    assert "Success and prediction rates" in (crop_run / "report.html").read_text()
 
 
 def test_susceptibility_raster_is_on_the_input_grid(crop_run, kaghan_crop):

@@ -500,6 +500,40 @@ def zone_table(
     return table
 
 
+#: Probability classes of :func:`success_rate` (the AUC is exact to about 1e-4).
+SUCCESS_RATE_BINS = 10_000
+
+
+@_bounded_gdal_cache
+def success_rate(susceptibility_path: str | Path, landslide_mask: np.ndarray, *,
+                 window_size: int = 512, bins: int = SUCCESS_RATE_BINS) -> Any:
+    """The success-rate curve of a probability map: its cells ranked from the most
+    susceptible down against the share of ``landslide_mask`` cells they hold.
+
+    Window by window into ``bins`` equal probability classes, so memory does not grow
+    with the raster. The landslides are those the map was trained from, so this
+    measures fit; :func:`metalsm.validation.prediction_rate` measures prediction.
+    """
+    from metalsm.validation import rate_curve_from_counts
+
+    area = np.zeros(bins, dtype=np.int64)
+    slides = np.zeros(bins, dtype=np.int64)
+    with open_raster(susceptibility_path) as src:
+        landslide_mask = np.asarray(landslide_mask, dtype=bool)
+        if landslide_mask.shape != src.shape:
+            raise MetalsmInputError(f"landslide mask has shape {landslide_mask.shape}, but "
+                                    f"{susceptibility_path} is {src.shape}")
+        for win in iter_windows(src.height, src.width, window_size):
+            values = src.read(1, window=win)
+            valid = np.isfinite(values)
+            cls = np.clip((values[valid] * bins).astype(np.int64), 0, bins - 1)
+            area += np.bincount(cls, minlength=bins)
+            sub = landslide_mask[win.row_off : win.row_off + win.height,
+                                 win.col_off : win.col_off + win.width][valid]
+            slides += np.bincount(cls[sub], minlength=bins)
+    return rate_curve_from_counts(area, slides)
+
+
 def _share(counts: np.ndarray) -> np.ndarray:
     total = counts.sum()
     if total == 0:

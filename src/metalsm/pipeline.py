@@ -184,6 +184,7 @@ def run_pipeline(
         names = tuple(n for n in config.model.names if n != "meta-blockwise")
         n_tasks = 2 * len(names) * config.validation.n_folds
         with progress.stage("validation (random and spatial folds)", total=n_tasks) as advance:
+            area = area_sample(stack, samples.factor_names, config.validation.seed)
             evaluation = validation.evaluate_models(
                 names,
                 samples.X,
@@ -194,6 +195,7 @@ def run_pipeline(
                 seed=config.validation.seed,
                 spatial_method=config.validation.spatial_method,
                 progress=advance,
+                area=area,
             )
             write_csv(out / "validation.csv", evaluation.table)
         t = timed("validation", t)
@@ -240,16 +242,22 @@ def run_pipeline(
                                     labels=labels)
             zones = mapping.zone_table(out / "zones.tif", mask, labels=labels)
             write_csv(out / "zones.csv", zones)
+            rates = _rate_curves(out, mask, evaluation, config.model.map_model)
         t = timed("zones", t)
 
         with progress.stage("figures and report"):
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
+            metrics["rates"] = {
+                **{f"{name}_auc": curve.auc for name, curve in rates.items()},
+                "prediction_rate_model": config.model.map_model,
+                "area_sample_cells": len(area),
+            }
             if meta_result is not None:
                 metrics["meta"] = meta_result.metrics
             metrics["compute"] = {"chunked": use_chunks, "why": why,
                                   "chunk_size": chunk if use_chunks else None,
                                   "scheduler": compute.scheduler if compute else None}
-            _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config)
+            _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates)
             write_json(out / "metrics.json", metrics)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             manifest = build_manifest(
@@ -282,6 +290,50 @@ def run_pipeline(
         headline[f"spatial AUC ({config.model.map_model})"] = (
             f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}")
     return RunResult(out, seconds, metrics, headline)
+
+
+#: Mapped cells each cross-validation model scores to rank its held-out landslides.
+AREA_SAMPLE_CELLS = 5000
+
+
+def area_sample(stack, factor_names, seed: int, n: int = AREA_SAMPLE_CELLS) -> pd.DataFrame:
+    """Factors at a seeded random sample of the valid cells: the area a prediction-rate
+    curve ranks held-out landslides in."""
+    rows, cols = np.nonzero(stack.valid)
+    pick = np.sort(np.random.default_rng(seed).choice(rows.size, min(n, rows.size),
+                                                      replace=False))
+    return stack.sample(rows[pick], cols[pick])[list(factor_names)].reset_index(drop=True)
+
+
+def _rate_curves(out: Path, mask: np.ndarray, evaluation: validation.Evaluation,
+                 map_model: str) -> dict[str, validation.RateCurve]:
+    """Success rate of the map (the inventory it was trained from) and prediction rates
+    of the map model's held-out landslides under each fold scheme."""
+    rates = {"success_rate": mapping.success_rate(out / "susceptibility.tif", mask)}
+    for scheme in ("spatial", "random"):
+        result = evaluation.results.get((map_model, scheme))
+        if result is not None and result.area_share_above is not None:
+            rates[f"prediction_rate_{scheme}"] = validation.prediction_rate(
+                result.area_share_above)
+    return rates
+
+
+def _rates_section(out: Path, rates: dict, config: StudyAreaConfig) -> Section:
+    text = (
+        "Cells ranked from the most susceptible down: the share of landslides found within "
+        "each share of the area (0.5 = a random map, 1 = every landslide in the most "
+        f"susceptible cells). The **success rate** ({rates['success_rate_auc']:.3f}) ranks the "
+        "inventory's landslide cells on the map, which was trained from them: it measures fit.")
+    if "prediction_rate_spatial_auc" in rates:
+        text += (
+            f" The **prediction rate** ranks each landslide sample on the map of the "
+            f"`{config.model.map_model}` cross-validation model that did not see it, among "
+            f"{rates['area_sample_cells']:,} random mapped cells: "
+            f"{rates['prediction_rate_spatial_auc']:.3f} with spatial folds (the honest "
+            f"estimate), {rates.get('prediction_rate_random_auc', float('nan')):.3f} with "
+            "random folds.")
+    return Section("Success and prediction rates", text=text,
+                   images=[("Success- and prediction-rate curves", out / "rates.png")])
 
 
 def _input_paths(config: StudyAreaConfig) -> list[str]:
@@ -330,7 +382,7 @@ def _metrics(
 MAP_FIGURE_SIDE = 3000
 
 
-def _figures(out, stack, inventory, evaluation, y, zones, labels, config) -> None:
+def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates) -> None:
     curves = {}
     for (name, scheme), proba in evaluation.oof.items():
         if scheme != "spatial":
@@ -338,6 +390,22 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config) -> Non
         roc = validation.roc_points(y, proba)
         curves[name] = (roc.fpr, roc.tpr, roc.auc)
     figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
+    per_fold = {}
+    for scheme, folds in evaluation.folds.items():
+        proba = evaluation.oof.get((config.model.map_model, scheme))
+        if proba is None:
+            continue
+        per_fold[scheme] = [validation.roc_points(y[folds == k], proba[folds == k])[:2]
+                            for k in np.unique(folds) if np.unique(y[folds == k]).size == 2]
+    if per_fold:
+        figures.plot_roc_by_scheme(per_fold, out / "roc_folds.png",
+                                   title=f"ROC of {config.model.map_model}, random and spatial "
+                                   "folds")
+    names = {"success_rate": "success rate (training landslides)",
+             "prediction_rate_spatial": "prediction rate, spatial folds",
+             "prediction_rate_random": "prediction rate, random folds"}
+    figures.plot_rate_curves({names[k]: (c.area_share, c.landslide_share, c.auc)
+                              for k, c in rates.items()}, out / "rates.png")
     # decimated reads: a province-scale map is drawn from at most MAP_FIGURE_SIDE cells a side
     zone_array, grid = figures.read_decimated(out / "zones.tif", MAP_FIGURE_SIDE,
                                               resampling="mode")
@@ -391,8 +459,11 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
             ),
             tables=[("Mean ± std over folds", summary.reset_index()),
                     ("All metrics", table.round(4))],
-            images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")],
+            images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
+            + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
+                 out / "roc_folds.png")] if (out / "roc_folds.png").exists() else []),
         ),
+        _rates_section(out, metrics["rates"], config),
         Section(
             "Zones",
             text=(

@@ -83,6 +83,74 @@ def plot_roc(
     return save_figure(fig, path)
 
 
+#: Okabe-Ito colours (distinguishable with colour-vision deficiency) for curve figures.
+CURVE_COLOURS = {"spatial": "#0072B2", "random": "#E69F00", "success": "#D55E00"}
+
+
+def plot_roc_by_scheme(
+    folds: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
+    path: str | Path,
+    title: str = "ROC per fold",
+) -> Path:
+    """One model's ROC under each fold scheme: every fold thin, the mean over folds bold
+    (true positive rates averaged at fixed false positive rates) and a ±1 std band;
+    the legend gives the AUC mean ± std over folds."""
+    if not folds:
+        raise ValueError(f"plot_roc_by_scheme needs at least one scheme for {path}")
+    grid = np.linspace(0.0, 1.0, 201)
+    fig = Figure(figsize=(5.5, 5.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance (0.500)")
+    for scheme, curves in folds.items():
+        colour = CURVE_COLOURS.get(scheme, "0.3")
+        tprs = np.array([np.interp(grid, fpr, tpr) for fpr, tpr in curves])
+        aucs = np.array([np.sum(np.diff(fpr) * (np.asarray(tpr)[1:] + np.asarray(tpr)[:-1]) / 2)
+                         for fpr, tpr in curves])
+        for tpr in tprs:
+            ax.plot(grid, tpr, color=colour, linewidth=0.6, alpha=0.35)
+        mean, std = tprs.mean(axis=0), tprs.std(axis=0)
+        ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
+                        color=colour, alpha=0.18, linewidth=0)
+        ax.plot(grid, mean, color=colour, linewidth=2,
+                label=f"{scheme} folds ({aucs.mean():.3f} ± {aucs.std():.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate", ylabel="True positive rate")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(title="scheme (AUC mean ± std over folds)", loc="lower right", frameon=True,
+              fontsize=8, title_fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_rate_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
+    path: str | Path,
+    title: str = "Success and prediction rates",
+) -> Path:
+    """Cumulative share of landslides against cumulative share of area, cells ranked from
+    the most susceptible down, one line per curve (area under the curve in the legend);
+    ``curves`` keys starting with ``success``/``spatial``/``random`` pick the colour."""
+    if not curves:
+        raise ValueError(f"plot_rate_curves needs at least one curve for {path}")
+    fig = Figure(figsize=(5.5, 5.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 100], [0, 100], color="0.6", linestyle="--", linewidth=1,
+            label="random map (0.500)")
+    for name, (area, slides, auc) in curves.items():
+        colour = next((c for k, c in CURVE_COLOURS.items() if k in name), None)
+        style = "-" if name.startswith(("success", "prediction rate, spatial")) else ":"
+        ax.plot(np.asarray(area) * 100, np.asarray(slides) * 100, color=colour, linestyle=style,
+                linewidth=2, label=f"{name} ({auc:.3f})")
+    ax.set(xlim=(0, 100), ylim=(0, 101), xlabel="Cumulative share of area, most susceptible "
+           "first (%)", ylabel="Cumulative share of landslides (%)")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(title="curve (area under the curve)", loc="lower right", frameon=True,
+              fontsize=8, title_fontsize=8)
+    return save_figure(fig, path)
+
+
 def _figure_for_grid(grid: Grid, width_in: float = 8.0) -> tuple[Figure, Any]:
     """A figure whose map panel has the grid's aspect ratio (room kept for a legend)."""
     aspect = grid.height / grid.width
