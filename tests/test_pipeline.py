@@ -1,8 +1,10 @@
 """End to end on a crop of the real Kaghan data: config → run directory, through the CLI."""
 
 import json
+import logging
 import xml.etree.ElementTree as ET
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,7 +23,7 @@ from metalsm.validation import rate_curve_from_counts
 EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
     "zones.csv", "metrics.json", "roc.png", "map.png", "zones.png", "manifest.json",
-    "report.html", "roc_folds.png", "rates.png",
+    "report.html", "roc_folds.png", "rates.png", "samples.gpkg",
 }
 
 
@@ -86,6 +88,35 @@ def test_success_and_prediction_rates(crop_run):
     assert table.loc[("rf", "spatial"), "prediction_rate_auc"] == pytest.approx(
         rates["prediction_rate_spatial_auc"])
     assert "Success and prediction rates" in (crop_run / "report.html").read_text()
+
+
+def test_samples_vector_has_crs_folds_and_out_of_fold_probabilities(crop_run, kaghan_crop):
+    points = gpd.read_file(crop_run / "samples.gpkg")
+    table = pd.read_csv(crop_run / "samples.csv")
+    with rasterio.open(kaghan_crop / "AW3D30.tif") as dem:
+        assert points.crs == dem.crs
+    assert len(points) == len(table)
+    np.testing.assert_array_equal(points["label"], table["label"])
+    np.testing.assert_allclose(points.geometry.x, table["x"])
+    np.testing.assert_allclose(points.geometry.y, table["y"])
+    for scheme in ("random", "spatial"):
+        assert sorted(points[f"fold_{scheme}"].unique()) == [0, 1, 2]  # the crop's 3 folds
+        oof = points[f"oof_rf_{scheme}"]
+        assert oof.between(0, 1).all()
+    # the spatial folds are regions: each fold's points sit apart from the others
+    centres = points.groupby("fold_spatial").apply(
+        lambda g: (g.geometry.x.mean(), g.geometry.y.mean()), include_groups=False)
+    assert len(set(centres)) == 3
+
+
+def test_version_option_and_quiet_gdal_logging():
+    from metalsm import __version__
+    from metalsm.cli import _setup_logging
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"metalsm {__version__}"
+    _setup_logging(quiet=False)
+    assert logging.getLogger("pyogrio").getEffectiveLevel() >= logging.WARNING
 
 
 def test_susceptibility_raster_is_on_the_input_grid(crop_run, kaghan_crop):

@@ -34,6 +34,23 @@ def _setup_logging(quiet: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
+    logging.getLogger("pyogrio").setLevel(logging.WARNING)  # "Created N records" per write
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from metalsm import __version__
+
+        typer.echo(f"metalsm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Landslide susceptibility mapping on real GIS data."""
 
 
 def _fail(message: str) -> typer.Exit:

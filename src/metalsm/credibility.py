@@ -226,7 +226,7 @@ def plot_credibility(
     from metalsm.report.figures import plot_raster_map
 
     return plot_raster_map(
-        credibility, grid, path, dem=dem, inventory=inventory, cmap="RdYlGn",
+        credibility, grid, path, dem=dem, inventory=inventory, cmap="cividis",
         norm=Normalize(0.0, 1.0), title=title,
         colorbar_label="credibility (1 = surely stable ground)",
     )

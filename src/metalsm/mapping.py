@@ -434,12 +434,14 @@ def zone_table(
     map has ratios rising with the zone. ``cum_*`` columns accumulate from the
     highest zone down ("the top two zones cover X % of the area and Y % of the
     landslides"). ``sample_points`` (rows, cols), e.g. landslide points, adds
-    per-zone point counts and shares.
+    per-zone point counts and shares. The break values of each zone
+    (``susceptibility_min``/``_max``) come from the raster's tag when it has one.
     """
     with open_raster(zones_path) as src:
         grid = Grid(src.crs, src.transform, src.height, src.width)
         tag = src.tags().get(_ZONES_TAG)
-        levels = len(json.loads(tag)) - 1 if tag else None
+        edges = np.asarray(json.loads(tag), dtype=np.float64) if tag else None
+        levels = edges.size - 1 if edges is not None else None
         if landslide_mask is not None:
             landslide_mask = np.asarray(landslide_mask, dtype=bool)
             if landslide_mask.shape != grid.shape:
@@ -478,7 +480,10 @@ def zone_table(
         raise MetalsmInputError(f"zone raster {zones_path} has no zoned cells")
     labels = _zone_labels(levels, labels, zones_path)
     n = cells[1 : levels + 1]
-    table = pd.DataFrame({"level": np.arange(1, levels + 1), "label": labels, "n_cells": n})
+    table = pd.DataFrame({"level": np.arange(1, levels + 1), "label": labels})
+    if edges is not None:
+        table["susceptibility_min"], table["susceptibility_max"] = edges[:-1], edges[1:]
+    table["n_cells"] = n
     table["area_km2"] = n * grid.cell_area / 1e6
     table["area_share"] = _share(n)
     if landslide_mask is not None:

@@ -24,8 +24,9 @@ from metalsm.manifest import build_manifest
 from metalsm.models.classic import make_model
 from metalsm.progress import RunProgress
 from metalsm.report import figures
+from metalsm.report import tables as report_tables
 from metalsm.report.html import Section, write_report
-from metalsm.sample_table import Samples
+from metalsm.sample_table import Samples, write_samples_vector
 from metalsm.sampling import NegativeRequest, draw_negatives, sample_table
 from metalsm.stack import FactorStack, build_factor_stack
 
@@ -198,6 +199,8 @@ def run_pipeline(
                 area=area,
             )
             write_csv(out / "validation.csv", evaluation.table)
+            write_samples_vector(out / "samples.gpkg", samples, stack.grid.crs,
+                                 _sample_columns(evaluation, config.model.map_model))
         t = timed("validation", t)
 
         meta_result = None
@@ -257,7 +260,8 @@ def run_pipeline(
             metrics["compute"] = {"chunked": use_chunks, "why": why,
                                   "chunk_size": chunk if use_chunks else None,
                                   "scheduler": compute.scheduler if compute else None}
-            _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates)
+            _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates,
+                     edges)
             write_json(out / "metrics.json", metrics)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             manifest = build_manifest(
@@ -290,6 +294,16 @@ def run_pipeline(
         headline[f"spatial AUC ({config.model.map_model})"] = (
             f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}")
     return RunResult(out, seconds, metrics, headline)
+
+
+def _sample_columns(evaluation: validation.Evaluation, map_model: str) -> dict:
+    """Per sample: its fold under each scheme and, for the map model, the out-of-fold
+    probability (from the fold model that did not see it)."""
+    columns = {f"fold_{scheme}": folds for scheme, folds in evaluation.folds.items()}
+    for scheme in evaluation.folds:
+        if (map_model, scheme) in evaluation.oof:
+            columns[f"oof_{map_model}_{scheme}"] = evaluation.oof[(map_model, scheme)]
+    return columns
 
 
 #: Mapped cells each cross-validation model scores to rank its held-out landslides.
@@ -382,7 +396,8 @@ def _metrics(
 MAP_FIGURE_SIDE = 3000
 
 
-def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates) -> None:
+def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
+             edges) -> None:
     curves = {}
     for (name, scheme), proba in evaluation.oof.items():
         if scheme != "spatial":
@@ -415,7 +430,7 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates)
         dem, _ = figures.read_decimated(out / "factors.tif", MAP_FIGURE_SIDE,
                                         band=stack.names.index("elevation") + 1)
     figures.plot_susceptibility_map(
-        zone_array, grid, dem, inventory, out / "map.png", labels=labels,
+        zone_array, grid, dem, inventory, out / "map.png", labels=labels, edges=edges,
         title=f"Landslide susceptibility, {config.name} ({config.model.map_model})",
     )
     figures.plot_zone_bars(zones, out / "zones.png")
@@ -444,7 +459,11 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                 f"Model **{config.model.map_model}** fitted on all {samples['positives']} "
                 f"landslide and {samples['negatives']} non-landslide cells, mapped over every "
                 f"valid cell and classified into {config.zones.levels} zones by "
-                f"`{config.zones.method}` breaks. Outlines: the landslide inventory."
+                f"`{config.zones.method}` breaks (legend: each zone's probability range). "
+                "Outlines: the landslide inventory. Zone colours are shaded by the relief: "
+                "flat ground shows exactly the legend colour, slopes facing the light are a "
+                "little lighter and those facing away darker. `zones.tif` and "
+                "`susceptibility.tif` open in QGIS with the same colours (`.qml` styles)."
             ),
             images=[("Zones over hillshade", out / "map.png")],
         ),
@@ -458,7 +477,8 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                 "the spatial score is the honest estimate for unseen ground."
             ),
             tables=[("Mean ± std over folds", summary.reset_index()),
-                    ("All metrics", table.round(4))],
+                    ("All metrics, mean ± std over folds (full precision in validation.csv)",
+                     report_tables.validation_table(table))],
             images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
             + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
                  out / "roc_folds.png")] if (out / "roc_folds.png").exists() else []),
@@ -467,12 +487,14 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
         Section(
             "Zones",
             text=(
-                "Share of area against share of landslide cells per zone; the ratio is "
-                "the landslide density relative to the study-area average. The landslide "
-                "cells include those the mapped model was trained on, so these shares are "
-                "optimistic; the spatial validation above is the honest estimate."
+                "Share of area against share of landslide cells per zone. The ratio "
+                "(the ×n above the bars) is the landslide share divided by the area share, "
+                "the frequency ratio: 1 means as many landslides as the zone's area would "
+                "hold, ×3 three times as many. The landslide cells include those the "
+                "mapped model was trained on, so these shares are optimistic; the spatial "
+                "validation and the prediction rate are the honest estimates."
             ),
-            tables=[zones.round(4)],
+            tables=[("Zones (zones.csv)", report_tables.zone_report_table(zones))],
             images=[("Area and landslides per zone", out / "zones.png")],
         ),
         Section(
@@ -484,14 +506,13 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                 f"Negatives: `{samples['negative_method']}` valid cells farther than "
                 f"{samples['buffer_m']:g} m from any landslide, ratio {config.sampling.ratio:g}."
             ),
-            preformatted=[("Factors", {"all": metrics["factors"],
-                                       "categorical": metrics["categorical_factors"]})],
+            tables=[("Factors", report_tables.factor_table(
+                metrics["factors"], metrics["categorical_factors"]))],
         ),
         Section(
             "Provenance",
-            text="Versions, seeds, input checksums and timings (also in `manifest.json`).",
-            preformatted=[{k: manifest[k] for k in ("versions", "seeds", "inputs_sha256",
-                                                    "timings_s")}],
+            text="Inputs, seeds, timings and versions (in full in `manifest.json`).",
+            tables=report_tables.provenance_tables(manifest),
         ),
     ]
     if "meta" in metrics:
