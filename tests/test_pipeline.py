@@ -23,7 +23,7 @@ from metalsm.validation import rate_curve_from_counts
 EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
     "zones.csv", "metrics.json", "roc.png", "map.png", "zones.png", "manifest.json",
-    "report.html", "roc_folds.png", "rates.png", "samples.gpkg",
+    "report.html", "roc_folds.png", "rates.png", "samples.gpkg", "folds.png",
 }
 
 

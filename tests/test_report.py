@@ -206,3 +206,23 @@ def test_report_tables_are_narrow_and_free_of_absolute_paths():
     assert captions["Timings"].iloc[0].tolist() == ["predict map", 1.2]
     kinds = factor_table(["slope", "geology"], ["geology"])
     assert kinds["kind"].tolist() == ["continuous", "categorical"]
+
+
+def test_fold_maps_colour_each_fold(tmp_path):
+    from matplotlib.image import imread
+
+    from metalsm.report.figures import FOLD_COLOURS, plot_fold_maps
+
+    grid = Grid(CRS.from_epsg(32643), rasterio.Affine(30, 0, 500000, 0, -30, 3800000), 100, 100)
+    rng = np.random.default_rng(0)
+    x = 500000 + rng.random(600) * 3000
+    y = 3797000 + rng.random(600) * 3000
+    spatial = (x > 501500).astype(int) + 2 * (y > 3798500)
+    path = plot_fold_maps(x, y, {"random": rng.integers(0, 4, 600), "spatial": spatial}, grid,
+                          tmp_path / "folds.png", labels=rng.integers(0, 2, 600))
+    pixels = (imread(path)[..., :3] * 255).round().reshape(-1, 3)
+    for colour in FOLD_COLOURS[:4]:
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(pixels - rgb).max(axis=1) <= 2).sum() > 200, colour
+    with pytest.raises(ValueError, match="at least one scheme"):
+        plot_fold_maps(x, y, {}, grid, tmp_path / "none.png")

@@ -261,7 +261,7 @@ def run_pipeline(
                                   "chunk_size": chunk if use_chunks else None,
                                   "scheduler": compute.scheduler if compute else None}
             _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates,
-                     edges)
+                     edges, samples.coords)
             write_json(out / "metrics.json", metrics)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             manifest = build_manifest(
@@ -397,7 +397,7 @@ MAP_FIGURE_SIDE = 3000
 
 
 def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
-             edges) -> None:
+             edges, coords) -> None:
     curves = {}
     for (name, scheme), proba in evaluation.oof.items():
         if scheme != "spatial":
@@ -434,6 +434,8 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
         title=f"Landslide susceptibility, {config.name} ({config.model.map_model})",
     )
     figures.plot_zone_bars(zones, out / "zones.png")
+    figures.plot_fold_maps(coords[:, 0], coords[:, 1], evaluation.folds, grid,
+                           out / "folds.png", dem=dem, labels=y)
 
 
 def _report(out, config, metrics, evaluation, zones, manifest) -> None:
@@ -481,7 +483,8 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                      report_tables.validation_table(table))],
             images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
             + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
-                 out / "roc_folds.png")] if (out / "roc_folds.png").exists() else []),
+                 out / "roc_folds.png")] if (out / "roc_folds.png").exists() else [])
+            + [("Where the folds lie: samples coloured by fold", out / "folds.png")],
         ),
         _rates_section(out, metrics["rates"], config),
         Section(

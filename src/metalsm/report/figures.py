@@ -178,6 +178,41 @@ def plot_rate_curves(
     return save_figure(fig, path)
 
 
+#: Okabe-Ito qualitative colours (colour-vision-deficiency safe) for fold maps.
+FOLD_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
+                "#F0E442", "#000000")
+
+
+def plot_fold_maps(
+    x: np.ndarray, y: np.ndarray, folds: Mapping[str, np.ndarray], grid: Grid,
+    path: str | Path, *, dem: np.ndarray | None = None, labels: np.ndarray | None = None,
+) -> Path:
+    """Where each cross-validation fold lies: one panel per scheme, samples coloured by
+    fold (landslides as triangles), so random folds show as a mix and spatial folds as
+    regions."""
+    if not folds:
+        raise ValueError(f"plot_fold_maps needs at least one scheme for {path}")
+    n = len(folds)
+    aspect = grid.height / grid.width
+    fig = Figure(figsize=(5.0 * n + 1.2, 5.0 * aspect + 1.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
+    slid = np.zeros(np.asarray(x).size, bool) if labels is None else np.asarray(labels) == 1
+    for ax, (scheme, fold) in zip(axes, folds.items(), strict=True):
+        map_axes(ax, grid, dem, title=f"{scheme} folds")
+        ids = np.unique(fold)
+        for k in ids:
+            colour = FOLD_COLOURS[int(np.flatnonzero(ids == k)[0]) % len(FOLD_COLOURS)]
+            for marker, pick in (("o", ~slid), ("^", slid)):
+                sel = (fold == k) & pick
+                ax.scatter(np.asarray(x)[sel], np.asarray(y)[sel], s=8, c=colour,
+                           marker=marker, edgecolors="white", linewidths=0.25, zorder=4,
+                           label=f"fold {k}" if marker == "o" else None)
+        ax.title.set_fontsize(10)
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=3,
+                    title="fold (● stable, ▲ landslide)", title_fontsize=8, frameon=False)
+    return save_figure(fig, path)
+
+
 def _figure_for_grid(grid: Grid, width_in: float = 8.0) -> tuple[Figure, Any]:
     """A figure whose map panel has the grid's aspect ratio (room kept for a legend)."""
     aspect = grid.height / grid.width
