@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import hk_slice
+from conftest import hk_slice, hongkong_table
 from sklearn.metrics import auc as sk_auc
 
 from metalsm.errors import MetalsmInputError
@@ -317,3 +317,27 @@ def test_evaluate_models_accepts_rich_style_progress():
     assert progress.total == progress.done == 3
     assert list(ev.table["scheme"]) == ["spatial"]
     assert set(ev.folds) == {"spatial"}
+
+
+def test_a_buffer_lowers_never_raises_the_optimism_of_random_folds():
+    """1,500 Hong Kong samples round the table's centre (median spacing ~140 m): leaving
+    out training samples within 300 and 600 m of each test fold lowers the random-fold
+    AUC step by step towards the spatial one, and hardly moves the spatial folds."""
+    table = hongkong_table().astype(float)
+    centre = np.hypot(table["X"] - table["X"].median(), table["Y"] - table["Y"].median())
+    near = table.iloc[np.argsort(centre.to_numpy())[:1500]].reset_index(drop=True)
+    X, y = factors(near), near["label"].to_numpy(dtype=int)  # noqa: N806
+    runs = {b: evaluate_models(["lr"], X, y, near[["X", "Y"]], CATEGORICAL, n_folds=5, seed=0,
+                               buffer_m=b).table.set_index("scheme")
+            for b in (0.0, 300.0, 600.0)}
+    random = [runs[b].loc["random", "auc_mean"] for b in runs]
+    optimism = [runs[b].loc["random", "auc_mean"] - runs[b].loc["spatial", "auc_mean"]
+                for b in runs]
+    assert random[0] >= random[1] - 0.002 and random[1] >= random[2] - 0.002
+    assert optimism[2] < optimism[0] - 0.01 and min(optimism) >= -0.01
+    assert abs(runs[600.0].loc["spatial", "auc_mean"] - runs[0.0].loc["spatial", "auc_mean"]) < 0.01
+    left_out = [runs[b].loc["random", "n_buffered_mean"] for b in (300.0, 600.0)]
+    assert 0 < left_out[0] < left_out[1] < 0.8 * len(near)
+    assert "buffer_m" not in runs[0.0].columns
+    with pytest.raises(MetalsmInputError, match="buffer_m must be >= 0"):
+        evaluate_models(["lr"], X, y, near[["X", "Y"]], CATEGORICAL, n_folds=3, buffer_m=-1)

@@ -197,6 +197,7 @@ def run_pipeline(
                 spatial_method=config.validation.spatial_method,
                 progress=advance,
                 area=area,
+                buffer_m=config.validation.buffer_m,
             )
             write_csv(out / "validation.csv", evaluation.table)
             write_samples_vector(out / "samples.gpkg", samples, stack.grid.crs,
@@ -477,6 +478,9 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                 f"(`{config.validation.spatial_method}` on the sample coordinates). Random "
                 "folds put neighbouring, near-identical cells on both sides of the split; "
                 "the spatial score is the honest estimate for unseen ground."
+                + (f" Training samples within {config.validation.buffer_m:g} m of a fold's "
+                   "test samples were left out of its training set (buffer zone)."
+                   if config.validation.buffer_m > 0 else "")
             ),
             tables=[("Mean ± std over folds", summary.reset_index()),
                     ("All metrics, mean ± std over folds (full precision in validation.csv)",

@@ -328,6 +328,9 @@ def cross_validate_model(
     folds: Any,
     on_fold: Callable[[int], None] | None = None,
     area: Any = None,
+    *,
+    coords: Any = None,
+    buffer_m: float = 0.0,
 ) -> CVResult:
     """Fit a fresh ``make_estimator()`` per fold, test on the held-out fold.
 
@@ -336,7 +339,10 @@ def cross_validate_model(
     one class raises :class:`MetalsmInputError`.  ``on_fold(1)`` is called after
     each fold (progress hook).  ``area``: factors of a random sample of the mapped
     cells (columns as ``X``); each fold's model scores it, to rank its held-out
-    landslides on its own map (the prediction rate).
+    landslides on its own map (the prediction rate).  ``buffer_m`` > 0 (with
+    ``coords``, ``(n, 2)`` in metres): training samples closer than ``buffer_m`` to
+    any test sample of the fold are left out of its training set (spatial
+    leave-out with a buffer zone); ``n_buffered`` counts them per fold.
     """
     X = check_samples(X)
     y, classes = check_binary_target(y, X.shape[0])
@@ -350,6 +356,12 @@ def cross_validate_model(
     fold_ids = np.unique(folds)
     if fold_ids.size < 2:
         raise MetalsmInputError("folds must define at least 2 distinct folds")
+    if not buffer_m >= 0:
+        raise MetalsmInputError(f"validation buffer_m must be >= 0 metres, got {buffer_m}")
+    if buffer_m > 0:
+        if coords is None:
+            raise MetalsmInputError("a validation buffer needs the sample coordinates")
+        coords = np.asarray(coords, dtype=np.float64)
 
     oof = np.full(X.shape[0], np.nan)
     ranks = np.full(X.shape[0], np.nan) if area is not None else None
@@ -357,7 +369,10 @@ def cross_validate_model(
     notes: list[str] = []
     for k in fold_ids:
         test = folds == k
-        y_train, y_test = y[~test], y[test]
+        train = ~test
+        if buffer_m > 0:
+            train &= ~_within(coords, test, buffer_m)
+        y_train, y_test = y[train], y[test]
         if np.unique(y_train).size < 2:
             raise MetalsmInputError(
                 f"fold {k}: the training part holds a single class ({y_train[0]}); "
@@ -365,7 +380,7 @@ def cross_validate_model(
             )
         estimator = make_estimator()
         start = time.perf_counter()
-        estimator.fit(X.loc[~test], y_train)
+        estimator.fit(X.loc[train], y_train)
         fit_seconds = time.perf_counter() - start
         proba = estimator.predict_proba(X.loc[test])
         p = proba[:, list(estimator.classes_).index(1)]
@@ -382,7 +397,8 @@ def cross_validate_model(
         rows.append(
             {
                 "fold": int(k),
-                "n_train": int((~test).sum()),
+                "n_train": int(train.sum()),
+                "n_buffered": int((~test & ~train).sum()),
                 "n_test": int(test.sum()),
                 **metrics,
                 "fit_seconds": fit_seconds,
@@ -402,6 +418,16 @@ def cross_validate_model(
         for c in numeric.columns
     }
     return CVResult(table, mean, std, oof, notes, ranks)
+
+
+def _within(coords: np.ndarray, test: np.ndarray, distance: float) -> np.ndarray:
+    """Samples (outside ``test``) closer than ``distance`` to some sample of ``test``."""
+    from scipy.spatial import cKDTree
+
+    nearest, _ = cKDTree(coords[test]).query(coords[~test], distance_upper_bound=distance)
+    out = np.zeros(test.size, dtype=bool)
+    out[~test] = nearest < distance
+    return out
 
 
 # --------------------------------------------------------------------------- model comparison
@@ -450,12 +476,15 @@ def evaluate_models(
     model_params: dict[str, dict[str, Any]] | None = None,
     progress: Any = None,
     area: Any = None,
+    buffer_m: float = 0.0,
 ) -> Evaluation:
     """Cross-validate each model under random and spatial folds.
 
     ``area`` (factors of a random sample of the mapped cells) adds the column
     ``prediction_rate_auc``: the area under the prediction-rate curve of the
-    held-out landslides (see :func:`cross_validate_model`).
+    held-out landslides (see :func:`cross_validate_model`).  ``buffer_m`` > 0 leaves
+    training samples within that distance of each test fold out (both schemes) and
+    adds a ``buffer_m`` column.
 
     ``coords`` is ``(n, 2)`` (x, y) -- an array or a two-column DataFrame.
     ``model_params`` passes overrides to :func:`make_model` per model name
@@ -502,7 +531,8 @@ def evaluate_models(
             return make_model(name, categorical, seed, **params)
 
         for scheme in schemes:
-            res = cross_validate_model(factory, X, y, folds[scheme], on_fold=hook, area=area)
+            res = cross_validate_model(factory, X, y, folds[scheme], on_fold=hook, area=area,
+                                       coords=c, buffer_m=buffer_m)
             key = (name, scheme)
             results[key] = res
             oof[key] = res.oof_proba
@@ -511,6 +541,9 @@ def evaluate_models(
                 row[f"{metric}_mean"] = res.mean[metric]
                 row[f"{metric}_std"] = res.std[metric]
             row["pooled_auc"] = roc_points(y, res.oof_proba).auc
+            if buffer_m > 0:
+                row["buffer_m"] = buffer_m
+                row["n_buffered_mean"] = float(res.fold_metrics["n_buffered"].mean())
             if res.area_share_above is not None:
                 row["prediction_rate_auc"] = prediction_rate(res.area_share_above).auc
             rows.append(row)
