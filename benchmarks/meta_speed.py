@@ -27,7 +27,7 @@ from metalsm.models.blockwise import adapt_blocks
 from metalsm.models.meta import (
     MetaLearner,
     MetaNet,
-    _TaskIndex,
+    TaskIndex,
     init_params,
     make_task_batch,
     meta_objective,
@@ -46,7 +46,7 @@ def _vmap_vs_loop(X: np.ndarray, y: np.ndarray, codes: np.ndarray, repeats: int,
     net = MetaNet(X.shape[1])
     init_params(net, torch.Generator().manual_seed(0))
     params = dict(net.named_parameters())
-    index = _TaskIndex.build(codes, int(codes.max()) + 1)
+    index = TaskIndex.build(codes, int(codes.max()) + 1)
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(repeats):

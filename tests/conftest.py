@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import rasterio
@@ -90,3 +91,23 @@ def hongkong_table() -> pd.DataFrame:
 def hk_slice(n: int = 2000, seed: int = 0) -> pd.DataFrame:
     """A seeded random slice of the Hong Kong table, all columns as float."""
     return hongkong_table().astype(float).sample(n, random_state=seed).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def landcover_geographic(kaghan_crop: Path, tmp_path_factory) -> Path:
+    """The cropped land cover reprojected (nearest) to EPSG:4326 at about its own resolution:
+    a categorical raster in degrees whose cells are no finer than the UTM grid's."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    out = tmp_path_factory.mktemp("geographic") / "Landcover_4326.tif"
+    with rasterio.open(kaghan_crop / "Landcover.tif") as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, "EPSG:4326", src.width, src.height, *src.bounds)
+        values = np.full((height, width), src.nodata, dtype=src.dtypes[0])
+        reproject(rasterio.band(src, 1), values, dst_transform=transform, dst_crs="EPSG:4326",
+                  dst_nodata=src.nodata, resampling=Resampling.nearest)
+        profile = src.profile | {"crs": "EPSG:4326", "transform": transform,
+                                 "width": width, "height": height}
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(values, 1)
+    return out

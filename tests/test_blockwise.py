@@ -15,10 +15,17 @@ from sklearn.preprocessing import StandardScaler
 
 from metalsm.datasets import study_area
 from metalsm.grid import Grid, read_aligned
-from metalsm.models.blockwise import BlockModels, adapt_blocks, draw_support, load_intermediate
+from metalsm.models.blockwise import (
+    BlockModels,
+    adapt_blocks,
+    choose_steps,
+    draw_support,
+    load_intermediate,
+)
 from metalsm.models.meta import MetaLearner
 from metalsm.models.pretrain import PretrainConfig
 from metalsm.terrain import derive_terrain
+from metalsm.validation import within_group_metrics
 
 torch.set_num_threads(1)
 
@@ -108,7 +115,9 @@ def hk_learner() -> tuple[MetaLearner, pd.DataFrame]:
     df = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
     df = df.iloc[::4].reset_index(drop=True)
     df["block"] = (pd.qcut(df["X"], 6, labels=False) * 5 + pd.qcut(df["Y"], 5, labels=False))
-    learner = MetaLearner(iterations=10, outer_lr=1e-2, pretrain=False, seed=1, n_threads=1)
+    # no guard: these tests pin the draw, the fallbacks and the vmap arithmetic
+    learner = MetaLearner(iterations=10, outer_lr=1e-2, pretrain=False, seed=1, n_threads=1,
+                          adapt_guard=False)
     learner.fit(df[HK_FACTORS].to_numpy(), df["label"].to_numpy(), groups=df["block"])
     return learner, df
 
@@ -138,7 +147,8 @@ def test_fallback_rules_are_recorded(hk_learner) -> None:
                                   near.predict_proba(X[rows], np.full(20, 6)))
 
     balanced = MetaLearner(**{**learner.get_params(), "balanced": True})
-    for attr in ("n_features_in_", "classes_", "mean_", "std_", "net_", "params_"):
+    for attr in ("n_features_in_", "classes_", "mean_", "std_", "net_", "params_",
+                 "inner_lrs_"):
         setattr(balanced, attr, getattr(learner, attr))
     bal = adapt_blocks(balanced, X, y, ids, k=5, n_blocks=n_blocks, seed=0)
     assert bal.rule[3] == "adapted"  # balanced loss on: single-class blocks are adapted
@@ -188,6 +198,8 @@ def test_save_load_gives_identical_predictions(hk_learner, tmp_path: Path) -> No
     inter, names = load_intermediate(out)
     assert names == HK_FACTORS
     np.testing.assert_array_equal(inter.predict_proba(X), learner.predict_proba(X))
+    for name, rate in learner.step_sizes.items():  # Meta-SGD rates travel with the model
+        torch.testing.assert_close(inter.step_sizes[name], rate, rtol=0, atol=0)
 
 
 def test_half_support_takes_half_of_each_class_so_queries_keep_both():
@@ -209,3 +221,90 @@ def test_half_support_takes_half_of_each_class_so_queries_keep_both():
                 taken = int((y[inb & support] == cls).sum())
                 assert abs(taken - n_cls / 2) <= 1
                 assert (y[inb & ~support] == cls).sum() >= 1
+
+
+def _guarded(learner: MetaLearner, guard_steps=(3, 6)) -> MetaLearner:
+    out = MetaLearner(**{**learner.get_params(), "adapt_guard": True,
+                         "guard_steps": guard_steps})
+    for attr in ("n_features_in_", "classes_", "mean_", "std_", "net_", "params_",
+                 "inner_lrs_"):
+        setattr(out, attr, getattr(learner, attr))
+    return out
+
+
+def test_guard_picks_the_step_count_with_the_lowest_cross_validated_loss(hk_learner) -> None:
+    """The vectorized choice equals a per-block loop: leave-one-out on the support, summed
+    log-loss for 0 (zero-shot), 3 and 6 steps, ties to the fewer steps."""
+    learner, df = hk_learner
+    guarded = _guarded(learner)
+    X, y, ids = df[HK_FACTORS].to_numpy(), df["label"].to_numpy(), df["block"].to_numpy()
+    sets = []
+    for b in range(8):
+        rows = np.flatnonzero(ids == b)[: 2 + b]  # support sizes 2..9
+        sets.append((torch.as_tensor(guarded._standardize(X[rows])),
+                     torch.as_tensor(y[rows].astype(np.float32))))
+    width = max(len(s[1]) for s in sets)
+    xs = torch.zeros(len(sets), width, X.shape[1])
+    ys = torch.zeros(len(sets), width)
+    ms = torch.zeros(len(sets), width, dtype=torch.bool)
+    for i, (x, t) in enumerate(sets):
+        xs[i, :len(t)], ys[i, :len(t)], ms[i, :len(t)] = x, t, True
+    chosen = choose_steps(guarded, xs, ys, ms)
+
+    def loss(params, x, t) -> float:
+        logit = torch.func.functional_call(guarded.net_, params, (x,))
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(
+            logit, t, reduction="sum"))
+
+    for i, (x, t) in enumerate(sets):
+        totals = [loss(guarded.params_, x, t), 0.0, 0.0]
+        for j in range(len(t)):  # leave-one-out (sizes below GUARD_FOLDS)
+            keep = np.arange(len(t)) != j
+            for c, steps in enumerate((3, 6), start=1):
+                adapted = guarded.adapt(guarded.mean_ + guarded.std_ * x[keep].numpy(),
+                                        t[keep].numpy(), steps=steps)
+                totals[c] += loss(adapted, x[j:j + 1], t[j:j + 1])
+        assert chosen[i] == (0, 3, 6)[int(np.argmin(totals))], (i, totals)
+
+
+def test_one_shot_keeps_the_zero_shot_model_and_guard_is_recorded(hk_learner) -> None:
+    learner, df = hk_learner
+    guarded = _guarded(learner)
+    X, y, ids = df[HK_FACTORS].to_numpy(), df["label"].to_numpy(), df["block"].to_numpy()
+    one = adapt_blocks(guarded, X, y, ids, k=1, seed=0)
+    assert set(one.rule) == {"intermediate"}
+    assert set(one.reason) == {"guard", "no-samples"}  # qcut grid cells without samples
+    np.testing.assert_allclose(one.predict_proba(X, ids), guarded.predict_proba(X)[:, 1],
+                               rtol=1e-6)
+    half = adapt_blocks(guarded, X, y, ids, k="half", seed=0)
+    steps = np.array([r["n_steps"] for r in half.block_table()])
+    assert set(steps.tolist()) <= {0, 3, 6}
+    assert np.array_equal(steps == 0, np.isin(half.reason, ["guard", "no-samples"]))
+    assert (steps > 0).any() and (np.array(half.reason) == "guard").any()
+
+
+def test_default_settings_survive_rescaled_factors() -> None:
+    """A real slice with one factor x 1000 and another shifted by 500: the meta-learner
+    with the package defaults (fewer iterations) still ranks cells inside held-out
+    blocks and never collapses a block with both classes to one predicted class."""
+    df = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
+    df = df.iloc[::3].reset_index(drop=True)
+    df["DEM"] *= 1000.0
+    df["slope"] += 500.0
+    blocks = (pd.qcut(df["X"], 6, labels=False) * 5 + pd.qcut(df["Y"], 5, labels=False))
+    blocks = blocks.to_numpy()
+    X, y = df[HK_FACTORS].to_numpy(), df["label"].to_numpy()
+    test_blocks = np.random.default_rng(0).permutation(30)[:12]
+    test = np.isin(blocks, test_blocks)
+    learner = MetaLearner(iterations=300, pretrain=PretrainConfig(epochs=5), seed=0,
+                          n_threads=1).fit(X[~test], y[~test], groups=blocks[~test])
+    models = adapt_blocks(learner, X[test], y[test], blocks[test], k=5, seed=0)
+    query = np.ones(int(test.sum()), dtype=bool)
+    query[models.support_samples] = False
+    p = models.predict_proba(X[test][query], blocks[test][query])
+    yq, bq = y[test][query], blocks[test][query]
+    assert within_group_metrics(yq, p, bq)["within_auc"] > 0.7
+    for b in np.unique(bq):
+        inside = bq == b
+        if np.unique(yq[inside]).size == 2 and inside.sum() >= 10:
+            assert np.unique(p[inside] >= 0.5).size == 2, b

@@ -93,3 +93,21 @@ def test_blocks_and_table_sections(tmp_path):
                                'categorical = ["lithology"]\n'))
     assert table.dem is None and table.table.path == str(tmp_path / "t.csv")
     assert table.table.categorical == ("lithology",)
+
+
+def test_meta_settings_out_of_range_are_all_named(tmp_path):
+    text = (EXAMPLES_DIR / "hongkong-meta.toml").read_text()
+    text = (text.replace("inner_steps = 5", "inner_steps = 0")
+            .replace('inner_lr_mode = "per-element"', 'inner_lr_mode = "per-element"\n'
+                     "guard_steps = [5, 0]\ntune_budget_s = -1")
+            .replace("meta_lr = 1e-3", "meta_lr = 0"))
+    path = tmp_path / "hk.toml"
+    path.write_text(text)
+    with pytest.raises(MetalsmInputError) as err:
+        load_config(path)
+    for key in ("meta.inner_steps", "meta.guard_steps[1]", "meta.meta_lr", "meta.tune_budget_s"):
+        assert key in str(err.value), key
+    bad_mode = tmp_path / "mode.toml"
+    bad_mode.write_text(text.replace('"per-element"', '"adam"'))
+    with pytest.raises(MetalsmInputError, match="inner_lr_mode"):
+        load_config(bad_mode)

@@ -192,3 +192,25 @@ def test_raster_mask_patches_and_errors(inventory, grid, tmp_path):
         dst.write(np.ones((1, *grid.shape), np.uint8))
     with pytest.raises(MetalsmInputError, match=r"nocrs\.tif has no CRS"):
         read_inventory(tmp_path / "nocrs.tif", grid)
+
+
+def test_preflight_accepts_a_raster_inventory_and_names_a_bad_one(
+        kaghan, kaghan_crop, grid, inventory, tmp_path):
+    import rasterio
+    from conftest import write_config
+
+    from metalsm.config import load_config
+    from metalsm.preflight import check_run
+
+    _burn(inventory, grid, tmp_path / "mask.tif", np.ones(len(inventory)))
+    config = write_config(tmp_path / "ok.toml", kaghan_crop, kaghan,
+                          inventory=f'path = "{tmp_path / "mask.tif"}"\nrule = "scarp"')
+    check_run(load_config(config), None)  # no problem raised
+    profile = grid.profile(dtype="uint8")
+    profile.pop("crs")
+    with rasterio.open(tmp_path / "nocrs.tif", "w", **profile) as dst:
+        dst.write(np.ones((1, *grid.shape), np.uint8))
+    config = write_config(tmp_path / "bad.toml", kaghan_crop, kaghan,
+                          inventory=f'path = "{tmp_path / "nocrs.tif"}"')
+    with pytest.raises(MetalsmInputError, match=r"inventory: raster .*nocrs\.tif has no CRS"):
+        check_run(load_config(config), None)

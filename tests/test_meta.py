@@ -17,6 +17,7 @@ from metalsm.models.meta import (
     MetaNet,
     TaskBatch,
     init_params,
+    init_step_sizes,
     inner_sample_weights,
     make_task_batch,
     meta_objective,
@@ -242,7 +243,7 @@ def test_same_seed_bit_identical_and_different_seed_differs(hk: pd.DataFrame) ->
     a.adapt_groups(X[:300], y[:300], g[:300])
     b.adapt_groups(X[:300], y[:300], g[:300])
     assert np.array_equal(a.predict_proba(X, groups=g), b.predict_proba(X, groups=g))
-    assert a.get_params()["seed"] == 3 and a.get_params()["inner_lr"] == 0.1
+    assert a.get_params()["seed"] == 3 and a.get_params()["inner_lr"] == 0.01
 
 
 def test_adapt_groups_uses_group_models_else_intermediate(hk: pd.DataFrame) -> None:
@@ -278,3 +279,92 @@ def test_training_runs_on_one_torch_thread_and_restores_the_setting():
         assert m.n_threads == 1 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- Meta-SGD
+
+
+def test_meta_sgd_step_size_gradient_matches_nested_autograd() -> None:
+    """d(meta loss)/d(per-weight step sizes) equals an explicit nested-autograd loop."""
+    net, batch, sizes_s, sizes_q = _tiny_problem(seed=5)
+    w = task_weights(np.array([10, 40, 25]), 120, "uniform")
+    params = {n: p.detach().clone() for n, p in net.named_parameters()}
+    g = torch.Generator().manual_seed(2)
+    lrs = {n: (0.02 + 0.1 * torch.rand(p.shape, generator=g, dtype=torch.float64)
+               ).requires_grad_() for n, p in params.items()}
+    loss = meta_objective(net, params, batch, w, inner_lr=lrs, steps=2)
+    grads = torch.autograd.grad(loss, list(lrs.values()))
+
+    names = list(params)
+    total = 0.0
+    for k in range(3):
+        xs, ys = batch.xs[k, :sizes_s[k]], batch.ys[k, :sizes_s[k]]
+        xq, yq = batch.xq[k, :sizes_q[k]], batch.yq[k, :sizes_q[k]]
+        fast = [params[n].clone().requires_grad_() for n in names]
+        for _ in range(2):
+            inner = F.binary_cross_entropy_with_logits(_forward(dict(zip(names, fast,
+                                                                          strict=True)), xs), ys)
+            step = torch.autograd.grad(inner, fast, create_graph=True)
+            fast = [p - lrs[n] * d for n, p, d in zip(names, fast, step, strict=True)]
+        total = total + w[k] * F.binary_cross_entropy_with_logits(
+            _forward(dict(zip(names, fast, strict=True)), xq), yq)
+    ref = torch.autograd.grad(total, [lrs[n] for n in names])
+    assert loss.item() == pytest.approx(total.item(), abs=1e-12)
+    for a, b in zip(grads, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+        assert a.abs().max() > 0
+
+
+def test_step_size_modes_shapes_sharing_and_frozen_biases() -> None:
+    net = MetaNet(3, hidden=(4, 3))
+    params = dict(net.named_parameters())
+    fixed = init_step_sizes(params, "fixed", 0.1)
+    assert all(not v.requires_grad and v.item() == pytest.approx(0.1) for v in fixed.values())
+    scalar = init_step_sizes(params, "scalar", 0.01)
+    assert len({id(v) for v in scalar.values()}) == 1 and scalar["out.bias"].requires_grad
+    tensor = init_step_sizes(params, "per-tensor", 0.01)
+    assert len({id(v) for v in tensor.values()}) == len(params)
+    assert all(v.shape == () for v in tensor.values())
+    element = init_step_sizes(params, "per-element", 0.01, adapt_biases=False)
+    assert element["hidden.0.weight"].shape == (4, 3) and element["hidden.0.weight"].requires_grad
+    assert element["hidden.0.bias"].item() == 0 and not element["hidden.0.bias"].requires_grad
+    with pytest.raises(Exception, match="inner_lr_mode"):
+        init_step_sizes(params, "adam", 0.01)
+
+
+def test_fit_learns_step_sizes_and_frozen_biases_do_not_move(hk: pd.DataFrame) -> None:
+    X, y, g = hk[FACTORS].to_numpy(), hk["label"].to_numpy(), hk["block"].to_numpy()
+    kw = dict(iterations=20, pretrain=False, n_threads=1, seed=0)
+    learned = MetaLearner(**kw).fit(X, y, groups=g)
+    w = learned.step_sizes["hidden.0.weight"]
+    assert w.shape == learned.params_["hidden.0.weight"].shape
+    assert not torch.allclose(w, torch.full_like(w, 0.01))  # trained with the weights
+    fixed = MetaLearner(inner_lr_mode="fixed", inner_lr=0.05, **kw).fit(X, y, groups=g)
+    assert all(v.item() == pytest.approx(0.05) for v in fixed.step_sizes.values())
+    frozen = MetaLearner(adapt_biases=False, **kw).fit(X, y, groups=g)
+    adapted = frozen.adapt(X[:5], y[:5])
+    for name, value in adapted.items():
+        if name.endswith("bias"):
+            torch.testing.assert_close(value, frozen.params_[name], rtol=0, atol=0)
+        else:
+            assert not torch.equal(value, frozen.params_[name])
+
+
+def test_random_support_keeps_the_block_prevalence_stratified_balances() -> None:
+    """Two blocks with 80 % and 20 % landslides: random 4-shot supports carry those shares
+    on average, stratified ones always two of each."""
+    y = np.r_[np.ones(80), np.zeros(20), np.ones(20), np.zeros(80)]
+    codes = np.repeat([0, 1], 100)
+    shares = {"random": [[], []], "stratified": [[], []]}
+    rng = np.random.default_rng(0)
+    for rule, out in shares.items():
+        for _ in range(400):
+            draw = sample_meta_batch(codes, y, 2, 4, 4, rng, rule=rule)
+            for slot, task in enumerate(draw["tasks"]):
+                s = draw["support_idx"][slot][draw["support_mask"][slot]]
+                q = draw["query_idx"][slot][draw["query_mask"][slot]]
+                assert not set(s) & set(q) and np.all(codes[s] == task)
+                out[task].append(y[s].mean())
+    assert np.mean(shares["random"][0]) == pytest.approx(0.8, abs=0.03)
+    assert np.mean(shares["random"][1]) == pytest.approx(0.2, abs=0.03)
+    assert np.all(np.array(shares["stratified"]) == 0.5)

@@ -50,7 +50,14 @@ def test_outputs_are_written(meta_run):
             "encoder.json", "pretrained.pt"} <= {p.name for p in (run / "models").iterdir()}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["map_model"] == "meta-blockwise"
-    assert len(metrics["meta"]["kshot"]) == 9
+    assert len(metrics["meta"]["kshot"]) == 12  # 4 methods (zero-shot included) x 3 K
+    flat = metrics["meta"]["map"]
+    assert 0 < flat["within_block_std"] < 0.5 and 0 < flat["within_block_std_held_out"] < 0.5
+    assert 0 < flat["held_out_top_zone_area_share"] < 1
+    assert 0 <= flat["held_out_top_zone_landslide_share"] <= 1
+    assert set(metrics["meta"]["step_sizes"]) == {
+        f"{layer}.{kind}" for layer in ("hidden.0", "hidden.1", "hidden.2", "out")
+        for kind in ("weight", "bias")}
     assert "lr" in metrics["validation"]["spatial"]  # classic models still compared
     assert "Block-wise meta-learning" in (run / "report.html").read_text()
 
@@ -98,8 +105,12 @@ def test_kshot_table_has_methods_by_k(meta_run):
     kshot = pd.read_csv(run / "kshot.csv")
     assert list(kshot["method"].unique()) == list(METHODS)
     assert sorted(kshot["k"].astype(str).unique()) == ["1", "5", "half"]
-    assert len(kshot) == 9 and (kshot["repeats"] == 2).all()
-    for metric in ("accuracy", "f1", "auc"):
+    assert len(kshot) == 12 and (kshot["repeats"] == 2).all()
+    # one shot cannot be checked, so the guard keeps the zero-shot model
+    by = kshot.set_index(["method", "k"])
+    assert by.loc[("proposed", "1"), "auc_mean"] == pytest.approx(
+        by.loc[("zero_shot", "1"), "auc_mean"], abs=1e-12)
+    for metric in ("accuracy", "f1", "auc", "within_auc", "within_spread"):
         assert kshot[f"{metric}_mean"].between(0, 1).all()
         assert (kshot[f"{metric}_std"] >= 0).all()
     # K = half uses more shots, so fewer query samples than K = 1
@@ -171,7 +182,7 @@ def test_hong_kong_slice_runs_without_rasters(tmp_path):
             "block_models.csv"} <= names
     assert not {"susceptibility.tif", "blocks.tif"} & names
     kshot = pd.read_csv(tmp_path / "run" / "kshot.csv")
-    assert len(kshot) == 9 and kshot["auc_mean"].between(0, 1).all()
+    assert len(kshot) == 12 and kshot["auc_mean"].between(0, 1).all()
 
 
 def _set(text: str, key: str, value: str) -> str:

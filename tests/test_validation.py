@@ -24,6 +24,7 @@ from metalsm.validation import (
     rate_curve_from_counts,
     roc_points,
     spatial_folds,
+    within_group_metrics,
 )
 
 CATEGORICAL = ["land use", "lithology"]
@@ -341,3 +342,17 @@ def test_a_buffer_lowers_never_raises_the_optimism_of_random_folds():
     assert "buffer_m" not in runs[0.0].columns
     with pytest.raises(MetalsmInputError, match="buffer_m must be >= 0"):
         evaluate_models(["lr"], X, y, near[["X", "Y"]], CATEGORICAL, n_folds=3, buffer_m=-1)
+
+
+def test_within_group_metrics_hand_checked() -> None:
+    """Block 0 ranks its cells perfectly (AUC 1), block 1 backwards (AUC 0), block 2 holds
+    one class (no AUC) and one cell (no spread): pooled numbers hide all of this."""
+    y = np.array([1, 0, 1, 0, 1])
+    p = np.array([0.9, 0.7, 0.2, 0.4, 0.5])
+    groups = np.array([0, 0, 1, 1, 2])
+    out = within_group_metrics(y, p, groups)
+    assert out["within_auc"] == pytest.approx(0.5)
+    assert out["within_spread"] == pytest.approx(np.mean([0.1, 0.1]))
+    flat = within_group_metrics(y, np.full(5, 0.3), groups)
+    assert flat["within_spread"] == 0 and flat["within_auc"] == pytest.approx(0.5)
+    assert np.isnan(within_group_metrics([1, 1], [0.2, 0.4], [0, 0])["within_auc"])

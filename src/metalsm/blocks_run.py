@@ -124,6 +124,7 @@ def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples,
         cols = samples.table["col"].to_numpy()
         sample_blocks = blocks.block_of(rows, cols)
         tasks = task_table(sample_blocks, samples, blocks, settings)
+        warn_sparse_blocks(tasks, settings, blocks.labels)
         write_block_rasters(blocks, out, samples_table=samples.table, inventory=inventory)
         write_csv(out / "tasks.csv", tasks)
         dem = stack.layer("elevation") if "elevation" in stack.names else None
@@ -149,6 +150,7 @@ def _segment_table(config, settings: BlocksConfig, out: Path, progress) -> Block
     with progress.stage("block outputs"):
         n_blocks = int(sample_blocks.max()) + 1
         tasks = task_table(sample_blocks, samples, n_blocks, settings)
+        warn_sparse_blocks(tasks, settings)
         per_sample = samples.table[["x", "y", "label"]].assign(block=sample_blocks)
         write_csv(out / "blocks.csv", per_sample)
         write_csv(out / "tasks.csv", tasks)
@@ -159,6 +161,27 @@ def _segment_table(config, settings: BlocksConfig, out: Path, progress) -> Block
             f"M={settings.compactness:g})",
         )
     return BlockStage(samples, sample_blocks, tasks, None, weights)
+
+
+def warn_sparse_blocks(tasks: pd.DataFrame, settings: BlocksConfig,
+                       labels: np.ndarray | None = None) -> int:
+    """Warn when blocks without samples, or with one class only, are many: their block
+    models fall back to a neighbour's or the intermediate model. Says how many cells
+    (rasters) lie in such blocks; returns the number of such blocks."""
+    empty = int(tasks["empty"].sum())
+    single = int(tasks["single_class"].sum())
+    if not empty and single < len(tasks) / 2:
+        return 0
+    weak = tasks.loc[tasks["empty"] | tasks["single_class"], "block"].to_numpy()
+    cells = ""
+    if labels is not None:
+        in_weak = int(np.isin(labels, weak).sum())
+        cells = f"; {in_weak} of {int((labels >= 0).sum())} mapped cells lie in them"
+    log.warning("%d of %d blocks hold no sample and %d only one class (blocks.n_blocks = %d "
+                "for %d samples); their models fall back to a similar block's%s — fewer "
+                "blocks give every block samples of both classes", empty, len(tasks), single,
+                settings.n_blocks, int(tasks["samples"].sum()), cells)
+    return empty + single
 
 
 def with_blocks(config: StudyAreaConfig, n_blocks: int | None, compactness: float | None,

@@ -52,13 +52,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rasterio
-from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from metalsm.cog import atomic_cog
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid, open_raster, read_class_names
+from metalsm.grid import Grid, open_raster, read_class_names, resampling_onto
 from metalsm.mapping import iter_windows
 from metalsm.stack import _CATEGORICAL_TAG, FactorStack, stack_metadata
 from metalsm.styles import write_blocks_style, write_credibility_style
@@ -285,14 +284,6 @@ class LayerSource:
     array: np.ndarray | None = None
 
 
-def _resampling_for(src, grid: Grid, categorical: bool) -> Resampling:
-    # the rules of grid.read_aligned
-    if categorical:
-        finer = abs(src.transform.a) < grid.cell_size * 0.75
-        return Resampling.mode if finer else Resampling.nearest
-    return Resampling.bilinear
-
-
 def read_aligned_window(path: str | Path, grid: Grid, window: Window, *, name: str,
                         categorical: bool) -> np.ndarray:
     """Band 1 of ``path`` on ``grid``'s ``window`` (float32, NaN = no data).
@@ -309,7 +300,7 @@ def read_aligned_window(path: str | Path, grid: Grid, window: Window, *, name: s
             reproject(
                 source=rasterio.band(src, 1), destination=values, src_nodata=src.nodata,
                 dst_transform=sub.transform, dst_crs=sub.crs, dst_nodata=np.nan,
-                resampling=_resampling_for(src, grid, categorical),
+                resampling=resampling_onto(src, grid, categorical),
             )
         if src.nodata is not None and not np.isnan(src.nodata):
             values[values == np.float32(src.nodata)] = np.nan

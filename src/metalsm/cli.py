@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 from dataclasses import replace
@@ -53,21 +54,84 @@ def _main(
     """Landslide susceptibility mapping on real GIS data."""
 
 
-def _fail(message: str) -> typer.Exit:
-    """Print a bad-input message (verbatim: '[meta]' is not markup) and give exit code 2."""
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    return typer.Exit(code=2)
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print an error as one line (verbatim: '[meta]' is not markup); exit code 2 = bad input."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code=code)
 
 
-def _guarded(config_path: Path, quiet: bool, work):
-    """Load ``config_path`` and call ``work(config)``; bad input -> red message, exit code 2."""
+#: Set by ``metalsm --debug`` for the one command of this invocation.
+_show_tracebacks = {"debug": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the full traceback of an error instead of one line.")] = False,
+) -> None:
+    """Landslide susceptibility mapping on real GIS data."""
+    _show_tracebacks["debug"] = debug
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """One line for an error that escaped the stages, and the exit code: 2 for bad input
+    (a file that cannot be read or written, a CRS...), 1 for a defect of metalsm."""
+    import rasterio.errors
+    from pyproj.exceptions import CRSError
+
+    from metalsm.preflight import first_line
+
+    first = first_line(exc)
+    if isinstance(exc, MetalsmInputError):
+        return str(exc), 2
+    if isinstance(exc, rasterio.errors.RasterioIOError):
+        return (f"cannot read or write a raster: {first}; the file may be truncated or "
+                "corrupt (copy or export it again) or the folder not writable"), 2
+    if isinstance(exc, IsADirectoryError):
+        return f"{exc.filename} is a folder; a file was expected there", 2
+    if isinstance(exc, OSError) and exc.filename:
+        hint = ("choose another --out or fix the permissions" if exc.errno in
+                (errno.EACCES, errno.EPERM, errno.EROFS) else
+                "free some disk space" if exc.errno == errno.ENOSPC else
+                "check the path")
+        return f"{exc.filename}: {exc.strerror or first}; {hint}", 2
+    if isinstance(exc, CRSError | rasterio.errors.CRSError):
+        return f"invalid CRS: {first}; use e.g. EPSG:32643 or a WKT/PROJ string", 2
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a text input is not UTF-8 ({first}); save it as UTF-8", 2
+    if isinstance(exc, MemoryError):
+        return "out of memory; rerun with --chunk-size 1024 (out-of-core processing)", 2
+    if isinstance(exc, rasterio.errors.RasterioError | OSError):
+        return f"{type(exc).__name__}: {first}", 2
+    return (f"unexpected {type(exc).__name__}: {first} — a defect of metalsm; rerun with "
+            "--debug for the traceback and report it"), 1
+
+
+def _guarded(config_path: Path, quiet: bool, work, *, staged: bool = False,
+             adds_to: Path | None = None):
+    """Load ``config_path`` and call ``work(config)``; any error -> one red line (exit 2 for
+    bad input), Ctrl-C -> exit 130; ``--debug`` shows tracebacks. ``staged``: the command
+    replaces its run folder only when complete (and checks its inputs itself), so an
+    interruption changed nothing; ``adds_to``: the folder a step-by-step command writes
+    into, checked with the inputs before any work."""
     from metalsm.config import load_config
+    from metalsm.preflight import check_run
 
     _setup_logging(quiet)
     try:
-        return work(load_config(config_path))
-    except MetalsmInputError as exc:
-        raise _fail(str(exc)) from exc
+        config = load_config(config_path)
+        if adds_to is not None:
+            check_run(config, adds_to, replaces_out=False)
+        return work(config)
+    except KeyboardInterrupt:
+        console.print("interrupted; " + ("no outputs were changed" if staged
+                                         else "outputs written so far may be incomplete"))
+        raise typer.Exit(code=130) from None
+    except Exception as exc:
+        if _show_tracebacks["debug"]:
+            raise
+        message, code = describe_error(exc)
+        raise _fail(message, code) from None
 
 
 def _run(config_path: Path, out: Path, quiet: bool, chunk_size: int | None = None,
@@ -76,7 +140,8 @@ def _run(config_path: Path, out: Path, quiet: bool, chunk_size: int | None = Non
 
     result = _guarded(config_path, quiet,
                       lambda config: run_pipeline(config, out, show_progress=not quiet,
-                                                  chunk_size=chunk_size, scheduler=scheduler))
+                                                  chunk_size=chunk_size, scheduler=scheduler),
+                      staged=True)
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{out}[/]")
     for name, value in result.headline.items():
         console.print(f"  {name}: {value}")
@@ -92,8 +157,11 @@ def init(
     if path.exists() and not force:
         raise _fail(f"{path} exists; use --force to overwrite")
     template = resources.files("metalsm") / "templates" / "study_area.toml"
-    with resources.as_file(template) as source:
-        shutil.copyfile(source, path)
+    try:
+        with resources.as_file(template) as source:
+            shutil.copyfile(source, path)
+    except OSError as exc:
+        raise _fail(describe_error(exc)[0]) from None
     console.print(f"wrote {path}; edit the paths, then: metalsm run {path} --out RUN_DIR")
 
 
@@ -130,7 +198,8 @@ def factors(
     """Frequency ratio tables, MIC, collinearity and the factor selection."""
     from metalsm.factors import run_factor_analysis
 
-    analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(cfg, out))
+    analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(cfg, out),
+                               staged=True)
     console.print(f"[green]done[/] — outputs in [bold]{out}[/]")
     console.print(f"  selected factors: {', '.join(analysis.selected)}")
     for path in paths.values():
@@ -146,7 +215,7 @@ def credibility(
     """Credibility of every cell as a non-landslide sample (credibility.tif, credibility.png)."""
     from metalsm.credibility import run_credibility
 
-    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(cfg, out))
+    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(cfg, out), staged=True)
     console.print(f"[green]done[/] — credibility map in {seconds:.1f} s, outputs in [bold]{out}[/]")
     for path in paths.values():
         console.print(f"  {path}")
@@ -190,7 +259,7 @@ def experiment(
                                                    meta_iterations=meta_iterations))
         return EXPERIMENTS[name](cfg, target, **kwargs)
 
-    result = _guarded(config, quiet, run_experiment)
+    result = _guarded(config, quiet, run_experiment, adds_to=target)
     console.print(f"[green]done[/] in {result.seconds:.0f} s — outputs in [bold]{target}[/]")
     for path in result.paths.values():
         console.print(f"  {path}")
@@ -213,7 +282,8 @@ def segment(
     from metalsm.blocks_run import block_statistics, segment_study_area, with_blocks
 
     stage = _guarded(config, quiet, lambda cfg: segment_study_area(
-        with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet))
+        with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet),
+        adds_to=out)
     stats = block_statistics(stage.tasks)
     console.print(
         f"[green]done[/]: {stats['blocks']} blocks, samples per block "
@@ -236,7 +306,8 @@ def pretrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
     from metalsm.meta_run import pretrain_step
 
     result = _guarded(config, quiet, lambda cfg: pretrain_step(cfg, out,
-                                                               show_progress=not quiet))
+                                                               show_progress=not quiet),
+                      adds_to=out)
     console.print(f"[green]done[/]: pretraining in {result['seconds']:.1f} s — "
                   f"[bold]{result['path']}[/]")
     for layer, (before, after) in result["errors"].items():
@@ -249,7 +320,8 @@ def metatrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
     from metalsm.meta_run import metatrain_step
 
     result = _guarded(config, quiet, lambda cfg: metatrain_step(cfg, out,
-                                                                show_progress=not quiet))
+                                                                show_progress=not quiet),
+                      adds_to=out)
     source = "saved pretraining" if result["used_saved_pretraining"] else "fresh start"
     console.print(f"[green]done[/]: meta-training in {result['seconds']:.1f} s ({source}) — "
                   f"[bold]{result['path']}[/]")
@@ -267,7 +339,8 @@ def adapt(
     from metalsm.meta_run import adapt_step
 
     result = _guarded(config, quiet, lambda cfg: adapt_step(cfg, out, k,
-                                                            show_progress=not quiet))
+                                                            show_progress=not quiet),
+                      adds_to=out)
     rules = ", ".join(f"{n} {rule}" for rule, n in result["rules"].items())
     console.print(f"[green]done[/]: blocks {rules} — outputs in [bold]{out}[/]")
     for path in result["paths"].values():

@@ -194,28 +194,43 @@ class BlocksConfig:
 class MetaConfig:
     """Block-wise few-shot meta-learning (RBM/DAE pretraining, task-weighted MAML).
 
-    Defaults are the paper's settings. ``k_shots``: the K values evaluated on the
-    meta-test blocks ("half" = half of the block's samples, "all" = all of them);
-    ``map_k``: the K used to adapt every block for the map. ``task_weighting =
-    "uniform"`` with ``pretrain = false`` is plain MAML.
+    The network, pretraining and task weighting are the paper's; the adaptation
+    settings are what nested validation on the meta-train blocks chose on Kaghan and
+    Hong Kong (docs/results.md): Meta-SGD step sizes learned per weight from 0.01,
+    meta lr 1e-3, 50 query samples per task, support sets drawn at random (the block's
+    own landslide share), and the guard that keeps a block zero-shot unless adapting
+    wins a cross-validation on its own shots. ``k_shots``: the K values evaluated on
+    the meta-test blocks ("half" = half of the block's samples, "all" = all of them);
+    ``map_k``: the K used to adapt every block for the map. ``task_weighting = "uniform"`` with
+    ``pretrain = false`` is plain MAML. ``tune``: choose the adaptation settings by
+    nested validation inside the meta-train blocks (:mod:`metalsm.models.tuning`)
+    within ``tune_budget_s`` seconds.
     """
 
     hidden: tuple[int, ...] = (32, 32, 16)
+    activation: Literal["sigmoid", "relu", "tanh"] = "sigmoid"
     pretrain: bool = True
     pretrain_epochs: int = 20
     rbm_lr: float = 1e-3
     dae_lr: float = 1e-5
     unlabelled_cells: int = 0
-    inner_lr: float = 0.1
+    inner_lr: float = 0.01
+    inner_lr_mode: Literal["fixed", "scalar", "per-tensor", "per-element"] = "per-element"
+    adapt_biases: bool = True
     inner_steps: int = 5
     meta_batch: int = 16
-    meta_lr: float = 1e-4
+    meta_lr: float = 1e-3
     iterations: int = 5000
     k_support: int = 5
-    k_query: int = 15
+    k_query: int = 50
+    support_rule: Literal["random", "stratified"] = "random"
+    adapt_guard: bool = True
+    guard_steps: tuple[int, ...] = ()
     task_weighting: Literal["softmax", "uniform"] = "softmax"
     first_order: bool = False
     balanced: bool = False
+    tune: bool = False
+    tune_budget_s: float = 480.0
     k_shots: tuple[str, ...] = ("1", "5", "half")
     map_k: str = "5"
     repeats: int = 5
@@ -294,10 +309,19 @@ def load_config(path: str | Path) -> StudyAreaConfig:
     path = Path(path)
     if not path.exists():
         raise MetalsmInputError(f"config file not found: {path}")
+    if path.is_dir():
+        raise MetalsmInputError(f"config {path} is a folder; give the study-area .toml file "
+                                "(metalsm init FILE writes a template)")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise MetalsmInputError(f"config {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise MetalsmInputError(
+            f"config {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "save it as UTF-8") from exc
+    except OSError as exc:
+        raise MetalsmInputError(f"cannot read config {path}: {exc.strerror}") from exc
     raw["source"] = str(path.resolve())
     config = _build(StudyAreaConfig, raw, prefix="", file=path, base=path.resolve().parent)
     _check_consistency(config, path)
@@ -378,14 +402,17 @@ def _convert(hint: Any, value: Any, key: str, file: Path, base: Path) -> Any:
 
 
 def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
+    """Settings that are valid one by one but not together, or out of range; every
+    problem is reported at once, each naming its dotted key."""
     if config.table is None and (config.dem is None or config.inventory is None):
         missing = [k for k in ("dem", "inventory") if getattr(config, k) is None]
         raise MetalsmInputError(
             f"{path}: missing required key(s) {', '.join(repr(k) for k in missing)} "
             "(a raster study area needs 'dem' and [inventory]; a table study area needs [table])"
         )
+    problems: list[str] = []
     if config.table is not None and config.dem is not None:
-        raise MetalsmInputError(
+        problems.append(
             f"{path}: give either a raster study area ('dem', [inventory]) or [table], not both"
         )
     meta = config.meta
@@ -393,27 +420,27 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
         for key in ("map_k", *(f"k_shots[{i}]" for i in range(len(meta.k_shots)))):
             value = meta.map_k if key == "map_k" else meta.k_shots[int(key[8:-1])]
             if not (value.isdigit() and int(value) >= 1) and value not in ("half", "all"):
-                raise MetalsmInputError(
+                problems.append(
                     f"{path}: meta.{key} must be a positive integer (as a string), "
                     f"\"half\" or \"all\", got {value!r}"
                 )
         if config.blocks is None:
-            raise MetalsmInputError(f"{path}: [meta] needs a [blocks] section (blocks are tasks)")
+            problems.append(f"{path}: [meta] needs a [blocks] section (blocks are tasks)")
     blocks = config.blocks
     if blocks is not None:
         if blocks.n_blocks < 1:
-            raise MetalsmInputError(f"{path}: blocks.n_blocks must be >= 1, got {blocks.n_blocks}")
+            problems.append(f"{path}: blocks.n_blocks must be >= 1, got {blocks.n_blocks}")
         if blocks.compactness <= 0:
-            raise MetalsmInputError(
+            problems.append(
                 f"{path}: blocks.compactness must be > 0, got {blocks.compactness}"
             )
         if blocks.factor_weights and blocks.weighting != "given":
-            raise MetalsmInputError(
+            problems.append(
                 f"{path}: blocks.factor_weights is set but blocks.weighting is "
                 f"'{blocks.weighting}'; set weighting = \"given\" to use them"
             )
         if not 0 < blocks.meta_train_fraction < 1:
-            raise MetalsmInputError(
+            problems.append(
                 f"{path}: blocks.meta_train_fraction must be in (0, 1), "
                 f"got {blocks.meta_train_fraction}"
             )
@@ -421,75 +448,162 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
     names += list(config.terrain.factors)
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise MetalsmInputError(f"{path}: factor name(s) used twice: {', '.join(duplicates)}")
+        problems.append(f"{path}: factor name(s) used twice: {', '.join(duplicates)}")
     if config.model.map_model == "meta-blockwise":
         # the block-wise meta-learned model (meta_run.py); model.names stay the
         # classic models cross-validated beside it
         missing = [repr(k) for k in ("blocks", "meta") if getattr(config, k) is None]
         if missing:
-            raise MetalsmInputError(
+            problems.append(
                 f"{path}: model.map_model = 'meta-blockwise' needs the {' and '.join(missing)} "
                 "section(s) of the config (blocks are the tasks; meta holds the "
                 "meta-learning settings)"
             )
     elif config.model.map_model not in config.model.names:
-        raise MetalsmInputError(
+        problems.append(
             f"{path}: model.map_model '{config.model.map_model}' is not in model.names "
             f"{list(config.model.names)}"
         )
     if config.sampling.ratio <= 0:
-        raise MetalsmInputError(f"{path}: sampling.ratio must be > 0, got {config.sampling.ratio}")
-    _check_bands(config, path)
+        problems.append(f"{path}: sampling.ratio must be > 0, got {config.sampling.ratio}")
+    _check_bands(config, path, problems)
     if config.compute.chunk_size is not None and config.compute.chunk_size < 16:
-        raise MetalsmInputError(
+        problems.append(
             f"{path}: compute.chunk_size must be >= 16, got {config.compute.chunk_size}")
-    _check_experiments(config, path)
+    _check_experiments(config, path, problems)
     if config.zones.labels and len(config.zones.labels) != config.zones.levels:
-        raise MetalsmInputError(
+        problems.append(
             f"{path}: zones.labels has {len(config.zones.labels)} entries, "
             f"zones.levels is {config.zones.levels}"
         )
+    _check_ranges(config, path, problems)
+    if len(problems) == 1:
+        raise MetalsmInputError(problems[0])
+    if problems:
+        listed = "\n".join(f"  - {p.removeprefix(f'{path}: ')}" for p in problems)
+        raise MetalsmInputError(f"{path}: {len(problems)} problems in the config:\n{listed}")
 
 
-def _check_experiments(config: StudyAreaConfig, path: Path) -> None:
+def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> None:
+    """Numbers and names that parse but cannot work (caught here, before any input is read)."""
+    from metalsm.models.classic import MODEL_NAMES
+    from metalsm.terrain import TERRAIN_FACTORS
+
+    known = (*MODEL_NAMES, "meta-blockwise")
+    for i, name in enumerate(config.model.names):
+        if name not in known:
+            problems.append(f"{path}: model.names[{i}] {name!r} is not a model; "
+                            f"valid names: {', '.join(known)}")
+    if config.model.map_model not in known:
+        problems.append(f"{path}: model.map_model {config.model.map_model!r} is not a model; "
+                        f"valid names: {', '.join(known)}")
+    unknown = [n for n in config.terrain.factors if n not in TERRAIN_FACTORS]
+    if unknown and config.table is None:
+        problems.append(f"{path}: terrain.factors names unknown factor(s) {unknown}; "
+                        f"valid names: {', '.join(TERRAIN_FACTORS)}")
+    at_least = [
+        ("validation.n_folds", config.validation.n_folds, 2,
+         "cross-validation needs at least 2 folds"),
+        ("zones.levels", config.zones.levels, 2, "a map needs at least 2 zones"),
+        ("output.window_size", config.output.window_size, 16, "windows of at least 16 cells"),
+    ]
+    if config.inventory is not None:
+        at_least.append(("inventory.cells_per_polygon", config.inventory.cells_per_polygon, 1,
+                         "at least one cell per polygon"))
+    if config.meta is not None:
+        meta = config.meta
+        at_least += [
+            ("meta.inner_steps", meta.inner_steps, 1, "adaptation takes at least one step"),
+            ("meta.k_support", meta.k_support, 1, "a support set holds at least one sample"),
+            ("meta.k_query", meta.k_query, 1, "a query set holds at least one sample"),
+            ("meta.meta_batch", meta.meta_batch, 1, "a meta-batch holds at least one task"),
+            ("meta.repeats", meta.repeats, 1, "at least one shot draw"),
+        ]
+        at_least += [(f"meta.guard_steps[{i}]", v, 1, "a step count is at least 1")
+                     for i, v in enumerate(meta.guard_steps)]
+        for key, value in (("meta.inner_lr", meta.inner_lr), ("meta.meta_lr", meta.meta_lr),
+                           ("meta.tune_budget_s", meta.tune_budget_s)):
+            if not value > 0:
+                problems.append(f"{path}: {key} must be > 0, got {value:g}")
+    for key, value, low, why in at_least:
+        if value < low:
+            problems.append(f"{path}: {key} must be >= {low} ({why}), got {value}")
+    if config.sampling.buffer_m < 0:
+        problems.append(f"{path}: sampling.buffer_m must be >= 0 (metres kept free of "
+                        f"negatives around landslides), got {config.sampling.buffer_m:g}")
+    if config.grid.resolution is not None and not config.grid.resolution > 0:
+        problems.append(f"{path}: grid.resolution must be > 0 (cell size in the grid CRS "
+                        f"units), got {config.grid.resolution:g}; omit it to keep the DEM's")
+    if not config.terrain.drainage_threshold_km2 > 0:
+        problems.append(f"{path}: terrain.drainage_threshold_km2 must be > 0 (contributing "
+                        f"area of a channel), got {config.terrain.drainage_threshold_km2:g}")
+    slope = config.sampling.min_slope_deg
+    if slope is not None and not 0 <= slope < 90:
+        problems.append(f"{path}: sampling.min_slope_deg must be in [0, 90), got {slope:g}")
+    if not 0 < config.compute.memory_fraction <= 1:
+        problems.append(f"{path}: compute.memory_fraction must be in (0, 1], "
+                        f"got {config.compute.memory_fraction:g}")
+    crs_keys = [("grid.crs", config.grid.crs)]
+    crs_keys += [("inventory.crs", config.inventory.crs if config.inventory else None),
+                 ("table.crs", config.table.crs if config.table else None)]
+    for key, value in crs_keys:
+        if value is not None:
+            problem = _crs_problem(value)
+            if problem:
+                problems.append(f"{path}: {key} = {value!r} is not a CRS ({problem}); "
+                                "use e.g. \"EPSG:32643\" or a WKT/PROJ string")
+
+
+def _crs_problem(value: str) -> str | None:
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        CRS.from_user_input(value)
+    except CRSError as exc:
+        return str(exc)
+    return None
+
+
+def _check_experiments(config: StudyAreaConfig, path: Path, problems: list[str]) -> None:
     exp = config.experiments
     for i, value in enumerate(exp.k_shots):
         if not (value.isdigit() and int(value) >= 1) and value != "half":
-            raise MetalsmInputError(
+            problems.append(
                 f"{path}: experiments.k_shots[{i}] must be a positive integer (as a string) "
                 f"or \"half\", got {value!r}")
     if exp.repeats < 1:
-        raise MetalsmInputError(f"{path}: experiments.repeats must be >= 1, got {exp.repeats}")
+        problems.append(f"{path}: experiments.repeats must be >= 1, got {exp.repeats}")
     if exp.ablation_repeats < 0:
-        raise MetalsmInputError(
+        problems.append(
             f"{path}: experiments.ablation_repeats must be >= 0, got {exp.ablation_repeats}")
     if exp.meta_iterations < 0:
-        raise MetalsmInputError(
+        problems.append(
             f"{path}: experiments.meta_iterations must be >= 0, got {exp.meta_iterations}")
     if not 0 < exp.cross_area_fraction < 1:
-        raise MetalsmInputError(f"{path}: experiments.cross_area_fraction must be in (0, 1), "
+        problems.append(f"{path}: experiments.cross_area_fraction must be in (0, 1), "
                                 f"got {exp.cross_area_fraction}")
     if any(k < 1 for k in exp.ablation_blocks):
-        raise MetalsmInputError(f"{path}: experiments.ablation_blocks must be >= 1, "
+        problems.append(f"{path}: experiments.ablation_blocks must be >= 1, "
                                 f"got {list(exp.ablation_blocks)}")
 
 
-def _check_bands(config: StudyAreaConfig, path: Path) -> None:
+def _check_bands(config: StudyAreaConfig, path: Path, problems: list[str]) -> None:
     bands = [("sampling.credibility_band", config.sampling.credibility_band)]
     bands += [(f"credibility.bands[{i}]", b) for i, b in enumerate(config.credibility.bands)]
     for key, band in bands:
         if len(band) != 2 or not 0.0 <= band[0] < band[1] <= 1.0:
-            raise MetalsmInputError(
+            problems.append(
                 f"{path}: {key} must be [lo, hi] with 0 <= lo < hi <= 1, got {list(band)}"
             )
     if not config.credibility.bands:
-        raise MetalsmInputError(f"{path}: credibility.bands is empty")
+        problems.append(f"{path}: credibility.bands is empty")
     fs = config.factor_selection
     if fs.n_classes < 2:
-        raise MetalsmInputError(f"{path}: factor_selection.n_classes must be >= 2")
+        problems.append(f"{path}: factor_selection.n_classes must be >= 2")
     if fs.max_categories < 2:
-        raise MetalsmInputError(f"{path}: factor_selection.max_categories must be >= 2")
+        problems.append(f"{path}: factor_selection.max_categories must be >= 2")
     if fs.vif_max <= 1.0:
-        raise MetalsmInputError(f"{path}: factor_selection.vif_max must be > 1")
+        problems.append(f"{path}: factor_selection.vif_max must be > 1")
     if config.credibility.test_regions < 2:
-        raise MetalsmInputError(f"{path}: credibility.test_regions must be >= 2")
+        problems.append(f"{path}: credibility.test_regions must be >= 2")

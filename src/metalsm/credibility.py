@@ -242,11 +242,12 @@ def run_credibility(config, out_dir: str | Path) -> tuple[dict[str, Path], float
     """
     import time
 
+    from metalsm.atomic import staged_directory
     from metalsm.inventory import positive_cells, read_inventory
+    from metalsm.preflight import check_run
     from metalsm.stack import build_factor_stack
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run(config, out_dir, needs_rasters=True, command="credibility")
     stack = build_factor_stack(config)
     inventory = read_inventory(
         config.inventory.path, stack.grid, crs=config.inventory.crs,
@@ -260,10 +261,11 @@ def run_credibility(config, out_dir: str | Path) -> tuple[dict[str, Path], float
     start = time.perf_counter()
     cred, model = credibility_map(stack, positives, config.credibility, config.factor_selection)
     seconds = time.perf_counter() - start
-    paths = {"credibility": write_credibility(cred, stack.grid, out / "credibility.tif")}
-    paths["figure"] = plot_credibility(cred, stack.grid, out / "credibility.png", dem=dem,
-                                       inventory=inventory,
-                                       title=f"Credibility as a non-landslide sample, "
-                                             f"{config.name}")
-    paths["membership"] = write_csv(out / "membership.csv", model.fr_tables.round(6))
-    return paths, seconds
+    with staged_directory(out_dir) as out:  # out_dir is replaced only when complete
+        paths = {"credibility": write_credibility(cred, stack.grid, out / "credibility.tif")}
+        paths["figure"] = plot_credibility(cred, stack.grid, out / "credibility.png", dem=dem,
+                                           inventory=inventory,
+                                           title=f"Credibility as a non-landslide sample, "
+                                                 f"{config.name}")
+        paths["membership"] = write_csv(out / "membership.csv", model.fr_tables.round(6))
+    return {k: Path(out_dir) / p.name for k, p in paths.items()}, seconds

@@ -617,9 +617,12 @@ def plot_correlation(pearson: pd.DataFrame, spearman: pd.DataFrame, path: str | 
 def run_factor_analysis(config, out_dir: str | Path) -> tuple[FactorAnalysis, dict[str, Path]]:
     """``metalsm factors``: build the stack of ``config``, analyse it against the inventory
     mask (every cell touched by a landslide), write the tables and figures into ``out_dir``."""
+    from metalsm.atomic import staged_directory
     from metalsm.inventory import landslide_mask, read_inventory
+    from metalsm.preflight import check_run
     from metalsm.stack import build_factor_stack
 
+    check_run(config, out_dir, needs_rasters=True, command="factors")
     stack = build_factor_stack(config)
     inventory = read_inventory(
         config.inventory.path, stack.grid, crs=config.inventory.crs,
@@ -627,4 +630,6 @@ def run_factor_analysis(config, out_dir: str | Path) -> tuple[FactorAnalysis, di
     )
     analysis = analyze_factors(stack, landslide_mask(inventory, stack.grid),
                                config.factor_selection)
-    return analysis, write_factor_outputs(analysis, out_dir)
+    with staged_directory(out_dir) as stage:  # out_dir is replaced only when complete
+        paths = write_factor_outputs(analysis, stage)
+    return analysis, {k: Path(out_dir) / p.relative_to(stage) for k, p in paths.items()}

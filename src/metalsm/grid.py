@@ -17,7 +17,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
-from rasterio.warp import reproject
+from rasterio.warp import reproject, transform
 from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
@@ -127,6 +127,33 @@ def open_raster(path: str | Path):
     return src
 
 
+def source_cell_size_on(src: Any, grid: Grid) -> float:
+    """Edge length, in ``grid``'s CRS units, of one cell of ``src`` at its centre.
+
+    A source in another CRS (degrees against metres) is compared with the grid by
+    its footprint on the grid: the centre cell's corners are transformed into the
+    grid's CRS and the square root of the footprint's area is its edge.
+    """
+    if src.crs == grid.crs:
+        return float(np.sqrt(abs(src.transform.a * src.transform.e - src.transform.b
+                                 * src.transform.d)))
+    row, col = src.height // 2, src.width // 2
+    corners = [src.transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))]
+    xs, ys = transform(src.crs, grid.crs, [c[0] for c in corners], [c[1] for c in corners])
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    area = abs((x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0))  # parallelogram of two edges
+    return float(np.sqrt(area))
+
+
+def resampling_onto(src: Any, grid: Grid, categorical: bool) -> Resampling:
+    """Bilinear for continuous layers; for categorical ones mode when the source cells are
+    clearly finer than the grid's (several per grid cell), else nearest neighbour."""
+    if not categorical:
+        return Resampling.bilinear
+    finer = source_cell_size_on(src, grid) < grid.cell_size * 0.75
+    return Resampling.mode if finer else Resampling.nearest
+
+
 @dataclass(frozen=True)
 class Layer:
     """One raster aligned to a grid: float32 values with NaN where there are no data."""
@@ -163,11 +190,7 @@ def read_aligned(
             data = src.read(1, masked=True)
             values = data.astype(np.float32).filled(np.nan)
         else:
-            if categorical:
-                finer = abs(src.transform.a) < grid.cell_size * 0.75
-                resampling = Resampling.mode if finer else Resampling.nearest
-            else:
-                resampling = Resampling.bilinear
+            resampling = resampling_onto(src, grid, categorical)
             values = np.full(grid.shape, np.nan, dtype=np.float32)
             reproject(
                 source=rasterio.band(src, 1),

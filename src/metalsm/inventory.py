@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +61,7 @@ def read_inventory(
     if gdf.empty:
         raise MetalsmInputError(f"inventory {path} holds no features")
     gdf = gdf.set_geometry(shapely.force_2d(gdf.geometry.values))
+    gdf = _repair_invalid(gdf, path)
     if gdf.crs != grid.crs:
         log.info("reprojecting inventory %s from %s to %s", path, gdf.crs, grid.crs)
         gdf = gdf.to_crs(grid.crs)
@@ -69,6 +71,7 @@ def read_inventory(
     if n_outside:
         log.warning("inventory %s: %d of %d features lie outside the grid and are dropped",
                     path, n_outside, len(gdf))
+    n_repaired = gdf.attrs.get("n_repaired", 0)
     gdf = gdf[inside].reset_index(drop=True)
     if gdf.empty:
         raise MetalsmInputError(
@@ -76,6 +79,28 @@ def read_inventory(
             f"(CRS {grid.crs})"
         )
     gdf.attrs["n_outside"] = n_outside
+    gdf.attrs["n_repaired"] = n_repaired
+    return gdf
+
+
+def _repair_invalid(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    """Self-intersecting or otherwise invalid polygons repaired by ``make_valid`` (their
+    area kept, collapsed parts dropped), with a warning that counts them; a polygon with
+    nothing left is dropped."""
+    geoms = gdf.geometry.values
+    invalid = ~shapely.is_valid(geoms)
+    if not invalid.any():
+        gdf.attrs["n_repaired"] = 0
+        return gdf
+    geoms = np.array(geoms, dtype=object)
+    geoms[invalid] = shapely.make_valid(geoms[invalid], method="structure",
+                                        keep_collapsed=False)
+    empty = shapely.is_empty(geoms)
+    log.warning("inventory %s: %d invalid polygon(s) (e.g. self-intersecting) repaired with "
+                "make_valid%s", path, int(invalid.sum()),
+                f"; {int(empty.sum())} with no area left dropped" if empty.any() else "")
+    gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))[~empty]
+    gdf.attrs["n_repaired"] = int(invalid.sum())
     return gdf
 
 
@@ -150,7 +175,9 @@ def _patches_of_equal_value(codes: np.ndarray) -> np.ndarray:
 def _read_csv_points(path: Path, crs: str | None, x: str, y: str) -> gpd.GeoDataFrame:
     if crs is None:
         raise MetalsmInputError(f"inventory {path} is a table: set inventory.crs to its CRS")
-    table = pd.read_csv(path, encoding="utf-8-sig")
+    from metalsm.sample_table import read_table_frame
+
+    table = read_table_frame(str(path))
     missing = [c for c in (x, y) if c not in table.columns]
     if missing:
         raise MetalsmInputError(
@@ -190,6 +217,7 @@ def positive_cells(
     dem: np.ndarray | None = None,
     cells_per_polygon: int = 3,
     seed: int = 0,
+    on_invalid: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positive sample cells (rows, cols), at most one per cell, all on valid cells.
 
@@ -197,7 +225,8 @@ def positive_cells(
     point inside the polygon when the centroid falls outside), ``scarp`` (highest
     DEM cell), ``all`` (every cell whose centre is inside), ``random``
     (``cells_per_polygon`` cells drawn without replacement). Polygons smaller than a
-    cell fall back to their centroid cell.
+    cell fall back to their centroid cell. ``on_invalid(rows, cols)`` is told the cells
+    dropped for falling on no-data cells (to say which layers lack data there).
     """
     geoms = inventory.geometry.values
     is_polygon = np.isin(shapely.get_type_id(geoms), [3, 6])
@@ -225,6 +254,8 @@ def positive_cells(
     if (~on_valid).any():
         log.info("%d positive cell(s) fall on no-data cells and are dropped",
                  int((~on_valid).sum()))
+        if on_invalid is not None:
+            on_invalid(rows[~on_valid], cols[~on_valid])
     flat = np.unique(rows[on_valid] * grid.width + cols[on_valid])
     if flat.size < MIN_POSITIVES:
         raise MetalsmInputError(

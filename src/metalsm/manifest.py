@@ -63,6 +63,9 @@ def build_manifest(
     outputs: list[str],
 ) -> dict[str, Any]:
     return {
+        # written last, into a staging folder that becomes the run directory only when
+        # the run is complete (metalsm.atomic.staged_directory)
+        "status": "complete",
         "config": config,
         "versions": package_versions(),
         "seeds": seeds,

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +49,17 @@ from metalsm.models.meta import (
     torch_threads,
 )
 from metalsm.models.pretrain import PretrainConfig, PretrainResult, pretrain_network
+from metalsm.models.tuning import TuningResult, tune_learner
 from metalsm.progress import RunProgress
 from metalsm.report.html import Section
 
 log = logging.getLogger(__name__)
 
 META_MODEL = "meta-blockwise"
-METHODS = ("proposed", "maml", "global_mlp")
+METHODS = ("proposed", "zero_shot", "maml", "global_mlp")
 METHOD_LABELS = {
     "proposed": "meta-learned (pretraining + weighted tasks)",
+    "zero_shot": "meta-learned, zero-shot (no adaptation)",
     "maml": "plain MAML (no pretraining, uniform weights)",
     "global_mlp": "global MLP, fine-tuned",
 }
@@ -246,11 +248,14 @@ def make_learner(meta: MetaConfig, *, plain: bool = False, seed: int | None = No
                  ) -> MetaLearner:
     """The :class:`MetaLearner` of ``[meta]`` (``plain``: the plain-MAML baseline)."""
     return MetaLearner(
-        hidden=tuple(meta.hidden), inner_lr=meta.inner_lr, inner_steps=meta.inner_steps,
-        meta_batch=meta.meta_batch, outer_lr=meta.meta_lr, iterations=meta.iterations,
-        k_support=meta.k_support, k_query=meta.k_query,
+        hidden=tuple(meta.hidden), activation=meta.activation, inner_lr=meta.inner_lr,
+        inner_steps=meta.inner_steps, inner_lr_mode=meta.inner_lr_mode,
+        adapt_biases=meta.adapt_biases, meta_batch=meta.meta_batch, outer_lr=meta.meta_lr,
+        iterations=meta.iterations, k_support=meta.k_support, k_query=meta.k_query,
+        support_rule=meta.support_rule,
         task_weighting="uniform" if plain else meta.task_weighting,
-        first_order=meta.first_order, balanced=meta.balanced,
+        first_order=meta.first_order, balanced=meta.balanced, adapt_guard=meta.adapt_guard,
+        guard_steps=tuple(meta.guard_steps),
         pretrain=False if plain else (_pretrain_config(meta) if meta.pretrain else False),
         seed=meta.seed if seed is None else seed,
     )
@@ -295,6 +300,24 @@ def fit_intermediate(config: StudyAreaConfig, stage: BlockStage | MetaData,
     if meta.pretrain:
         learner.pretrain_history_ = pretrained.history
     return learner
+
+
+#: Learner parameter names that ``[meta]`` spells differently.
+_CONFIG_NAMES = {"outer_lr": "meta_lr"}
+
+
+def tune_settings(meta: MetaConfig, data: MetaData, pretrained: PretrainResult | None
+                  ) -> tuple[MetaConfig, TuningResult]:
+    """``[meta] tune``: nested validation on the meta-train blocks only
+    (:func:`metalsm.models.tuning.tune_learner`); returns ``meta`` with the chosen
+    settings and the search."""
+    train = data.train
+    result = tune_learner(make_learner(meta), data.X[train], data.y[train],
+                          data.blocks[train],
+                          init_state=pretrained.state if pretrained is not None else None,
+                          budget_s=meta.tune_budget_s, seed=meta.seed)
+    chosen = {_CONFIG_NAMES.get(k, k): v for k, v in result.best.items()}
+    return replace(meta, **chosen), result
 
 
 def fit_plain_maml(meta: MetaConfig, data: MetaData, seed: int | None = None) -> MetaLearner:
@@ -347,20 +370,26 @@ def _k_value(k: str | int) -> int | str:
     return int(k) if str(k).isdigit() else str(k)
 
 
-def kshot_scores(learner: MetaLearner, data: MetaData, k: int | str, seed: int
-                 ) -> dict[str, float]:
-    """Adapt each meta-test block from K of its samples; score the rest (pooled)."""
+KSHOT_METRICS = ("accuracy", "f1", "auc", "within_auc", "within_spread")
+
+
+def kshot_scores(learner: MetaLearner, data: MetaData, k: int | str, seed: int,
+                 adapt: bool = True) -> dict[str, float]:
+    """Adapt each meta-test block from K of its samples; score the rest (pooled, and
+    within blocks). ``adapt=False`` scores the intermediate model on the same query
+    (the zero-shot row)."""
     test = np.flatnonzero(data.test)
     models = adapt_blocks(learner, data.X[test], data.y[test], data.blocks[test], k=k,
                           n_blocks=data.n_blocks, centres=data.centres, seed=seed)
     query = np.ones(test.size, dtype=bool)
     query[models.support_samples] = False
     if not query.any():
-        return {"accuracy": np.nan, "f1": np.nan, "auc": np.nan, "n_query": 0}
-    p = models.predict_proba(data.X[test][query], data.blocks[test][query])
-    m = validation.classification_metrics(data.y[test][query], p)
-    return {"accuracy": m["accuracy"], "f1": m["f1"], "auc": m["auc"],
-            "n_query": int(query.sum())}
+        return {**dict.fromkeys(KSHOT_METRICS, np.nan), "n_query": 0}
+    X, y, blocks = data.X[test][query], data.y[test][query], data.blocks[test][query]
+    p = models.predict_proba(X, blocks) if adapt else learner.predict_proba(X)[:, 1]
+    m = {**validation.classification_metrics(y, p),
+         **validation.within_group_metrics(y, p, blocks)}
+    return {**{name: m[name] for name in KSHOT_METRICS}, "n_query": int(query.sum())}
 
 
 def kshot_table(models: dict[str, MetaLearner], data: MetaData, k_shots: Sequence[str],
@@ -378,14 +407,15 @@ def kshot_table(models: dict[str, MetaLearner], data: MetaData, k_shots: Sequenc
         for k in k_shots:
             for r in range(repeats):
                 model = learner[r] if isinstance(learner, list | tuple) else learner
-                scores = kshot_scores(model, data, _k_value(k), seed + r)
+                scores = kshot_scores(model, data, _k_value(k), seed + r,
+                                      adapt=method != "zero_shot")
                 runs.append({"method": method, "k": str(k), "repeat": r, **scores})
     raw = pd.DataFrame(runs)
     rows = []
     for (method, k), group in raw.groupby(["method", "k"], sort=False):
         row: dict[str, Any] = {"method": method, "k": k, "repeats": len(group),
                                "n_query": float(group["n_query"].mean())}
-        for metric in ("accuracy", "f1", "auc"):
+        for metric in KSHOT_METRICS:
             row[f"{metric}_mean"] = float(group[metric].mean())
             row[f"{metric}_std"] = float(group[metric].std(ddof=0))
         rows.append(row)
@@ -447,6 +477,15 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
             save_pretrained(pretrained, meta, models_dir)
     timings["pretrain"] = _since(t)
 
+    tuning = None
+    if meta.tune:
+        t = time.perf_counter()
+        with progress.stage(f"tuning on meta-train blocks (budget {meta.tune_budget_s:g} s)"):
+            meta, tuning = tune_settings(meta, data, pretrained)
+            config = replace(config, meta=meta)
+            write_csv(out / "tuning.csv", tuning.table)
+        timings["tune"] = _since(t)
+
     t = time.perf_counter()
     with progress.stage(f"meta-training ({meta.iterations} iterations)"):
         learner = fit_intermediate(config, data, unl, pretrained)
@@ -462,8 +501,8 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
 
     t = time.perf_counter()
     with progress.stage("K-shot evaluation on meta-test blocks"):
-        kshot = kshot_table({"proposed": learner, "maml": maml, "global_mlp": mlp}, data,
-                            meta.k_shots, meta.repeats, meta.seed)
+        kshot = kshot_table({"proposed": learner, "zero_shot": learner, "maml": maml,
+                             "global_mlp": mlp}, data, meta.k_shots, meta.repeats, meta.seed)
         write_csv(out / "kshot.csv", kshot)
     timings["kshot"] = _since(t)
 
@@ -487,6 +526,13 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
                 compute=compute)
         timings["map"] = _since(t)
     metrics = meta_metrics(config, data, learner, block_models, kshot, timings)
+    if tuning is not None:
+        metrics["tuning"] = {
+            "chosen": tuning.best_name, "settings": tuning.best,
+            "inner_train_blocks": tuning.inner_train_blocks.tolist(),
+            "inner_validation_blocks": tuning.inner_validation_blocks.tolist(),
+            "seconds": tuning.seconds, "search": tuning.table.to_dict("records")}
+        paths["tuning"] = out / "tuning.csv"
     return MetaResult(learner, block_models, kshot, metrics, timings, paths)
 
 
@@ -534,6 +580,8 @@ def meta_metrics(config: StudyAreaConfig, data: MetaData, learner: MetaLearner,
                       "last": _finite(learner.meta_loss_[-50:].mean())}
         if learner.meta_loss_.size else {},
         "pretrain_history": learner.pretrain_history_,
+        "step_sizes": {k: {"mean": float(v.mean()), "min": float(v.min()),
+                           "max": float(v.max())} for k, v in learner.step_sizes.items()},
         "timings_s": timings,
     }
     if block_models is not None:
@@ -541,6 +589,13 @@ def meta_metrics(config: StudyAreaConfig, data: MetaData, learner: MetaLearner,
         out["block_rules"] = {str(k): int(v) for k, v in rules.items()}
         out["map_k"] = str(block_models.k)
     return out
+
+
+def _step_text(settings: dict) -> str:
+    mode = settings.get("inner_lr_mode", "fixed")
+    if mode == "fixed":
+        return f"step size {settings['inner_lr']:g}"
+    return f"Meta-SGD step sizes learned {mode} from {settings['inner_lr']:g}"
 
 
 def _finite(v: float) -> float | None:
@@ -553,7 +608,9 @@ def kshot_display(kshot: pd.DataFrame) -> pd.DataFrame:
         "method": kshot["method"].map(lambda m: METHOD_LABELS.get(m, m)),
         "K": kshot["k"],
     })
-    for metric in ("accuracy", "f1", "auc"):
+    for metric in KSHOT_METRICS:
+        if f"{metric}_mean" not in kshot:  # a run saved before the within-block columns
+            continue
         out[metric] = (kshot[f"{metric}_mean"].map("{:.3f}".format) + " ± "
                        + kshot[f"{metric}_std"].map("{:.3f}".format))
     out["query samples"] = kshot["n_query"].round(0).astype(int)
@@ -572,7 +629,10 @@ def report_section(metrics: dict, out: Path) -> Section:
         f"{settings['iterations']} meta-iterations of {settings['task_weighting']}-weighted "
         f"MAML on {blocks['meta_train']} meta-train blocks "
         f"({blocks['meta_train_samples']} samples). Each block's model: {settings['inner_steps']} "
-        f"steps of lr {settings['inner_lr']:g} on K samples of the block.\n\n"
+        f"steps on K samples of the block ({_step_text(settings)}; support drawn "
+        f"{settings.get('support_rule', 'stratified')})"
+        + ("; a block keeps the zero-shot model unless adapting wins a cross-validation "
+           "on its own shots" if settings.get("adapt_guard") else "") + ".\n\n"
         f"K-shot evaluation on {blocks['meta_test']} held-out meta-test blocks "
         f"({blocks['meta_test_samples']} samples): each block adapted from K of its samples, "
         f"scored on the rest (pooled over blocks), mean ± std over {settings['repeats']} "

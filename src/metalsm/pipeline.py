@@ -16,17 +16,18 @@ import numpy as np
 import pandas as pd
 
 from metalsm import mapping, validation
-from metalsm.atomic import write_csv, write_json
+from metalsm.atomic import staged_directory, write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.inventory import landslide_mask, positive_cells, read_inventory
 from metalsm.manifest import build_manifest
 from metalsm.models.classic import make_model
+from metalsm.preflight import check_run, fold_problems
 from metalsm.progress import RunProgress
 from metalsm.report import figures
 from metalsm.report import tables as report_tables
 from metalsm.report.html import Section, write_report
-from metalsm.sample_table import Samples, write_samples_vector
+from metalsm.sample_table import Samples, warn_constant_factors, write_samples_vector
 from metalsm.sampling import NegativeRequest, draw_negatives, sample_table
 from metalsm.stack import FactorStack, build_factor_stack
 
@@ -65,6 +66,7 @@ def draw_samples(
         dem=dem,
         cells_per_polygon=config.inventory.cells_per_polygon,
         seed=config.sampling.seed,
+        on_invalid=lambda rows, cols: _warn_positives_on_no_data(stack, rows, cols),
     )
     request = NegativeRequest(
         valid=valid,
@@ -80,7 +82,16 @@ def draw_samples(
     )
     neg = draw_negatives(config.sampling.method, request, config.sampling.seed)
     table = sample_table(stack, pos, neg)
-    return Samples(table, stack.names, stack.categorical)
+    samples = Samples(table, stack.names, stack.categorical)
+    warn_constant_factors(samples)
+    return samples
+
+
+def _warn_positives_on_no_data(stack, rows: np.ndarray, cols: np.ndarray) -> None:
+    missing = stack.sample(rows, cols).isna().sum()
+    per_layer = ", ".join(f"{name} {int(n)}" for name, n in missing.items() if n)
+    log.warning("%d landslide cell(s) fall where a factor has no data and are not used as "
+                "positives (cells without data, per layer: %s)", rows.size, per_layer)
 
 
 def _credibility(config: StudyAreaConfig, stack: FactorStack, pos, compute=None,
@@ -115,18 +126,35 @@ def run_pipeline(
     :mod:`metalsm.chunked`: ``factors.tif`` aligned and written window by window and
     the map predicted over Dask (local threads, or the cluster at ``scheduler``);
     without them the path is chosen by the estimated stack size and free memory.
-    """
-    if config.table is not None and config.meta is not None:
-        from metalsm.meta_run import run_table_pipeline
 
-        return run_table_pipeline(config, out_dir, show_progress=show_progress)
-    if config.table is not None:
+    Every input header and ``out_dir`` are checked first (:func:`metalsm.preflight.check_run`,
+    all problems at once); the run then writes into a staging folder that replaces
+    ``out_dir`` only when complete, so a failed run leaves a previous run untouched.
+    """
+    if config.table is not None and config.meta is None:
         raise MetalsmInputError(
             f"{config.source}: '{config.name}' is a sample-table study area (no rasters to map); "
             "use `metalsm segment` for its blocks"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with collect_warnings() as warned:
+        check_run(config, out_dir)
+        with staged_directory(out_dir) as stage:
+            if config.table is not None:
+                from metalsm.meta_run import run_table_pipeline
+
+                result = run_table_pipeline(config, stage, show_progress=show_progress)
+            else:
+                result = _run_raster_pipeline(config, stage, warned,
+                                              show_progress=show_progress,
+                                              chunk_size=chunk_size, scheduler=scheduler)
+    result.out_dir = Path(out_dir)
+    return result
+
+
+def _run_raster_pipeline(
+    config: StudyAreaConfig, out: Path, warned: list[str], *, show_progress: bool,
+    chunk_size: int | None, scheduler: str | None,
+) -> RunResult:
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -174,6 +202,9 @@ def run_pipeline(
             samples = draw_samples(config, stack, inventory, mask, compute=compute,
                                    out_dir=out, chunk_size=chunk)
             write_csv(out / "samples.csv", samples.table)
+        problems = fold_problems(config, samples.y, "the samples drawn from the inventory")
+        if problems:
+            raise MetalsmInputError(problems[0])
         t = timed("samples", t)
 
         if config.blocks is not None:
@@ -258,9 +289,14 @@ def run_pipeline(
             }
             if meta_result is not None:
                 metrics["meta"] = meta_result.metrics
+                metrics["meta"]["map"] = mapping.block_map_statistics(
+                    out / "susceptibility.tif", out / "blocks.tif", out / "zones.tif", mask,
+                    block_stage.blocks.n_blocks,
+                    block_stage.tasks.loc[block_stage.tasks["split"] == "meta-test", "block"])
             metrics["compute"] = {"chunked": use_chunks, "why": why,
                                   "chunk_size": chunk if use_chunks else None,
                                   "scheduler": compute.scheduler if compute else None}
+            metrics["warnings"] = list(warned)
             _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates,
                      edges, samples.coords)
             write_json(out / "metrics.json", metrics)
@@ -295,6 +331,25 @@ def run_pipeline(
         headline[f"spatial AUC ({config.model.map_model})"] = (
             f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}")
     return RunResult(out, seconds, metrics, headline)
+
+
+@contextlib.contextmanager
+def collect_warnings():
+    """Yield a list that receives every warning logged by metalsm meanwhile (for
+    ``metrics.json`` and the report: what the console showed, kept with the run)."""
+    warned: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warned.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logger = logging.getLogger("metalsm")
+    logger.addHandler(handler)
+    try:
+        yield warned
+    finally:
+        logger.removeHandler(handler)
 
 
 def _sample_columns(evaluation: validation.Evaluation, map_model: str) -> dict:
@@ -515,6 +570,12 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
             ),
             tables=[("Factors", report_tables.factor_table(
                 metrics["factors"], metrics["categorical_factors"]))],
+        ),
+        Section(
+            "Warnings",
+            text=(f"{len(metrics['warnings'])} warning(s) during the run (also in "
+                  "`metrics.json`)." if metrics["warnings"] else "No warnings."),
+            preformatted=[("Warnings", metrics["warnings"])] if metrics["warnings"] else [],
         ),
         Section(
             "Provenance",

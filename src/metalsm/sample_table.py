@@ -6,6 +6,8 @@ raster path (blocks, tasks, models, validation) through the same ``Samples`` val
 
 from __future__ import annotations
 
+import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import pandas as pd
 
 from metalsm.config import TableConfig
 from metalsm.errors import MetalsmInputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,14 +45,61 @@ class Samples:
         return self.table[["x", "y"]].to_numpy()
 
 
-def read_sample_table(config: TableConfig) -> Samples:
-    """Read and check a sample table; factors default to every column but x, y and label."""
+def warn_constant_factors(samples: Samples) -> list[str]:
+    """Factors with one value in every sample (a flat DEM gives constant slope, curvature...):
+    no model can learn from them. Logged as a warning; returns their names."""
+    constant = [n for n in samples.factor_names if samples.table[n].nunique() <= 1]
+    if constant:
+        values = {n: float(samples.table[n].iloc[0]) for n in constant}
+        log.warning("factor(s) with one value in all %d samples, useless to every model "
+                    "(flat DEM? constant raster?): %s", len(samples.table),
+                    ", ".join(f"{n} = {v:g}" for n, v in values.items()))
+    return constant
+
+
+def read_table_frame(path: str, nrows: int | None = None) -> pd.DataFrame:
+    """A CSV table as read by pandas, with errors that name the file and say what to do.
+
+    UTF-8 (with or without BOM) and UTF-16 (with BOM) are decoded; a duplicated column
+    name is refused (pandas would rename it ``slope.1`` and use it as another factor);
+    a table that looks ``;``-delimited is refused with that hint.
+    """
     try:
-        raw = pd.read_csv(config.path, encoding="utf-8-sig")
+        with open(path, "rb") as handle:
+            start = handle.read(4)
     except FileNotFoundError as exc:
-        raise MetalsmInputError(f"sample table not found: {config.path}") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise MetalsmInputError(f"cannot read sample table {config.path}: {exc}") from exc
+        raise MetalsmInputError(f"table not found: {path}") from exc
+    except OSError as exc:
+        raise MetalsmInputError(f"cannot read table {path}: {exc.strerror}") from exc
+    encoding = "utf-16" if start[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        with open(path, encoding=encoding, newline="") as handle:
+            names = next(csv.reader(handle), [])
+        frame = pd.read_csv(path, encoding=encoding, nrows=nrows)
+    except UnicodeDecodeError as exc:
+        raise MetalsmInputError(
+            f"cannot read table {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "save it as UTF-8 CSV") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as exc:
+        raise MetalsmInputError(f"cannot read table {path}: {exc}") from exc
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise MetalsmInputError(
+            f"table {path}: column name(s) {twice} appear more than once; rename or drop the "
+            "copies (each factor needs one column)")
+    if len(frame.columns) == 1 and ";" in str(frame.columns[0]):
+        raise MetalsmInputError(
+            f"table {path} looks ';'-delimited (one column named "
+            f"{str(frame.columns[0])[:60]!r}...); save it comma-delimited")
+    return frame
+
+
+def read_sample_table(config: TableConfig, *, warn: bool = True) -> Samples:
+    """Read and check a sample table; factors default to every column but x, y and label.
+
+    Rows with a missing value are dropped; ``warn`` logs how many and in which columns
+    (also kept in ``table.attrs``)."""
+    raw = read_table_frame(config.path)
     special = (config.x_column, config.y_column, config.label_column)
     factors = list(config.factors) or [c for c in raw.columns if c not in special]
     needed = [*special, *factors, *config.categorical]
@@ -91,12 +142,29 @@ def read_sample_table(config: TableConfig) -> Samples:
         "label": labels.astype(np.int8),
     })
     table = pd.concat([table, values], axis=1)
+    empty = [c for c in table.columns if table[c].isna().all()]
+    if empty:
+        raise MetalsmInputError(
+            f"sample table {config.path}: column(s) {empty} hold no value in any row; drop "
+            "them from table.factors (or fix table.missing_values)")
+    missing = table.isna().sum()
+    missing = {str(c): int(n) for c, n in missing[missing > 0].items()}
     incomplete = table.isna().any(axis=1)
     if incomplete.all():
-        raise MetalsmInputError(f"sample table {config.path}: every row has a missing value")
+        raise MetalsmInputError(
+            f"sample table {config.path}: every row has a missing value (missing per column: "
+            f"{missing})")
     table = table[~incomplete].reset_index(drop=True)
     table.attrs["dropped_incomplete_rows"] = int(incomplete.sum())
-    return Samples(table, tuple(factors), tuple(config.categorical))
+    table.attrs["missing_per_column"] = missing
+    if warn and incomplete.any():
+        log.warning("sample table %s: %d of %d rows dropped for missing values (per column: "
+                    "%s)", config.path, int(incomplete.sum()), len(incomplete),
+                    ", ".join(f"{c} {n}" for c, n in missing.items()))
+    samples = Samples(table, tuple(factors), tuple(config.categorical))
+    if warn:
+        warn_constant_factors(samples)
+    return samples
 
 
 def write_samples_vector(path, samples: Samples, crs, extra: dict[str, np.ndarray] | None = None

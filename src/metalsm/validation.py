@@ -113,6 +113,29 @@ def classification_metrics(y_true: Any, proba: Any, threshold: float = 0.5) -> d
     }
 
 
+def within_group_metrics(y_true: Any, proba: Any, groups: Any) -> dict[str, float]:
+    """How well a map ranks cells *inside* each block, beside the pooled metrics.
+
+    ``within_auc``: mean over groups holding both classes of the AUC inside the group
+    (a model that only learnt each block's landslide share scores 0.5 here however good
+    its pooled AUC); ``within_spread``: mean over groups of 2+ samples of the standard
+    deviation of the predicted probability (near 0: a flat map inside blocks). NaN
+    where no group qualifies.
+    """
+    p = _positive_proba(proba)
+    y = _binary_labels(y_true, p.shape[0])
+    g = np.asarray(groups).ravel()
+    aucs, spreads = [], []
+    for label in np.unique(g):  # one pass per block (tens), not per sample
+        inside = g == label
+        if inside.sum() >= 2:
+            spreads.append(float(p[inside].std()))
+        if np.unique(y[inside]).size == 2:
+            aucs.append(float(roc_auc_score(y[inside], p[inside])))
+    return {"within_auc": float(np.mean(aucs)) if aucs else float("nan"),
+            "within_spread": float(np.mean(spreads)) if spreads else float("nan")}
+
+
 class RocPoints(NamedTuple):
     """ROC curve; unpacks as ``fpr, tpr, thresholds, auc``."""
 

@@ -3,6 +3,9 @@
 * **pretraining × task loss**: unsupervised RBM/RBM/DAE pretraining off/on × uniform /
   weighted (softmax) task loss; off + uniform is plain MAML, the config's setting is
   the proposed method.
+* **adaptation** (:data:`ADAPTATION_VARIANTS`): the configured setting against one
+  change at a time -- Meta-SGD off (one fixed step size), the paper's step sizes,
+  the other support rule, the guard off, five times the meta-iterations.
 * **class-balanced adaptation** off/on (``[meta] balanced``: the inner loop weights
   each class of a support set equally, in meta-training and in adaptation).
 * **number of blocks K** (``[experiments] ablation_blocks``): the study area
@@ -36,13 +39,29 @@ from metalsm.report.html import Section
 
 __all__ = ["run_ablation"]
 
-_SHOWN = ("accuracy", "f1", "auc")
+_SHOWN = ("accuracy", "f1", "auc", "within_auc")
 
 
 def _variant(name: str, **changes: object) -> Method:
     def fit(data, meta: MetaConfig, seed: int):
         return fit_proposed(data, replace(meta, **changes), seed)
     return Method(name, "meta", name, fit)
+
+
+def adaptation_variants(meta: MetaConfig) -> list[tuple[str, dict[str, object]]]:
+    """(label, changes to ``[meta]``): the configured setting first, then one change each."""
+    other_rule = "stratified" if meta.support_rule == "random" else "random"
+    variants: list[tuple[str, dict[str, object]]] = [("as configured", {})]
+    if meta.inner_lr_mode != "fixed":
+        variants.append(("Meta-SGD off (fixed step)", {"inner_lr_mode": "fixed"}))
+    variants += [
+        ("paper steps (0.1 fixed, meta lr 1e-4)",
+         {"inner_lr_mode": "fixed", "inner_lr": 0.1, "meta_lr": 1e-4}),
+        (f"support {other_rule}", {"support_rule": other_rule}),
+        (f"guard {'off' if meta.adapt_guard else 'on'}", {"adapt_guard": not meta.adapt_guard}),
+        (f"{5 * meta.iterations} meta-iterations", {"iterations": 5 * meta.iterations}),
+    ]
+    return variants
 
 
 def _pretrain_weighting(meta: MetaConfig) -> list[tuple[Method, dict[str, str]]]:
@@ -92,6 +111,18 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
     tables["pretrain_loss"] = table
     paths["pretrain_loss"] = write_csv(out / "ablation_pretrain_loss.csv", table.round(5))
 
+    # adaptation settings
+    parts = []
+    for label, changes in adaptation_variants(meta):
+        # the variant's [meta] also draws the shots (a support-rule row adapts from shots
+        # drawn by its own rule)
+        raw = method_rows(context, replace(meta, **changes), [METHODS["proposed"]], ks, n,
+                          exp.seed)
+        parts.append(summarize(raw).assign(setting=label))
+    table = pd.concat(parts, ignore_index=True)
+    tables["adaptation"] = table
+    paths["adaptation"] = write_csv(out / "ablation_adaptation.csv", table.round(5))
+
     # class-balanced adaptation
     parts = []
     for balanced in (False, True):
@@ -137,6 +168,7 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
         "area, so their meta-test blocks (and query samples) differ."
     )
     section = Section("Ablations", text=text, tables=[
+        ("Adaptation settings, one change at a time", _short(tables["adaptation"], ["setting"])),
         ("Pretraining × task loss (mean ± std)",
          _short(tables["pretrain_loss"], ["pretraining", "task loss"])),
         ("Class-balanced adaptation", _short(tables["balanced"], ["balanced adaptation"])),

@@ -188,13 +188,16 @@ def run_overall(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | 
     return run.finish(paths, {"raw": raw, "summary": summary}, section)
 
 
+#: Global models every K-shot table shows: the baselines that would embarrass the method.
+KSHOT_REFERENCES = ("rf", "lightgbm", "mlp")
+
+
 def kshot_methods(names: Sequence[str]) -> list[Method]:
-    """Transfer and meta-learning methods of ``names`` plus the global MLP (reference)."""
+    """Transfer and meta-learning methods of ``names`` (zero-shot included), after the
+    strongest global models (:data:`KSHOT_REFERENCES`) as references."""
     chosen = resolve_methods(names)
-    out = [m for m in chosen if m.family in ("transfer", "meta")]
-    if "mlp" in METHODS and all(m.name != "mlp" for m in out):
-        out.insert(0, METHODS["mlp"])
-    return out
+    return ([METHODS[n] for n in KSHOT_REFERENCES]
+            + [m for m in chosen if m.family in ("transfer", "meta")])
 
 
 def run_kshot(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None = None,

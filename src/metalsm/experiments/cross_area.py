@@ -61,7 +61,7 @@ SCHEME_TEXT = {
     "C": "train: part of areas 1 and 2; test: rest of area 1",
     "D": "train: all of area 1 + part of area 2; test: rest of area 2",
 }
-DEFAULT_METHODS = ("rf", "mlp", "rl-based", "maml", "proposed")
+DEFAULT_METHODS = ("rf", "lightgbm", "mlp", "rl-based", "maml", "proposed", "zero-shot")
 
 
 def _split_source(config: StudyAreaConfig) -> str:

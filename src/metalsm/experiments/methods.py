@@ -24,6 +24,7 @@ repeat serves every K.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -49,7 +50,11 @@ from metalsm.models.meta import MetaLearner
 log = logging.getLogger(__name__)
 
 FAMILIES = ("global", "transfer", "meta")
-METRICS = validation.METRICS
+#: Pooled metrics of the query, then how well each block's cells are ranked and spread
+#: (:func:`metalsm.validation.within_group_metrics`).
+METRICS = (*validation.METRICS, "within_auc", "within_spread")
+#: The columns of the report tables (the CSVs keep every metric).
+DISPLAY_METRICS = ("accuracy", "f1", "auc", "within_auc", "within_spread")
 RAW_COLUMNS = ("method", "family", "k", "repeat", "seed", *METRICS, "n_query")
 
 __all__ = ["FAMILIES", "METHODS", "FittedMethod", "Method", "compare_methods",
@@ -87,15 +92,17 @@ class Method:
 # --------------------------------------------------------------------------- protocol
 
 
-def draw_support(data: MetaData, k: str | int, seed: int) -> np.ndarray:
-    """Bool mask over all samples: K stratified shots per meta-test block (``"half"``:
-    half of the block's samples). The draw of :func:`metalsm.models.blockwise.draw_support`,
-    so every method of a repeat adapts from exactly these samples."""
+def draw_support(data: MetaData, k: str | int, seed: int, rule: str = "stratified"
+                 ) -> np.ndarray:
+    """Bool mask over all samples: K shots per meta-test block (``"half"``: half of the
+    block's samples) drawn by ``rule`` (``[meta] support_rule``). The draw of
+    :func:`metalsm.models.blockwise.draw_support`, so every method of a repeat adapts
+    from exactly these samples."""
     k = int(k) if str(k).isdigit() else str(k)
     mask = np.zeros(data.y.size, dtype=bool)
     test = np.flatnonzero(data.test)
     mask[test] = blockwise.draw_support(data.y[test], data.blocks[test], k, seed,
-                                        blocks=data.test_blocks)
+                                        blocks=data.test_blocks, rule=rule)
     return mask
 
 
@@ -169,15 +176,43 @@ def pretrained_state(data: MetaData, meta: MetaConfig, seed: int) -> Any:
     return data.cache[key]
 
 
+def proposed_learner(data: MetaData, meta: MetaConfig, seed: int) -> MetaLearner:
+    """The intermediate model of the proposed method for ``seed`` and ``meta``, trained
+    once per data value: the zero-shot row and the guard ablation (settings that only
+    change adaptation) reuse the proposed method's."""
+    key = ("proposed", int(seed), replace(meta, adapt_guard=True, guard_steps=()))
+    if key not in data.cache:
+        learner = make_learner(meta, seed=seed)
+        pretrained = pretrained_state(data, meta, seed) if meta.pretrain else None
+        train = data.train
+        learner.fit(data.X[train], data.y[train], groups=data.blocks[train],
+                    init_state=pretrained.state if pretrained is not None else None)
+        data.cache[key] = learner
+    return copy.copy(data.cache[key]).set_params(adapt_guard=meta.adapt_guard,
+                                                 guard_steps=tuple(meta.guard_steps))
+
+
 def fit_proposed(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
     """Weighted MAML from RBM/RBM/DAE-pretrained layers, as ``[meta]`` says (the
     ablations pass a ``meta`` with pretraining or task weighting changed)."""
-    learner = make_learner(meta, seed=seed)
-    pretrained = pretrained_state(data, meta, seed) if meta.pretrain else None
-    train = data.train
-    learner.fit(data.X[train], data.y[train], groups=data.blocks[train],
-                init_state=pretrained.state if pretrained is not None else None)
-    return _Adapted(learner)
+    return _Adapted(proposed_learner(data, meta, seed))
+
+
+@dataclass
+class _ZeroShot(FittedMethod):
+    """The intermediate model as it is: no block sees its shots (the baseline adaptation
+    has to beat)."""
+
+    learner: MetaLearner
+
+    def predict_query(self, data: MetaData, support_mask: np.ndarray, seed: int
+                      ) -> np.ndarray:
+        del seed
+        return self.learner.predict_proba(data.X[query_mask(data, support_mask)])[:, 1]
+
+
+def fit_zero_shot(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
+    return _ZeroShot(proposed_learner(data, meta, seed))
 
 
 def fit_maml(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
@@ -210,6 +245,8 @@ METHODS: dict[str, Method] = {
     "maml": Method("maml", "meta", "Plain MAML", fit_maml),
     "proposed": Method("proposed", "meta", "Proposed (pretraining + weighted tasks)",
                        fit_proposed),
+    "zero-shot": Method("zero-shot", "meta", "Proposed, zero-shot (no adaptation)",
+                        fit_zero_shot),
 }
 
 
@@ -245,7 +282,7 @@ def compare_methods(data: MetaData, meta: MetaConfig, methods: Sequence[str | Me
     labels: dict[tuple[str, int], np.ndarray] = ArrayStore()
     for r in range(repeats):
         s = seed + r
-        supports = {str(k): draw_support(data, k, s) for k in k_shots}
+        supports = {str(k): draw_support(data, k, s, meta.support_rule) for k in k_shots}
         for k, mask in supports.items():
             labels[(k, r)] = data.y[query_mask(data, mask)]
         for method in chosen:
@@ -253,7 +290,9 @@ def compare_methods(data: MetaData, meta: MetaConfig, methods: Sequence[str | Me
             for k, mask in supports.items():
                 y = labels[(k, r)]
                 p = fitted.predict_query(data, mask, s) if y.size else np.zeros(0)
-                scores = (validation.classification_metrics(y, p) if y.size
+                groups = data.blocks[query_mask(data, mask)]
+                scores = ({**validation.classification_metrics(y, p),
+                           **validation.within_group_metrics(y, p, groups)} if y.size
                           else dict.fromkeys(METRICS, np.nan))
                 rows.append({"method": method.name, "family": method.family, "k": k,
                              "repeat": r, "seed": s, **scores, "n_query": int(y.size)})
@@ -284,7 +323,8 @@ def summarize(raw: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFra
     return out
 
 
-def display_table(summary: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+def display_table(summary: pd.DataFrame, metrics: Sequence[str] = DISPLAY_METRICS
+                  ) -> pd.DataFrame:
     """``mean ± std`` strings per metric, method labels (report tables)."""
     out = pd.DataFrame({
         "method": summary["method"].map(lambda m: METHODS[m].label if m in METHODS else m),

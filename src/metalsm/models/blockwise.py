@@ -3,10 +3,16 @@
 :func:`adapt_blocks` takes a fitted :class:`~metalsm.models.meta.MetaLearner` (the
 meta-learned intermediate model) and, for every block ``0..n_blocks-1``, adapts it with
 K labelled samples of that block (``k`` = an int such as 1 or 5, ``"half"`` of the
-block's labelled samples, or ``"all"``), drawn stratified by class (integer K
-alternates the classes; "half" takes half of each class, so the block's query keeps
-both), ``inner_steps``
-steps of ``inner_lr`` -- all blocks at once under ``vmap`` (padded support sets).
+block's labelled samples, or ``"all"``), drawn by the learner's ``support_rule``
+(``random``: a uniform subset, so the shots carry the block's landslide share;
+``stratified``: integer K alternates the classes, "half" takes half of each class),
+``inner_steps`` steps of the learner's (meta-learned) step sizes -- all blocks at once
+under ``vmap`` (padded support sets).
+
+Adaptation that cannot make things worse (``learner.adapt_guard``): a block keeps the
+intermediate model (``reason="guard"``) unless the model adapted without each fold of
+its own support predicts that fold better than the intermediate model does
+(:func:`adaptation_helps`; K = 1 cannot be checked, so it stays zero-shot).
 
 Fallbacks, recorded per block in ``rule``/``reason``/``source_block``:
 
@@ -45,9 +51,12 @@ from metalsm.models.meta import (
     MetaLearner,
     MetaNet,
     Params,
-    _support_query,
-    _TaskIndex,
+    TaskIndex,
     adapt_batch,
+    adapt_batch_path,
+    batch_logits,
+    init_step_sizes,
+    support_query,
 )
 
 __all__ = ["BlockModels", "adapt_blocks", "draw_support", "load_intermediate",
@@ -55,6 +64,11 @@ __all__ = ["BlockModels", "adapt_blocks", "draw_support", "load_intermediate",
 
 _FORMAT = "metalsm-blockwise-1"
 _CHUNK = 65536
+#: Step-size entries are saved beside the weights in ``intermediate.pt`` under this prefix.
+_LR_PREFIX = "inner_lr:"
+#: At most this many folds in the adaptation guard's cross-validation (leave-one-out
+#: below it).
+GUARD_FOLDS = 10
 
 
 def _arch(learner: MetaLearner) -> dict[str, Any]:
@@ -85,8 +99,10 @@ def save_intermediate(learner: MetaLearner, directory: str | Path,
     """Write ``intermediate.pt`` (state dict) and ``intermediate.json``; returns the .pt path."""
     directory = Path(directory)
     pt = directory / "intermediate.pt"
+    state = {k: v.contiguous() for k, v in learner.params_.items()}
+    state.update({_LR_PREFIX + k: v.contiguous() for k, v in learner.step_sizes.items()})
     with atomic_path(pt) as tmp:
-        torch.save({k: v.contiguous() for k, v in learner.params_.items()}, tmp)
+        torch.save(state, tmp)
     write_json(directory / "intermediate.json", _learner_meta(learner, factor_names))
     return pt
 
@@ -110,8 +126,11 @@ def load_intermediate(directory: str | Path) -> tuple[MetaLearner, list[str]]:
     learner.std_ = np.asarray(meta["std"], dtype=np.float64)
     learner.net_ = _net(meta["arch"])
     state = torch.load(pt, weights_only=True)
-    learner.net_.load_state_dict(state)
+    lrs = {k[len(_LR_PREFIX):]: v for k, v in state.items() if k.startswith(_LR_PREFIX)}
+    learner.net_.load_state_dict({k: v for k, v in state.items()
+                                  if not k.startswith(_LR_PREFIX)})
     learner.params_ = {k: v.detach().clone() for k, v in learner.net_.named_parameters()}
+    learner.inner_lrs_ = lrs or init_step_sizes(learner.params_, "fixed", learner.inner_lr)
     learner.adapted_ = {}
     learner.meta_loss_ = np.zeros(0)
     learner.pretrain_history_ = {}
@@ -138,6 +157,12 @@ class BlockModels:
     k: int | str
     seed: int
     support_samples: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: adaptation steps each block's own model took (0: zero-shot or a fallback)
+    n_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        if self.n_steps.size != self.model_index.size:
+            self.n_steps = np.zeros(self.model_index.size, dtype=np.int64)
 
     @property
     def n_blocks(self) -> int:
@@ -146,7 +171,8 @@ class BlockModels:
     def block_table(self) -> list[dict[str, Any]]:
         """One record per block: id, rule, reason, source block, shots used."""
         return [{"block": b, "rule": self.rule[b], "reason": self.reason[b],
-                 "source_block": int(self.source_block[b]), "n_support": int(self.n_support[b])}
+                 "source_block": int(self.source_block[b]), "n_support": int(self.n_support[b]),
+                 "n_steps": int(self.n_steps[b])}
                 for b in range(self.n_blocks)]
 
     def predict_proba(self, X: Any, block_ids: Any) -> np.ndarray:
@@ -210,6 +236,7 @@ class BlockModels:
             source_block=np.array([r["source_block"] for r in table], dtype=np.int64),
             n_support=np.array([r["n_support"] for r in table], dtype=np.int64),
             k=meta["k"], seed=int(meta["adapt_seed"]),
+            n_steps=np.array([r.get("n_steps", 0) for r in table], dtype=np.int64),
         )
 
 
@@ -262,7 +289,7 @@ def adapt_blocks(
     inside = ids >= 0
     Xs = learner._standardize(X)
     codes = np.where(inside, ids, n_blocks)  # outside samples go to a spare task, never used
-    index = _TaskIndex.build(codes, n_blocks + 1)
+    index = TaskIndex.build(codes, n_blocks + 1)
     n = index.counts[:n_blocks]
     pos = np.bincount(ids[inside & (y == 1)], minlength=n_blocks)
     single = (n > 0) & ((pos == 0) | (pos == n))
@@ -282,21 +309,28 @@ def adapt_blocks(
     rng = np.random.default_rng(seed)
     stacked: Params = {}
     support = np.zeros(0, dtype=np.int64)
+    guarded = np.zeros(0, dtype=np.int64)
+    n_steps = np.zeros(n_blocks, dtype=np.int64)
     if blocks.size:
         if given:
             idx, mask = _given_support(chosen & usable[np.where(inside, ids, 0)] & inside,
                                        ids, blocks)
         else:
-            drawn = _support_query(index, y, blocks, shots[blocks], 0, rng,
-                                   proportional=_is_share(k))
+            drawn = support_query(index, y, blocks, shots[blocks], 0, rng,
+                                  proportional=_is_share(k), rule=learner.support_rule)
             idx, mask = drawn["support_idx"], drawn["support_mask"]
-        xs = np.where(mask[..., None], Xs[idx], 0.0).astype(np.float32)
-        ys = np.where(mask, y[idx], 0.0).astype(np.float32)
-        stacked = adapt_batch(learner.net_, learner.params_, torch.as_tensor(xs),
-                              torch.as_tensor(ys), torch.as_tensor(mask),
-                              inner_lr=learner.inner_lr, steps=learner.inner_steps,
-                              balanced=learner.balanced)
+        xs = torch.as_tensor(np.where(mask[..., None], Xs[idx], 0.0).astype(np.float32))
+        ys = torch.as_tensor(np.where(mask, y[idx], 0.0).astype(np.float32))
+        ms = torch.as_tensor(mask)
         support = np.sort(idx[mask])
+        if learner.adapt_guard:
+            block_steps = choose_steps(learner, xs, ys, ms)
+            stacked = _at_steps(learner, xs, ys, ms, block_steps)
+            guarded = blocks[block_steps == 0]
+        else:
+            block_steps = np.full(blocks.size, learner.inner_steps)
+            stacked = _adapt(learner, xs, ys, ms)
+        n_steps[blocks] = block_steps
 
     model_index = np.full(n_blocks, -1, dtype=np.int64)
     model_index[blocks] = np.arange(blocks.size)
@@ -306,8 +340,12 @@ def adapt_blocks(
     reason = np.where(n == 0, "no-samples", np.where(usable, "", "single-class")).astype(object)
     if given:
         reason[unsupported] = "no-support"
+    if guarded.size:  # adapted, but no better than zero-shot on its own support
+        model_index[guarded] = -1
+        rule[guarded], reason[guarded] = "intermediate", "guard"
     n_support = np.where(usable, shots, 0)
     fallback = np.flatnonzero(~usable)
+    blocks = np.setdiff1d(blocks, guarded)
     if centres is not None and fallback.size and blocks.size:
         c = np.asarray(centres, dtype=np.float64)
         if c.shape[0] != n_blocks:
@@ -325,8 +363,67 @@ def adapt_blocks(
             f"x{i}" for i in range(learner.n_features_in_)],
         stacked=stacked, model_index=model_index, rule=list(rule), reason=list(reason),
         source_block=source, n_support=n_support.astype(np.int64), k=k, seed=int(seed),
-        support_samples=support,
+        support_samples=support, n_steps=n_steps,
     )
+
+
+def _adapt(learner: MetaLearner, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor
+           ) -> Params:
+    return adapt_batch(learner.net_, learner.params_, xs, ys, ms,
+                       inner_lr=learner.step_sizes, steps=learner.inner_steps,
+                       balanced=learner.balanced)
+
+
+def _bce(logits: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, ys, reduction="none")
+
+
+def step_choices(learner: MetaLearner) -> list[int]:
+    """The step counts the guard compares with zero-shot (``guard_steps``, else
+    ``inner_steps``), increasing."""
+    return sorted({int(s) for s in (learner.guard_steps or (learner.inner_steps,))})
+
+
+def choose_steps(learner: MetaLearner, xs: torch.Tensor, ys: torch.Tensor,
+                 ms: torch.Tensor) -> np.ndarray:
+    """Per support set, how many adaptation steps: 0 (keep the zero-shot model) or one of
+    :func:`step_choices`, whichever predicts the support best by cross-validation.
+
+    Cross-validation on the support set alone (leave-one-out, at most
+    :data:`GUARD_FOLDS` folds): each fold is predicted by the model adapted on the
+    other shots, and the summed log-loss of every step count is compared with the
+    intermediate model's on the same shots. Adapting must be strictly better, so a
+    one-shot set (nothing to check against) keeps the zero-shot model. All sets at
+    once: one vmapped adaptation path per fold.
+    """
+    n = ms.sum(1)
+    folds = torch.clamp(n, 1, GUARD_FOLDS)[:, None]
+    fold = torch.arange(ms.shape[1])[None, :] % folds
+    choices = step_choices(learner)
+    zero_shot = batch_logits(learner.net_, {k: v.expand(ms.shape[0], *v.shape)
+                                            for k, v in learner.params_.items()}, xs)
+    losses = torch.zeros(len(choices) + 1, ms.shape[0])
+    losses[0] = (_bce(zero_shot, ys) * ms).sum(1)
+    for f in range(int(folds.max())):
+        held = ms & (fold == f)
+        path = adapt_batch_path(learner.net_, learner.params_, xs, ys, ms & ~held, choices,
+                                inner_lr=learner.step_sizes, balanced=learner.balanced)
+        for c, adapted in enumerate(path, start=1):
+            losses[c] += (_bce(batch_logits(learner.net_, adapted, xs), ys) * held).sum(1)
+    best = losses.argmin(0).numpy()  # ties keep the earlier: zero-shot, then fewer steps
+    steps = np.r_[0, choices][best]
+    return np.where(n.numpy() >= 2, steps, 0)
+
+
+def _at_steps(learner: MetaLearner, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
+              steps: np.ndarray) -> Params:
+    """Each set adapted for its own step count (0: the intermediate params)."""
+    choices = step_choices(learner)
+    path = adapt_batch_path(learner.net_, learner.params_, xs, ys, ms, choices,
+                            inner_lr=learner.step_sizes, balanced=learner.balanced)
+    pick = torch.as_tensor(np.searchsorted(choices, np.maximum(steps, choices[0])))
+    rows = torch.arange(steps.size)
+    return {k: torch.stack([p[k] for p in path])[pick, rows] for k in path[0]}
 
 
 def _given_support(chosen: np.ndarray, ids: np.ndarray, blocks: np.ndarray
@@ -346,20 +443,21 @@ def _given_support(chosen: np.ndarray, ids: np.ndarray, blocks: np.ndarray
 
 
 def draw_support(y: Any, sample_blocks: Any, k: int | str, seed: int,
-                 blocks: Any = None) -> np.ndarray:
+                 blocks: Any = None, rule: str = "stratified") -> np.ndarray:
     """Boolean mask of K stratified shots per block (the draw :func:`adapt_blocks` makes).
 
     Every block of ``blocks`` (default: all with samples) that holds labelled samples
     gets ``min(K, n)`` shots (``"half"``: half of its samples, at least one), drawn
     with the same stratified rule and random stream as :func:`adapt_blocks` when all
-    its blocks are usable. Samples with block id -1 are never drawn.
+    its blocks are usable. Samples with block id -1 are never drawn. ``rule``: the
+    learner's ``support_rule`` (:data:`metalsm.models.meta.SUPPORT_RULES`).
     """
     y = np.asarray(y).astype(np.float32).ravel()
     ids = np.asarray(sample_blocks, dtype=np.int64).ravel()
     inside = ids >= 0
     n_blocks = int(ids.max(initial=-1) + 1)
     codes = np.where(inside, ids, n_blocks)
-    index = _TaskIndex.build(codes, n_blocks + 1)
+    index = TaskIndex.build(codes, n_blocks + 1)
     n = index.counts[:n_blocks]
     chosen = np.arange(n_blocks) if blocks is None else np.unique(
         np.asarray(blocks, dtype=np.int64))
@@ -368,7 +466,7 @@ def draw_support(y: Any, sample_blocks: Any, k: int | str, seed: int,
     out = np.zeros(y.size, dtype=bool)
     if chosen.size == 0:
         return out
-    drawn = _support_query(index, y, chosen, _shots(k, n)[chosen], 0,
-                           np.random.default_rng(seed), proportional=_is_share(k))
+    drawn = support_query(index, y, chosen, _shots(k, n)[chosen], 0,
+                          np.random.default_rng(seed), proportional=_is_share(k), rule=rule)
     out[drawn["support_idx"][drawn["support_mask"]]] = True
     return out

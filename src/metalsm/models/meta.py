@@ -56,17 +56,24 @@ from metalsm.models.pretrain import (
 )
 
 __all__ = [
+    "INNER_LR_MODES",
+    "SUPPORT_RULES",
     "MetaLearner",
     "MetaNet",
     "TaskBatch",
+    "TaskIndex",
     "adapt_batch",
+    "adapt_batch_path",
     "adapt_params",
+    "batch_logits",
     "flush_denormals",
     "init_params",
+    "init_step_sizes",
     "inner_sample_weights",
     "make_task_batch",
     "meta_objective",
     "sample_meta_batch",
+    "support_query",
     "task_weights",
     "torch_threads",
 ]
@@ -149,21 +156,69 @@ def _weighted_bce(net: nn.Module, params: Params, x: torch.Tensor, y: torch.Tens
     return (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
 
 
-def adapt_params(net: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
-                 w: torch.Tensor, inner_lr: float = 0.1, steps: int = 5,
-                 first_order: bool = False) -> Params:
-    """``steps`` gradient steps of size ``inner_lr`` on one (padded, weighted) support set.
+StepSizes = float | Mapping[str, torch.Tensor]
 
-    Works unbatched or under ``vmap``; differentiable w.r.t. ``params`` unless
-    ``first_order`` (then the inner gradients are detached).
+
+def adapt_params(net: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
+                 w: torch.Tensor, inner_lr: StepSizes = 0.1, steps: int = 5,
+                 first_order: bool = False) -> Params:
+    """``steps`` gradient steps on one (padded, weighted) support set.
+
+    ``inner_lr`` is one step size, or one per parameter tensor (a scalar or a tensor of
+    the parameter's shape: Meta-SGD's learned rates, see :func:`init_step_sizes`).
+    Works unbatched or under ``vmap``; differentiable w.r.t. ``params`` and the step
+    sizes unless ``first_order`` (then the inner gradients are detached).
     """
     g = grad(lambda p: _weighted_bce(net, p, x, y, w))
     for _ in range(steps):
         grads = g(params)
         if first_order:
             grads = {k: v.detach() for k, v in grads.items()}
-        params = {k: params[k] - inner_lr * grads[k] for k in params}
+        params = {k: params[k] - _step(inner_lr, k) * grads[k] for k in params}
     return params
+
+
+def _step(inner_lr: StepSizes, name: str) -> torch.Tensor | float:
+    return inner_lr[name] if isinstance(inner_lr, Mapping) else inner_lr
+
+
+#: How the inner-loop step sizes are set: one fixed value (MAML), or learned with the
+#: weights (Meta-SGD, Li et al. 2017): one for the network, one per tensor, one per weight.
+INNER_LR_MODES = ("fixed", "scalar", "per-tensor", "per-element")
+
+
+def init_step_sizes(params: Params, mode: str, value: float, adapt_biases: bool = True
+                    ) -> Params:
+    """Inner step sizes, all ``value`` (``0`` for biases unless ``adapt_biases``).
+
+    ``scalar`` shares one tensor between all adapted parameters, ``per-tensor`` gives
+    each its own scalar, ``per-element`` one rate per weight. Learned modes return
+    tensors that require grad (the outer optimizer trains them); frozen biases stay 0.
+    """
+    if mode not in INNER_LR_MODES:
+        raise MetalsmInputError(
+            f"inner_lr_mode must be one of {', '.join(INNER_LR_MODES)}, got {mode!r}")
+    learned = mode != "fixed"
+    shared = torch.tensor(float(value), requires_grad=learned)
+    out: Params = {}
+    for name, p in params.items():
+        if not adapt_biases and name.endswith("bias"):
+            out[name] = torch.zeros(())
+        elif mode in ("fixed", "scalar"):
+            out[name] = shared
+        else:
+            shape = p.shape if mode == "per-element" else ()
+            out[name] = torch.full(shape, float(value), requires_grad=learned)
+    return out
+
+
+def learnable_step_sizes(step_sizes: Params) -> list[torch.Tensor]:
+    """The distinct step-size tensors the outer optimizer trains (none when fixed)."""
+    seen: dict[int, torch.Tensor] = {}
+    for t in step_sizes.values():
+        if t.requires_grad:
+            seen.setdefault(id(t), t)
+    return list(seen.values())
 
 
 def task_weights(n_samples: np.ndarray | torch.Tensor, n_total: float,
@@ -210,7 +265,7 @@ def make_task_batch(X: np.ndarray, y: np.ndarray, sampled: Mapping[str, np.ndarr
 
 
 def meta_objective(net: nn.Module, params: Params, batch: TaskBatch, weights: torch.Tensor,
-                   *, inner_lr: float = 0.1, steps: int = 5, first_order: bool = False,
+                   *, inner_lr: StepSizes = 0.1, steps: int = 5, first_order: bool = False,
                    balanced: bool = False, vectorize: bool = True) -> torch.Tensor:
     """``sum_k w_k L_k(theta'_k; query)`` for a padded meta-batch (differentiable).
 
@@ -235,16 +290,47 @@ def meta_objective(net: nn.Module, params: Params, batch: TaskBatch, weights: to
 
 
 def adapt_batch(net: nn.Module, params: Params, xs: torch.Tensor, ys: torch.Tensor,
-                ms: torch.Tensor, *, inner_lr: float = 0.1, steps: int = 5,
+                ms: torch.Tensor, *, inner_lr: StepSizes = 0.1, steps: int = 5,
                 balanced: bool = False) -> Params:
     """Adapt ``params`` to many padded support sets at once; returns stacked params [B, ...].
 
     A support set with no valid sample keeps ``params`` unchanged (its weights are 0).
     """
     w = inner_sample_weights(ys, ms, balanced)
+    if isinstance(inner_lr, Mapping):
+        inner_lr = {k: v.detach() for k, v in inner_lr.items()}
     with torch.no_grad(), torch_threads():  # tiny ops: 1 thread (see TRAIN_THREADS)
         fn = vmap(lambda x, y_, w_: adapt_params(net, params, x, y_, w_, inner_lr, steps, True))
         return {k: v.detach() for k, v in fn(xs, ys, w).items()}
+
+
+def adapt_batch_path(net: nn.Module, params: Params, xs: torch.Tensor, ys: torch.Tensor,
+                     ms: torch.Tensor, checkpoints: Sequence[int], *,
+                     inner_lr: StepSizes = 0.1, balanced: bool = False) -> list[Params]:
+    """:func:`adapt_batch` recording the stacked params after each of ``checkpoints``
+    (increasing step counts) in one pass, so step counts can be compared cheaply."""
+    w = inner_sample_weights(ys, ms, balanced)
+    if isinstance(inner_lr, Mapping):
+        inner_lr = {k: v.detach() for k, v in inner_lr.items()}
+    steps = np.diff(np.r_[0, np.asarray(checkpoints, dtype=np.int64)])
+    if (steps <= 0).any():
+        raise MetalsmInputError(f"checkpoints must increase from 1, got {list(checkpoints)}")
+
+    def path(x: torch.Tensor, y_: torch.Tensor, w_: torch.Tensor) -> tuple[Params, ...]:
+        out, p = [], params
+        for n in steps.tolist():
+            p = adapt_params(net, p, x, y_, w_, inner_lr, n, True)
+            out.append(p)
+        return tuple(out)
+
+    with torch.no_grad(), torch_threads():
+        return [{k: v.detach() for k, v in p.items()} for p in vmap(path)(xs, ys, w)]
+
+
+def batch_logits(net: nn.Module, stacked: Params, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``[B, n]`` of ``x`` ``[B, n, F]`` under stacked per-task params ``[B, ...]``."""
+    with torch.no_grad(), torch_threads():
+        return vmap(lambda p, xb: functional_call(net, p, (xb,)))(stacked, x)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -283,7 +369,7 @@ def _position_in_group(group: np.ndarray, cls: np.ndarray, key: np.ndarray,
 
 
 @dataclass(frozen=True)
-class _TaskIndex:
+class TaskIndex:
     """Samples sorted by task: ``order[starts[t]:starts[t] + counts[t]]`` are task t's."""
 
     order: np.ndarray
@@ -291,7 +377,7 @@ class _TaskIndex:
     counts: np.ndarray
 
     @classmethod
-    def build(cls, codes: np.ndarray, n_tasks: int) -> _TaskIndex:
+    def build(cls, codes: np.ndarray, n_tasks: int) -> TaskIndex:
         order = np.argsort(codes, kind="stable")
         counts = np.bincount(codes, minlength=n_tasks)
         starts = np.cumsum(counts) - counts
@@ -305,15 +391,31 @@ class _TaskIndex:
         return slot, self.order[self.starts[tasks][slot] + local]
 
 
-def _support_query(index: _TaskIndex, y: np.ndarray, tasks: np.ndarray,
-                   k_support: np.ndarray | int, k_query: int,
-                   rng: np.random.Generator, proportional: bool = False
-                   ) -> dict[str, np.ndarray]:
-    """Padded stratified support/query index arrays + masks for ``tasks`` (slots).
+#: How a support set is drawn from a block: classes interleaved (``stratified``: K = 2
+#: gives one of each whatever the block holds), or a uniform random subset (``random``:
+#: the block's own landslide share, as in the authors' code, so the shots tell the
+#: model how landslide-prone the block is).
+SUPPORT_RULES = ("stratified", "random")
+
+
+def check_support_rule(rule: str) -> str:
+    if rule not in SUPPORT_RULES:
+        raise MetalsmInputError(
+            f"support_rule must be one of {', '.join(SUPPORT_RULES)}, got {rule!r}")
+    return rule
+
+
+def support_query(index: TaskIndex, y: np.ndarray, tasks: np.ndarray,
+                  k_support: np.ndarray | int, k_query: int,
+                  rng: np.random.Generator, proportional: bool = False,
+                  rule: str = "stratified") -> dict[str, np.ndarray]:
+    """Padded support/query index arrays + masks for ``tasks`` (slots): the one draw of
+    meta-training, K-shot evaluation and block adaptation.
 
     ``k_support`` may differ per task; a task keeps at least one sample for its query
-    when ``k_query`` > 0 and it has two or more samples. ``proportional``: see
-    :func:`_position_in_group`.
+    when ``k_query`` > 0 and it has two or more samples. ``rule``: see
+    :data:`SUPPORT_RULES`; ``proportional`` (stratified only): see
+    :func:`_position_in_group`. Support positions fill each row from the left.
     """
     slot, sample = index.members(tasks)
     n = index.counts[tasks]
@@ -321,6 +423,8 @@ def _support_query(index: _TaskIndex, y: np.ndarray, tasks: np.ndarray,
     if k_query > 0:
         ks = np.minimum(ks, np.maximum(n - 1, 1))
     cls = (y[sample] == 1).astype(np.int64)
+    if check_support_rule(rule) == "random":
+        cls = np.zeros_like(cls)  # one class: positions are a random permutation
     flip = rng.integers(0, 2, size=tasks.size)[slot]
     pos = _position_in_group(slot, cls, rng.random(sample.size), flip, proportional)
     width_s = int(max(ks.max(initial=0), 1))
@@ -340,18 +444,20 @@ def _support_query(index: _TaskIndex, y: np.ndarray, tasks: np.ndarray,
 
 def sample_meta_batch(task_codes: np.ndarray, y: np.ndarray, meta_batch: int,
                       k_support: int, k_query: int, rng: np.random.Generator,
-                      _index: _TaskIndex | None = None) -> dict[str, np.ndarray]:
+                      _index: TaskIndex | None = None, rule: str = "stratified"
+                      ) -> dict[str, np.ndarray]:
     """Draw ``meta_batch`` tasks (without replacement when there are enough) and their
-    stratified support/query sets, as padded ``support_idx``/``query_idx`` + masks, plus
-    ``tasks`` (the task codes drawn). ``task_codes`` are 0..T-1 per sample.
+    support/query sets (``rule``: :data:`SUPPORT_RULES`), as padded
+    ``support_idx``/``query_idx`` + masks, plus ``tasks`` (the task codes drawn).
+    ``task_codes`` are 0..T-1 per sample.
     """
     codes = np.asarray(task_codes, dtype=np.int64)
     n_tasks = int(codes.max()) + 1 if codes.size else 0
     if n_tasks == 0:
         raise MetalsmInputError("no tasks to sample from")
-    index = _index or _TaskIndex.build(codes, n_tasks)
+    index = _index or TaskIndex.build(codes, n_tasks)
     tasks = rng.choice(n_tasks, size=meta_batch, replace=n_tasks < meta_batch)
-    out = _support_query(index, np.asarray(y), tasks, k_support, k_query, rng)
+    out = support_query(index, np.asarray(y), tasks, k_support, k_query, rng, rule=rule)
     out["tasks"] = tasks
     return out
 
@@ -384,8 +490,14 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
     ``fit(X, y, groups=block_ids)`` standardizes X, optionally pretrains the hidden
     layers (RBM, RBM, DAE; ``pretrain=True`` or a :class:`PretrainConfig`), then runs
     ``iterations`` outer Adam steps on meta-batches of ``meta_batch`` tasks with
-    ``k_support``/``k_query`` samples. Groups with fewer than 2 samples are not tasks.
-    ``task_weighting="uniform"`` and ``pretrain=False`` give plain MAML.
+    ``k_support``/``k_query`` samples drawn by ``support_rule``. Groups with fewer than
+    2 samples are not tasks. ``task_weighting="uniform"`` and ``pretrain=False`` give
+    plain MAML. ``inner_lr_mode`` other than ``"fixed"`` learns the inner step sizes with
+    the weights (Meta-SGD), starting from ``inner_lr``; ``adapt_biases=False`` leaves
+    biases at their meta-learned values during adaptation. ``adapt_guard``: a block
+    keeps the intermediate model unless adapting wins a cross-validation on its own
+    support, choosing among 0 and ``guard_steps`` (default: ``inner_steps``) adaptation
+    steps per block (:mod:`metalsm.models.blockwise`).
     Same ``seed`` (and thread count) gives bit-identical results on one machine.
     ``n_threads``: torch intra-op threads while training and adapting (default 1: the
     matrices are tiny and a second thread only adds OpenMP barriers that stall under
@@ -394,10 +506,13 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, hidden: Sequence[int] = (32, 32, 16), activation: str = "sigmoid",
-                 normalization: str = "none", inner_lr: float = 0.1, inner_steps: int = 5,
-                 meta_batch: int = 16, outer_lr: float = 1e-4, iterations: int = 5000,
-                 k_support: int = 5, k_query: int = 15, task_weighting: str = "softmax",
-                 first_order: bool = False, balanced: bool = False,
+                 normalization: str = "none", inner_lr: float = 0.01, inner_steps: int = 5,
+                 inner_lr_mode: str = "per-element", adapt_biases: bool = True,
+                 meta_batch: int = 16, outer_lr: float = 1e-3, iterations: int = 5000,
+                 k_support: int = 5, k_query: int = 50, support_rule: str = "random",
+                 task_weighting: str = "softmax", first_order: bool = False,
+                 balanced: bool = False, adapt_guard: bool = True,
+                 guard_steps: Sequence[int] = (),
                  pretrain: bool | PretrainConfig = True, seed: int = 0,
                  n_threads: int | None = TRAIN_THREADS) -> None:
         self.hidden = hidden
@@ -405,6 +520,9 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
         self.normalization = normalization
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
+        self.inner_lr_mode = inner_lr_mode
+        self.adapt_biases = adapt_biases
+        self.support_rule = support_rule
         self.meta_batch = meta_batch
         self.outer_lr = outer_lr
         self.iterations = iterations
@@ -413,6 +531,8 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
         self.task_weighting = task_weighting
         self.first_order = first_order
         self.balanced = balanced
+        self.adapt_guard = adapt_guard
+        self.guard_steps = guard_steps
         self.pretrain = pretrain
         self.seed = seed
         self.n_threads = n_threads
@@ -429,6 +549,12 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
     def build_net(self) -> MetaNet:
         """The (unparametrized) network module of this configuration."""
         return MetaNet(self.n_features_in_, self.hidden, self.activation, self.normalization)
+
+    @property
+    def step_sizes(self) -> Params:
+        """The inner step size of every parameter (meta-learned unless ``"fixed"``)."""
+        check_is_fitted(self, "params_")
+        return self.inner_lrs_
 
     # -- training
     def fit(self, X: Any, y: Any, groups: Any = None,
@@ -465,9 +591,10 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
             raise MetalsmInputError("no group has 2 or more samples; nothing to meta-train on")
         _, codes_k = np.unique(codes[keep], return_inverse=True)
         Xk, yk = Xs[keep], y[keep]
-        index = _TaskIndex.build(codes_k, int(codes_k.max()) + 1)
+        index = TaskIndex.build(codes_k, int(codes_k.max()) + 1)
         n_total = float(yk.size)
 
+        check_support_rule(self.support_rule)
         rng = np.random.default_rng(self.seed)
         gen = torch.Generator().manual_seed(int(self.seed))
         with _threads(self.n_threads), flush_denormals():
@@ -484,14 +611,16 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
                 net.load_state_dict(result.state, strict=False)
                 self.pretrain_history_ = result.history
             params = dict(net.named_parameters())
-            opt = torch.optim.Adam(params.values(), lr=self.outer_lr)
+            lrs = init_step_sizes(params, self.inner_lr_mode, self.inner_lr, self.adapt_biases)
+            opt = torch.optim.Adam([*params.values(), *learnable_step_sizes(lrs)],
+                                   lr=self.outer_lr)
             losses = np.empty(self.iterations)
             for it in range(self.iterations):
                 sampled = sample_meta_batch(codes_k, yk, self.meta_batch, self.k_support,
-                                            self.k_query, rng, index)
+                                            self.k_query, rng, index, rule=self.support_rule)
                 batch = make_task_batch(Xk, yk, sampled)
                 w = task_weights(index.counts[sampled["tasks"]], n_total, self.task_weighting)
-                loss = meta_objective(net, params, batch, w, inner_lr=self.inner_lr,
+                loss = meta_objective(net, params, batch, w, inner_lr=lrs,
                                       steps=self.inner_steps, first_order=self.first_order,
                                       balanced=self.balanced)
                 opt.zero_grad(set_to_none=True)
@@ -500,6 +629,7 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
                 losses[it] = float(loss.detach())
         self.net_ = net
         self.params_ = {k: v.detach().clone() for k, v in net.named_parameters()}
+        self.inner_lrs_ = {k: v.detach().clone() for k, v in lrs.items()}
         self.meta_loss_ = losses
         self.adapted_: dict[Any, Params] = {}
         return self
@@ -512,14 +642,14 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
 
     # -- adaptation
     def adapt(self, X_support: Any, y_support: Any, steps: int | None = None) -> Params:
-        """Intermediate params adapted to one support set (``inner_steps`` steps of
-        ``inner_lr``, balanced loss if set); an empty support set returns them unchanged."""
+        """Intermediate params adapted to one support set (``inner_steps`` steps of the
+        step sizes, balanced loss if set); an empty support set returns them unchanged."""
         Xs = torch.as_tensor(self._standardize(np.asarray(X_support).reshape(
             -1, self.n_features_in_)))
         ys = torch.as_tensor(np.asarray(y_support, dtype=np.float32).ravel())
         out = adapt_batch(self.net_, self.params_, Xs[None], ys[None],
                           torch.ones(1, ys.numel(), dtype=torch.bool),
-                          inner_lr=self.inner_lr,
+                          inner_lr=self.step_sizes,
                           steps=self.inner_steps if steps is None else steps,
                           balanced=self.balanced)
         return {k: v[0] for k, v in out.items()}
@@ -530,7 +660,7 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
         y = np.asarray(y, dtype=np.float32).ravel()
         groups = np.asarray(groups).ravel()
         names, codes = np.unique(groups, return_inverse=True)
-        index = _TaskIndex.build(codes, names.size)
+        index = TaskIndex.build(codes, names.size)
         slot, sample = index.members(np.arange(names.size))
         pos = np.arange(sample.size) - np.repeat(index.starts, index.counts)
         width = int(index.counts.max())
@@ -540,7 +670,7 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
         xs[slot, pos], ys[slot, pos], ms[slot, pos] = Xs[sample], y[sample], True
         stacked = adapt_batch(self.net_, self.params_, torch.as_tensor(xs),
                               torch.as_tensor(ys), torch.as_tensor(ms),
-                              inner_lr=self.inner_lr, steps=self.inner_steps,
+                              inner_lr=self.step_sizes, steps=self.inner_steps,
                               balanced=self.balanced)
         self.adapted_ = {name.item() if hasattr(name, "item") else name:
                          {k: v[i] for k, v in stacked.items()} for i, name in enumerate(names)}
