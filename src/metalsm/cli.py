@@ -46,14 +46,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-) -> None:
-    """Landslide susceptibility mapping on real GIS data."""
-
-
 def _fail(message: str, code: int = 2) -> typer.Exit:
     """Print an error as one line (verbatim: '[meta]' is not markup); exit code 2 = bad input."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
@@ -68,6 +60,8 @@ _show_tracebacks = {"debug": False}
 def _options(
     debug: Annotated[bool, typer.Option(
         "--debug", help="Show the full traceback of an error instead of one line.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """Landslide susceptibility mapping on real GIS data."""
     _show_tracebacks["debug"] = debug
