@@ -173,6 +173,7 @@ def test_manifest_records_inputs_seeds_and_versions(crop_run, kaghan_crop):
     assert any(p.endswith("landslides.dbf") for p in checksummed)
     assert manifest["versions"]["torch"].startswith("2.13.0")
     assert manifest["config"]["model"]["map_model"] == "rf"
+    assert manifest["metrics"]["predictor"] == {"rf": "library"}  # sklearn's walk (as fast)
 
 
 def test_report_embeds_its_figures(crop_run):

@@ -236,6 +236,7 @@ def _run_raster_pipeline(
         t = timed("validation", t)
 
         meta_result = None
+        predictor: dict[str, str] = {}  # map model -> "compiled" (packed trees) or "library"
         if config.model.map_model == "meta-blockwise":  # block-wise models (meta_run.py)
             from metalsm.meta_run import run_meta_stage
 
@@ -264,6 +265,7 @@ def _run_raster_pipeline(
                     compute=compute,
                 )
             t = timed("predict_map", t)
+            predictor = {config.model.map_model: getattr(model, "predictor_", "library")}
 
         with progress.stage("zones"):
             edges = mapping.zone_breaks(
@@ -293,6 +295,7 @@ def _run_raster_pipeline(
                     out / "susceptibility.tif", out / "blocks.tif", out / "zones.tif", mask,
                     block_stage.blocks.n_blocks,
                     block_stage.tasks.loc[block_stage.tasks["split"] == "meta-test", "block"])
+            metrics["predictor"] = predictor
             metrics["compute"] = {"chunked": use_chunks, "why": why,
                                   "chunk_size": chunk if use_chunks else None,
                                   "scheduler": compute.scheduler if compute else None}

@@ -29,7 +29,7 @@ from sklearn.exceptions import DataConversionWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
@@ -41,6 +41,7 @@ __all__ = [
     "FrequencyRatioClassifier",
     "check_binary_target",
     "check_samples",
+    "compile_ensemble",
     "make_model",
 ]
 
@@ -275,7 +276,7 @@ class FrequencyRatioClassifier(ClassifierMixin, TransformerMixin, BaseEstimator)
                 }
             )
 
-        lsi = self._lsi(X).reshape(-1, 1)
+        lsi = self._lsi(X.to_numpy()).reshape(-1, 1)
         # Weak regularisation: this is a calibration, not a model with capacity to overfit.
         self.lsi_model_ = LogisticRegression(C=1e4, max_iter=1000).fit(lsi, positive.astype(int))
         return self
@@ -315,22 +316,23 @@ class FrequencyRatioClassifier(ClassifierMixin, TransformerMixin, BaseEstimator)
             X = pd.DataFrame(arr)
         return check_samples(X, required=self._columns)
 
-    def _encode(self, X: pd.DataFrame) -> np.ndarray:
-        out = np.empty(X.shape, dtype=float)
-        for j, col in enumerate(X.columns):
-            values = X[col].to_numpy()
+    def _encode(self, values: np.ndarray) -> np.ndarray:
+        """FR of every value of an ``(n, n_factors)`` array whose columns follow ``_columns``."""
+        out = np.empty(values.shape, dtype=float)
+        for j, col in enumerate(self._columns):
+            column = values[:, j]
             fr = self._fr[col]
             if col in self._codes:
                 codes = self._codes[col]
-                idx = np.clip(np.searchsorted(codes, values), 0, codes.size - 1)
-                seen = codes[idx] == values
+                idx = np.clip(np.searchsorted(codes, column), 0, codes.size - 1)
+                seen = codes[idx] == column
                 out[:, j] = np.where(seen, fr[idx], 1.0)  # unseen class -> neutral FR
             else:
-                out[:, j] = fr[self._bin_index(values, self._edges[col])]
+                out[:, j] = fr[self._bin_index(column, self._edges[col])]
         return out
 
-    def _lsi(self, X: pd.DataFrame) -> np.ndarray:
-        return self._encode(X).sum(axis=1)
+    def _lsi(self, values: np.ndarray) -> np.ndarray:
+        return self._encode(values).sum(axis=1)
 
     def transform(self, X: Any) -> np.ndarray:
         """FR-encode every factor: an ``(n, n_factors)`` float array of FR values.
@@ -338,7 +340,7 @@ class FrequencyRatioClassifier(ClassifierMixin, TransformerMixin, BaseEstimator)
         Call ``set_output(transform="pandas")`` to get a DataFrame with the factor
         names as columns and the index of ``X``.
         """
-        return self._encode(self._checked(X))
+        return self._encode(self._checked(X).to_numpy())
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Names of the :meth:`transform` columns: the factor names, unchanged."""
@@ -347,7 +349,7 @@ class FrequencyRatioClassifier(ClassifierMixin, TransformerMixin, BaseEstimator)
 
     def lsi(self, X: Any) -> np.ndarray:
         """Landslide susceptibility index: the sum of FR values over all factors."""
-        return self._lsi(self._checked(X))
+        return self._lsi(self._checked(X).to_numpy())
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Log-odds of landslide: the logistic map of :meth:`lsi` (> 0 means class 1).
@@ -368,6 +370,17 @@ class FrequencyRatioClassifier(ClassifierMixin, TransformerMixin, BaseEstimator)
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
+    def predict_cells(self, values: np.ndarray, feature_names: Sequence[Any]) -> np.ndarray:
+        """P(landslide) of finite raster cells: ``values[:, j]`` is factor ``feature_names[j]``.
+
+        The map's path: the same numbers as ``predict_proba(...)[:, 1]`` without
+        building and checking a DataFrame per window.
+        """
+        check_is_fitted(self, "fr_tables_")
+        values = _in_order(np.asarray(values, dtype=np.float64), feature_names, self._columns)
+        lsi = self._lsi(values).reshape(-1, 1)
+        return self.lsi_model_.predict_proba(lsi)[:, 1]
+
 
 # --------------------------------------------------------------------------- registry
 
@@ -379,7 +392,20 @@ class FactorPipeline(Pipeline):
     methods first run :func:`check_samples` (missing columns and NaN named) and
     ``fit`` runs :func:`check_binary_target` (single-class ``y`` rejected), so every
     registry model fails with the same clear :class:`MetalsmInputError`.
+
+    LightGBM predicts through a compiled traversal of the fitted trees
+    (:mod:`metalsm.models._trees`, :func:`compile_ensemble`) with the library's own
+    numbers to rounding; :attr:`predictor_` says which path a model takes. Packing
+    the trees costs up to a few tenths of a second, so ``predict_proba`` switches to
+    it from the first call of at least ``COMPILE_MIN_ROWS`` rows (a map window)
+    and the small predictions of cross-validation keep the library's.
+    :meth:`predict_cells` is the map's path for every registry model: raster cells
+    as a NumPy array, encoded without pandas.
     """
+
+    #: Rows from which ``predict_proba`` packs the trees (a 128 x 128 window and up).
+    COMPILE_MIN_ROWS = 16_384
+    _CACHED = ("_fast_encoder", "_fast_trees")
 
     def _categorical(self) -> list[Any]:
         prep = self.steps[0][1]
@@ -392,6 +418,13 @@ class FactorPipeline(Pipeline):
         required = getattr(self, "feature_names_in_", None)
         return check_samples(X, required=None if required is None else list(required))
 
+    def __getstate__(self) -> dict[str, Any]:
+        # packed trees travel with the model (Dask workers need not repack them); the
+        # NumPy encoder is a closure, cheap to rebuild, and not picklable
+        state = dict(super().__getstate__())  # a copy: never drop the live cache
+        state.pop("_fast_encoder", None)
+        return state
+
     def fit(self, X: Any, y: Any = None, **params: Any) -> FactorPipeline:
         X = check_samples(X)
         missing = [c for c in self._categorical() if c not in X.columns]
@@ -401,13 +434,195 @@ class FactorPipeline(Pipeline):
                 f"available: {list(X.columns)}"
             )
         y, _ = check_binary_target(y, X.shape[0])
+        for key in self._CACHED:
+            self.__dict__.pop(key, None)
         return super().fit(X, y, **params)
 
     def predict(self, X: Any, **params: Any) -> np.ndarray:
         return super().predict(self._check_predict_X(X), **params)
 
     def predict_proba(self, X: Any, **params: Any) -> np.ndarray:
-        return super().predict_proba(self._check_predict_X(X), **params)
+        X = self._check_predict_X(X)
+        if params or not self._compiled_for(X.shape[0]):
+            return super().predict_proba(X, **params)
+        proba = self._fast_trees.positive_proba(self._encode_cells(X.to_numpy()))
+        return np.column_stack([1.0 - proba, proba])
+
+    def predict_proba_library(self, X: Any) -> np.ndarray:
+        """``predict_proba`` of the libraries themselves: the reference of the compiled path."""
+        return super().predict_proba(self._check_predict_X(X))
+
+    def predict_cells(self, values: np.ndarray, feature_names: Sequence[Any]) -> np.ndarray:
+        """P(landslide) of finite raster cells: ``values[:, j]`` is factor ``feature_names[j]``.
+
+        The map's path: the first step runs as NumPy operations (checked against the
+        library's transform when first built) and tree ensembles run compiled, so no
+        DataFrame is built or checked per window.
+        """
+        check_is_fitted(self)
+        values = _in_order(np.asarray(values, dtype=np.float64), feature_names,
+                           self._input_columns())
+        encoded = self._encode_cells(values)
+        if self._compiled_for(values.shape[0], force=True):
+            return self._fast_trees.positive_proba(encoded)
+        return np.asarray(self.steps[-1][1].predict_proba(encoded))[:, 1]
+
+    @property
+    def predictor_(self) -> str:
+        """``"compiled"`` when the final estimator runs as packed trees, else ``"library"``."""
+        check_is_fitted(self)
+        return "compiled" if self._compiled_for(0, force=True) else "library"
+
+    # -- fast paths (built once per fit, on first use) -----------------------------------
+    def _input_columns(self) -> list[Any]:
+        names = getattr(self, "feature_names_in_", None)
+        return list(names) if names is not None else list(range(self.n_features_in_))
+
+    def _compiled_for(self, n_rows: int, force: bool = False) -> bool:
+        """Whether to predict compiled; packs the trees on first need."""
+        if "_fast_trees" not in self.__dict__:
+            if not force and n_rows < self.COMPILE_MIN_ROWS:
+                return False
+            self._fast_trees = compile_ensemble(self.steps[-1][1]) if len(self.steps) == 2 else None
+        return self._fast_trees is not None
+
+    def _encode_cells(self, values: np.ndarray) -> np.ndarray:
+        """The first step's output for ``values`` (columns in :meth:`_input_columns` order)."""
+        if "_fast_encoder" not in self.__dict__:
+            self._fast_encoder = (
+                _numpy_prep(self.steps[0][1], self._input_columns())
+                if len(self.steps) == 2 else None
+            )
+        if self._fast_encoder is not None:
+            return self._fast_encoder(values)
+        frame = pd.DataFrame(values, columns=self._input_columns())
+        return self[:-1].transform(frame)
+
+
+def compile_ensemble(estimator: Any) -> Any:
+    """The fitted ``estimator`` as packed trees, or ``None`` where the library predicts.
+
+    LightGBM only. Random forests stay on scikit-learn's own walk: it is compiled
+    (Cython) already, and the packed walk (:func:`metalsm.models._trees.compile_forest`,
+    equal to it to rounding) measured 0.7-1.0 times its speed on the Kaghan map
+    (``benchmarks/predict_speed.py``), so it would only slow the default map down.
+    """
+    if type(estimator).__module__.startswith("lightgbm"):
+        from metalsm.models import _trees
+
+        return _trees.compile_lightgbm(estimator)
+    return None
+
+
+def _in_order(values: np.ndarray, feature_names: Sequence[Any], columns: list[Any]) -> np.ndarray:
+    """The columns of ``values`` (named ``feature_names``) rearranged into ``columns``."""
+    names = list(feature_names)
+    if values.ndim != 2 or values.shape[1] != len(names):
+        raise MetalsmInputError(
+            f"expected cells as an (n, {len(names)}) array for factors {names}, "
+            f"got shape {values.shape}"
+        )
+    if names == columns:
+        return values
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise MetalsmInputError(f"cells lack factor(s) {missing} the model was fitted on")
+    return values[:, [names.index(c) for c in columns]]
+
+
+def _numpy_prep(prep: Any, columns: list[Any]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The fitted first step as NumPy operations on an array, or ``None`` if not covered.
+
+    FR encoding is the estimator's own array code. A ``ColumnTransformer`` of one-hot
+    encoders, passthrough and standard scaling becomes the same column operations in
+    the same order, written into one preallocated array; it is used only if it
+    reproduces ``prep.transform`` exactly on a probe table of every known category, an
+    unknown one and spread continuous values.
+    """
+    if isinstance(prep, FrequencyRatioClassifier):
+        return prep._encode
+    if not isinstance(prep, ColumnTransformer):
+        return None
+    blocks: list[tuple[int, Callable[[np.ndarray, np.ndarray], None]]] = []
+    categories: dict[int, np.ndarray] = {}
+    for _, transformer, cols in prep.transformers_:
+        if isinstance(transformer, str) and transformer == "drop":
+            continue
+        if isinstance(cols, slice) or np.ndim(cols) != 1:
+            return None
+        idx = [columns.index(c) if c in columns else -1 for c in cols]
+        if -1 in idx:
+            return None
+        block = _numpy_column_block(transformer, idx)
+        if block is None:
+            return None
+        blocks.append(block)
+        if isinstance(transformer, OneHotEncoder):
+            categories.update(zip(idx, transformer.categories_, strict=True))
+    width = sum(w for w, _ in blocks)
+
+    def encode(values: np.ndarray) -> np.ndarray:
+        out = np.empty((values.shape[0], width))
+        start = 0
+        for w, fill in blocks:
+            fill(values, out[:, start:start + w])
+            start += w
+        return out
+
+    probe = _probe_table(len(columns), categories)
+    expected = prep.transform(pd.DataFrame(probe, columns=columns))
+    if not np.array_equal(encode(probe), expected):
+        return None
+    return encode
+
+
+def _numpy_column_block(transformer: Any, idx: list[int]) -> tuple[int, Callable] | None:
+    """One transformer of a ``ColumnTransformer``: its output width and a function that
+    writes its output for the whole array into a given block of columns."""
+    if (isinstance(transformer, str) and transformer == "passthrough") or (
+        isinstance(transformer, FunctionTransformer) and transformer.func is None
+    ):
+        def passthrough(values: np.ndarray, out: np.ndarray) -> None:
+            out[:] = values[:, idx]
+
+        return len(idx), passthrough
+    if isinstance(transformer, StandardScaler):
+        mean = transformer.mean_ if transformer.with_mean else None
+        scale = transformer.scale_ if transformer.with_std else None
+
+        def standardise(values: np.ndarray, out: np.ndarray) -> None:
+            out[:] = values[:, idx]
+            if mean is not None:  # in place, the scaler's own two steps
+                out -= mean
+            if scale is not None:
+                out /= scale
+
+        return len(idx), standardise
+    if (isinstance(transformer, OneHotEncoder) and transformer.drop_idx_ is None
+            and transformer.handle_unknown == "ignore" and transformer.dtype == np.float64
+            and not getattr(transformer, "_infrequent_enabled", False)
+            and all(c.dtype.kind in "fiu" for c in transformer.categories_)):
+        cats = [np.asarray(c, dtype=np.float64) for c in transformer.categories_]
+
+        def one_hot(values: np.ndarray, out: np.ndarray) -> None:
+            start = 0
+            for j, c in zip(idx, cats, strict=True):
+                out[:, start:start + c.size] = values[:, j, None] == c[None, :]
+                start += c.size
+
+        return sum(c.size for c in cats), one_hot
+    return None
+
+
+def _probe_table(n_columns: int, categories: dict[int, np.ndarray]) -> np.ndarray:
+    """Rows holding every category (and an unseen code) and spread continuous values."""
+    n_rows = max([8] + [c.size + 1 for c in categories.values()])
+    probe = np.random.default_rng(0).normal(0.0, 1000.0, (n_rows, n_columns))
+    for j, cats in categories.items():
+        known = np.asarray(cats, dtype=np.float64)
+        unseen = known.max(initial=0.0) + 0.5
+        probe[:, j] = np.resize(np.append(known, unseen), n_rows)
+    return probe
 
 
 def _encoder(categorical: list[Any], continuous: Any) -> ColumnTransformer:

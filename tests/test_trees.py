@@ -1,0 +1,163 @@
+"""Compiled tree ensembles (models/_trees.py) against the libraries' own predict, on real
+Kaghan cells: a crop's DEM-derived factors, geology and land cover, landslide polygons."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+
+from metalsm.grid import Grid, read_aligned
+from metalsm.inventory import landslide_mask, read_inventory
+from metalsm.mapping import predict_raster
+from metalsm.models import make_model
+from metalsm.models._trees import compile_forest, compile_lightgbm
+from metalsm.stack import FactorStack
+from metalsm.terrain import aspect, slope_degrees
+
+NAMES = ["elevation", "slope", "aspect_sin", "aspect_cos", "geology", "landcover"]
+CATEGORICAL = ["geology", "landcover"]
+SMALL = {"rf": {"n_estimators": 60}, "fr-rf": {"n_estimators": 60},
+         "lightgbm": {"n_estimators": 120}}
+
+
+@pytest.fixture(scope="module")
+def crop(kaghan, kaghan_crop, tmp_path_factory):
+    """The crop's factor stack on disk, a balanced sample table and all valid cells."""
+    grid = Grid.from_raster(kaghan_crop / "AW3D30.tif")
+    dem = read_aligned(kaghan_crop / "AW3D30.tif", grid, name="elevation", categorical=False)
+    geology = read_aligned(kaghan_crop / "Geology.tif", grid, name="geology", categorical=True)
+    cover = read_aligned(kaghan_crop / "Landcover.tif", grid, name="landcover", categorical=True)
+    sin, cos = aspect(dem.values, grid.cell_size)
+    values = np.stack([dem.values, slope_degrees(dem.values, grid.cell_size), sin, cos,
+                       geology.values, cover.values])
+    stack = FactorStack(grid, tuple(NAMES), values,
+                        {"geology": geology.class_names, "landcover": cover.class_names})
+    path = stack.write(tmp_path_factory.mktemp("trees") / "factors.tif")
+
+    valid = stack.valid
+    slides = landslide_mask(read_inventory(kaghan / "landslides.shp", grid), grid) & valid
+    rng = np.random.default_rng(3)
+    pos = rng.permutation(np.flatnonzero(slides))[:1500]
+    neg = rng.choice(np.flatnonzero(valid & ~slides), pos.size, replace=False)
+    picked = np.concatenate([pos, neg])
+    rows, cols = np.unravel_index(picked, grid.shape)
+    table = stack.sample(rows, cols)[NAMES]
+    y = np.r_[np.ones(pos.size, int), np.zeros(neg.size, int)]
+    with rasterio.open(path) as src:  # every valid cell as the map reads it (float32 on disk)
+        cells = src.read(out_dtype=np.float64)[:, valid].T
+    return path, valid, table, y, cells
+
+
+@pytest.fixture(scope="module")
+def fitted(crop):
+    _, _, table, y, _ = crop
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = make_model(name, CATEGORICAL, 5, **SMALL.get(name, {})).fit(table, y)
+        return cache[name]
+
+    return get
+
+
+def test_lightgbm_predicts_compiled_and_equals_the_library(crop, fitted):
+    cells = crop[4][::3]  # every third valid cell: more than a map window
+    model = fitted("lightgbm")
+    assert model.predictor_ == "compiled"
+    frame = pd.DataFrame(cells, columns=NAMES)
+    expected = model.predict_proba_library(frame)
+    assert cells.shape[0] >= model.COMPILE_MIN_ROWS  # predict_proba takes the compiled path
+    np.testing.assert_allclose(model.predict_proba(frame), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.predict_cells(cells, NAMES), expected[:, 1], rtol=0,
+                               atol=1e-6)
+    # columns given in another order are put back in the model's order
+    reordered = NAMES[::-1]
+    np.testing.assert_allclose(model.predict_cells(cells[:, ::-1], reordered), expected[:, 1],
+                               rtol=0, atol=1e-6)
+    assert 0.05 < expected[:, 1].mean() < 0.95  # a real model, not a constant
+
+
+@pytest.mark.parametrize("name", ["rf", "fr-rf"])
+def test_packed_forests_equal_sklearn(name, crop, fitted):
+    """Forests keep sklearn's walk (it is as fast); the packed walk the benchmark compares
+    with it gives the same probabilities."""
+    cells = crop[4][::3]
+    model = fitted(name)
+    assert model.predictor_ == "library"
+    forest = model.steps[-1][1]
+    encoded = model[:-1].transform(pd.DataFrame(cells, columns=NAMES))
+    expected = forest.predict_proba(encoded)[:, 1]
+    np.testing.assert_allclose(compile_forest(forest).positive_proba(encoded), expected,
+                               rtol=0, atol=1e-6)
+    # sklearn's threads add the trees in no fixed order: equal to the last bits only
+    np.testing.assert_allclose(model.predict_cells(cells, NAMES), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["rf", "lightgbm"])
+def test_ties_at_thresholds_follow_the_library(name, fitted):
+    """Cells exactly at split thresholds and one float step either side: sklearn compares
+    float32-cast values (``<=`` goes left), LightGBM float64 values."""
+    model = fitted(name)
+    final = model.named_steps["model"]
+    packed = compile_forest(final) if name == "rf" else compile_lightgbm(final)
+    split = np.isfinite(packed.threshold)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(np.flatnonzero(split), 3000, replace=False)
+    encoded = model.named_steps["prep"].transform(pd.DataFrame(
+        np.tile(np.asarray([[1500.0, 30.0, 0.1, 0.2, 2.0, 6.0]]), (pick.size * 3, 1)),
+        columns=NAMES))
+    at = packed.threshold[pick]
+    for k, value in enumerate((at, np.nextafter(at, -np.inf), np.nextafter(at, np.inf))):
+        encoded[k * pick.size + np.arange(pick.size), packed.feature[pick]] = value
+    expected = final.predict_proba(encoded)[:, 1]
+    np.testing.assert_allclose(packed.positive_proba(encoded), expected, rtol=0, atol=1e-6)
+
+
+def test_unsupported_models_fall_back_to_the_library(crop, fitted):
+    _, _, table, y, cells = crop
+    zero_missing = make_model("lightgbm", CATEGORICAL, 5, n_estimators=40)
+    zero_missing.named_steps["model"].set_params(zero_as_missing=True)
+    zero_missing.fit(table, y)
+    assert zero_missing.predictor_ == "library"
+    frame = pd.DataFrame(cells[:2000], columns=NAMES)
+    np.testing.assert_array_equal(zero_missing.predict_cells(cells[:2000], NAMES),
+                                  zero_missing.predict_proba(frame)[:, 1])
+    lr = fitted("lr")
+    assert lr.predictor_ == "library"
+    # NumPy encoding reproduces the pipeline bit for bit, so the map is unchanged
+    np.testing.assert_array_equal(lr.predict_cells(cells, NAMES),
+                                  lr.predict_proba(pd.DataFrame(cells, columns=NAMES))[:, 1])
+
+
+def test_pickled_models_keep_their_packed_trees(crop, fitted):
+    _, _, _, _, cells = crop
+    model = fitted("lightgbm")
+    before = model.predict_cells(cells[:5000], NAMES)
+    restored = pickle.loads(pickle.dumps(model))
+    assert "_fast_encoder" in vars(model) and "_fast_encoder" not in vars(restored)
+    assert restored._fast_trees.n_trees == model._fast_trees.n_trees == 120
+    np.testing.assert_array_equal(restored.predict_cells(cells[:5000], NAMES), before)
+    restored.fit(*crop[2:4])  # a new fit never reuses the old trees
+    assert "_fast_trees" not in vars(restored)
+
+
+@pytest.mark.parametrize("name", ["rf", "lightgbm", "lr", "fr"])
+def test_maps_match_the_library_prediction(name, crop, fitted, tmp_path):
+    path, valid, _, _, cells = crop
+    model = fitted(name)
+    out = predict_raster(model, path, tmp_path / "s.tif", feature_names=NAMES, window_size=128,
+                         overviews=())
+    with rasterio.open(out) as src:
+        mapped = src.read(1)
+    assert np.array_equal(np.isfinite(mapped), valid)
+    frame = pd.DataFrame(cells, columns=NAMES)
+    library = getattr(model, "predict_proba_library", model.predict_proba)(frame)[:, 1]
+    if name in ("rf", "lightgbm"):  # compiled, or sklearn's threads (no fixed tree order)
+        np.testing.assert_allclose(mapped[valid], library, rtol=0, atol=1e-6)
+    else:  # the same numbers as the DataFrame path, bit for bit
+        np.testing.assert_array_equal(mapped[valid], library.astype(np.float32))
