@@ -9,6 +9,7 @@ from conftest import write_config
 from typer.testing import CliRunner
 
 from metalsm.cli import app
+from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.datasets import EXAMPLES_DIR
 from metalsm.errors import MetalsmInputError
@@ -35,6 +36,7 @@ def test_block_raster_covers_the_grid(crop_blocks, kaghan_crop):
         assert blocks.transform.almost_equals(dem.transform)
         assert blocks.dtypes[0] == "int32" and blocks.nodata == -1
         labels = blocks.read(1)
+    assert cog_problems(crop_blocks / "blocks.tif") == []
     ids = np.unique(labels)
     assert ids.min() == 0 and np.array_equal(ids, np.arange(ids.size))  # crop has no nodata
     assert 6 <= ids.size <= 24

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from metalsm import chunked, mapping
 from metalsm.cli import app
+from metalsm.cog import cog_problems
 from metalsm.config import BlocksConfig, load_config
 from metalsm.credibility import credibility_map
 from metalsm.errors import MetalsmInputError
@@ -55,6 +56,8 @@ def test_chunked_run_equals_in_memory_run(runs):
         assert prof_a["dtype"] == prof_b["dtype"] and prof_a["transform"] == prof_b["transform"]
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b)) if a.dtype.kind == "f" else None
         assert np.nanmax(np.abs(a.astype(np.float64) - b)) <= 1e-6, name
+    for path in chunked_dir.glob("*.tif"):
+        assert cog_problems(path) == [], path.name
     pd.testing.assert_frame_equal(pd.read_csv(memory / "samples.csv"),
                                   pd.read_csv(chunked_dir / "samples.csv"))
     assert not (chunked_dir / ".layers").exists()  # per-layer intermediates removed

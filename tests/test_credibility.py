@@ -12,6 +12,7 @@ from conftest import write_config
 from typer.testing import CliRunner
 
 from metalsm.cli import app
+from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.credibility import credibility_map
 from metalsm.errors import MetalsmInputError
@@ -168,6 +169,7 @@ def test_cli_credibility_writes_tif_and_png(crop, tmp_path):
         assert src.transform.almost_equals(stack.grid.transform)
         values = src.read(1)
     assert np.nanmin(values) >= 0 and np.nanmax(values) <= 1
+    assert cog_problems(out / "credibility.tif") == []
 
 
 def test_cli_experiment_credibility_on_the_crop(crop, tmp_path):

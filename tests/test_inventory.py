@@ -128,3 +128,89 @@ def test_bad_inventories_are_named(grid, inventory, tmp_path):
     empty.write_text("x,y\n")
     with pytest.raises(MetalsmInputError, match="empty.csv holds no features"):
         read_inventory(empty, grid, crs="EPSG:32643")
+
+
+def _burn(inventory, grid, path, values):
+    """The inventory polygons rasterized onto ``grid`` (cell centres, last drawn wins, as
+    the polygon rules do) with ``values`` per polygon, written as a GeoTIFF."""
+    import rasterio
+    from rasterio.features import rasterize
+
+    burned = rasterize(((g, int(v)) for g, v in zip(inventory.geometry, values, strict=True)),
+                       out_shape=grid.shape, transform=grid.transform, fill=0, dtype="int32")
+    with rasterio.open(path, "w", **grid.profile(dtype="int32", nodata=-1)) as dst:
+        dst.write(burned, 1)
+    return burned
+
+
+def _cells(rows, cols, grid):
+    return set((rows * grid.width + cols).tolist())
+
+
+def test_raster_inventory_gives_the_polygons_positives(inventory, grid, dem, tmp_path):
+    """The Kaghan polygons burned as landslide ids: the same landslide cells and the same
+    cells under 'all'; a scarp for every polygon's patch; centroids within a cell."""
+    polygons = inventory[shapely.get_type_id(inventory.geometry.values) == 3]
+    burned = _burn(polygons, grid, tmp_path / "ids.tif", np.arange(1, len(polygons) + 1))
+    patches = read_inventory(tmp_path / "ids.tif", grid)
+    assert patches.crs == grid.crs and patches["cells"].sum() == (burned > 0).sum()
+    assert np.array_equal(landslide_mask(patches, grid), burned > 0)
+    covered = polygons.iloc[np.unique(burned[burned > 0]) - 1]  # polygons holding a centre
+    valid = np.ones(grid.shape, bool)
+    assert _cells(*positive_cells(patches, grid, valid, rule="all"), grid) == _cells(
+        *positive_cells(covered, grid, valid, rule="all"), grid)
+    raster_scarps = _cells(*positive_cells(patches, grid, valid, rule="scarp", dem=dem), grid)
+    polygon_scarps = _cells(*positive_cells(covered, grid, valid, rule="scarp", dem=dem), grid)
+    # a polygon burned into pieces gives one patch (and one scarp) per piece
+    assert polygon_scarps <= raster_scarps
+    assert len(raster_scarps) - len(polygon_scarps) <= len(patches) - len(covered)
+    assert len(patches) - len(covered) < 0.05 * len(covered)
+    near = np.zeros(grid.shape, bool)
+    rows, cols = positive_cells(covered, grid, valid, rule="centroid")
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            near[np.clip(rows + dr, 0, grid.height - 1), np.clip(cols + dc, 0, grid.width - 1)] = 1
+    rows, cols = positive_cells(patches, grid, valid, rule="centroid")
+    assert near[rows, cols].mean() > 0.95
+
+
+def test_raster_mask_patches_and_errors(inventory, grid, tmp_path):
+    import rasterio
+
+    burned = _burn(inventory, grid, tmp_path / "mask.tif", np.ones(len(inventory)))
+    patches = read_inventory(tmp_path / "mask.tif", grid)
+    assert set(patches["value"]) == {1}
+    assert np.array_equal(landslide_mask(patches, grid), burned > 0)
+    assert len(patches) < len(inventory)  # touching landslides merge into one patch
+    with rasterio.open(tmp_path / "empty.tif", "w", **grid.profile(dtype="uint8")) as dst:
+        dst.write(np.zeros((1, *grid.shape), np.uint8))
+    with pytest.raises(MetalsmInputError, match=r"empty\.tif has no landslide cells"):
+        read_inventory(tmp_path / "empty.tif", grid)
+    profile = grid.profile(dtype="uint8")
+    profile.pop("crs")
+    with rasterio.open(tmp_path / "nocrs.tif", "w", **profile) as dst:
+        dst.write(np.ones((1, *grid.shape), np.uint8))
+    with pytest.raises(MetalsmInputError, match=r"nocrs\.tif has no CRS"):
+        read_inventory(tmp_path / "nocrs.tif", grid)
+
+
+def test_preflight_accepts_a_raster_inventory_and_names_a_bad_one(
+        kaghan, kaghan_crop, grid, inventory, tmp_path):
+    import rasterio
+    from conftest import write_config
+
+    from metalsm.config import load_config
+    from metalsm.preflight import check_run
+
+    _burn(inventory, grid, tmp_path / "mask.tif", np.ones(len(inventory)))
+    config = write_config(tmp_path / "ok.toml", kaghan_crop, kaghan,
+                          inventory=f'path = "{tmp_path / "mask.tif"}"\nrule = "scarp"')
+    check_run(load_config(config), None)  # no problem raised
+    profile = grid.profile(dtype="uint8")
+    profile.pop("crs")
+    with rasterio.open(tmp_path / "nocrs.tif", "w", **profile) as dst:
+        dst.write(np.ones((1, *grid.shape), np.uint8))
+    config = write_config(tmp_path / "bad.toml", kaghan_crop, kaghan,
+                          inventory=f'path = "{tmp_path / "nocrs.tif"}"')
+    with pytest.raises(MetalsmInputError, match=r"inventory: raster .*nocrs\.tif has no CRS"):
+        check_run(load_config(config), None)

@@ -15,10 +15,12 @@ from metalsm.mapping import (
     classify_raster,
     classify_values,
     predict_raster,
+    success_rate,
     zone_breaks,
     zone_table,
 )
 from metalsm.stack import FactorStack
+from metalsm.validation import rate_curve
 
 FEATURES = ["elevation", "geology"]
 
@@ -248,9 +250,26 @@ def test_classify_raster_overviews_and_atomicity(tmp_path):
         assert src.overviews(1) == [2, 4, 8, 16]
         counts = np.bincount(src.read(1).ravel(), minlength=6)
     assert counts[0] == 0 and counts[1:].max() - counts[1:].min() <= 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif", "zones.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "s.qml", "s.tif", "zones.qml", "zones.tif", "zones.tif.aux.xml"]  # styles beside
     with pytest.raises(MetalsmInputError, match="non-decreasing"):
         classify_raster(spath, tmp_path / "z2.tif", [0.5, 0.2, 1.0])
+
+
+def test_success_rate_of_a_raster_equals_the_exact_curve(tmp_path):
+    grid = _grid((300, 280))
+    rng = np.random.default_rng(1)
+    values = rng.random(grid.shape)
+    values[:4, :9] = np.nan
+    mask = rng.random(grid.shape) < values * 0.1  # landslides where susceptible
+    path = _write(tmp_path / "s.tif", values, grid)
+    curve = success_rate(path, mask, window_size=100)
+    stored = values.astype(np.float32)
+    exact = rate_curve(stored, stored[mask])
+    assert curve.auc == pytest.approx(exact.auc, abs=2e-4)  # 10,000 probability classes
+    assert 0.6 < curve.auc < 0.75  # P(slide) rises with the value: well above 0.5
+    with pytest.raises(MetalsmInputError, match="shape"):
+        success_rate(path, mask[:10])
 
 
 def test_quantile_breaks_with_fewer_values_than_zones():

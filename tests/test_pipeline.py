@@ -1,7 +1,10 @@
 """End to end on a crop of the real Kaghan data: config → run directory, through the CLI."""
 
 import json
+import logging
+import xml.etree.ElementTree as ET
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,15 +12,18 @@ import rasterio
 from conftest import write_config
 from typer.testing import CliRunner
 
+from metalsm import styles
 from metalsm.cli import app
+from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
 from metalsm.pipeline import run_pipeline
+from metalsm.validation import rate_curve_from_counts
 
 EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
     "zones.csv", "metrics.json", "roc.png", "map.png", "zones.png", "manifest.json",
-    "report.html",
+    "report.html", "roc_folds.png", "rates.png", "samples.gpkg", "folds.png",
 }
 
 
@@ -34,6 +40,83 @@ def test_every_output_is_written(crop_run):
     names = {p.name for p in crop_run.iterdir()}
     assert EXPECTED_OUTPUTS <= names
     assert not [n for n in names if "partial" in n]
+
+
+def test_every_raster_output_is_a_cloud_optimized_geotiff(crop_run):
+    rasters = sorted(crop_run.glob("*.tif"))
+    assert {p.name for p in rasters} >= {"factors.tif", "susceptibility.tif", "zones.tif"}
+    for path in rasters:
+        assert cog_problems(path) == [], path.name
+        with rasterio.open(path) as src:
+            assert src.overviews(1), path.name  # the 260 x 300 crop is larger than a tile
+            assert src.compression.name == "deflate" and src.block_shapes[0] == (256, 256)
+
+
+def test_zone_styles_match_the_zone_table(crop_run):
+    """QGIS opens zones.tif and susceptibility.tif with the classes, breaks and colours of
+    zones.csv and metrics.json."""
+    zones = pd.read_csv(crop_run / "zones.csv")
+    edges = json.loads((crop_run / "metrics.json").read_text())["zones"]["edges"]
+    palette = [e.attrib for e in ET.parse(crop_run / "zones.qml").getroot().iter("paletteEntry")]
+    assert [int(e["value"]) for e in palette] == zones["level"].tolist()
+    for entry, label, lo, hi in zip(palette, zones["label"], edges[:-1], edges[1:], strict=True):
+        assert entry["label"] == f"{label} ({lo:.3f} – {hi:.3f})"
+    with rasterio.open(crop_run / "zones.tif") as src:
+        table = src.colormap(1)
+    assert [styles.hex_colour(table[level][:3]) for level in zones["level"]] == [
+        e["color"] for e in palette]
+    items = [e.attrib for e in ET.parse(crop_run / "susceptibility.qml").getroot().iter("item")]
+    assert [float(e["value"]) for e in items] == pytest.approx(edges[1:])
+    assert [e["color"] for e in items] == [e["color"] for e in palette]
+
+
+def test_success_and_prediction_rates(crop_run):
+    metrics = json.loads((crop_run / "metrics.json").read_text())
+    rates = metrics["rates"]
+    zones = pd.read_csv(crop_run / "zones.csv")
+    # the zones are a four-class success-rate curve: cells within a zone count as ties
+    # (a straight line across the zone), so it lies a little under the fine curve
+    four_class = rate_curve_from_counts(zones["n_cells"], zones["landslide_cells"]).auc
+    x = np.r_[0, zones["cum_area_share"][::-1]]
+    y = np.r_[0, zones["cum_landslide_share"][::-1]]
+    assert four_class == pytest.approx(np.trapezoid(y, x))
+    assert four_class - 0.005 <= rates["success_rate_auc"] <= four_class + 0.06
+    # held-out landslides rank lower than the training ones, spatial folds lowest
+    assert 0.5 < rates["prediction_rate_spatial_auc"] < rates["success_rate_auc"]
+    assert rates["prediction_rate_spatial_auc"] <= rates["prediction_rate_random_auc"] + 0.02
+    table = pd.read_csv(crop_run / "validation.csv").set_index(["model", "scheme"])
+    assert table.loc[("rf", "spatial"), "prediction_rate_auc"] == pytest.approx(
+        rates["prediction_rate_spatial_auc"])
+    assert "Success and prediction rates" in (crop_run / "report.html").read_text()
+
+
+def test_samples_vector_has_crs_folds_and_out_of_fold_probabilities(crop_run, kaghan_crop):
+    points = gpd.read_file(crop_run / "samples.gpkg")
+    table = pd.read_csv(crop_run / "samples.csv")
+    with rasterio.open(kaghan_crop / "AW3D30.tif") as dem:
+        assert points.crs == dem.crs
+    assert len(points) == len(table)
+    np.testing.assert_array_equal(points["label"], table["label"])
+    np.testing.assert_allclose(points.geometry.x, table["x"])
+    np.testing.assert_allclose(points.geometry.y, table["y"])
+    for scheme in ("random", "spatial"):
+        assert sorted(points[f"fold_{scheme}"].unique()) == [0, 1, 2]  # the crop's 3 folds
+        oof = points[f"oof_rf_{scheme}"]
+        assert oof.between(0, 1).all()
+    # the spatial folds are regions: each fold's points sit apart from the others
+    centres = points.groupby("fold_spatial").apply(
+        lambda g: (g.geometry.x.mean(), g.geometry.y.mean()), include_groups=False)
+    assert len(set(centres)) == 3
+
+
+def test_version_option_and_quiet_gdal_logging():
+    from metalsm import __version__
+    from metalsm.cli import _setup_logging
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"metalsm {__version__}"
+    _setup_logging(quiet=False)
+    assert logging.getLogger("pyogrio").getEffectiveLevel() >= logging.WARNING
 
 
 def test_susceptibility_raster_is_on_the_input_grid(crop_run, kaghan_crop):

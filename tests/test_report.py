@@ -157,3 +157,72 @@ def test_block_map_is_drawn(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     with pytest.raises(ValueError, match="does not match the grid"):
         plot_block_map(labels[:50], grid, tmp_path / "bad.png")
+
+
+def test_map_colours_are_the_legend_colours_on_flat_ground(tmp_path):
+    """No transparency over the hillshade: on flat ground every zone is drawn in exactly
+    its legend (and zones.tif colour table) colour."""
+    from matplotlib.image import imread
+
+    from metalsm.report.figures import shaded_colours, zone_colors
+
+    grid = Grid(CRS.from_epsg(32643), rasterio.Affine(30, 0, 500000, 0, -30, 3800000), 80, 120)
+    zones = np.repeat(np.arange(1, 5), 30)[None, :].repeat(80, axis=0)
+    flat = np.full(grid.shape, 1500.0)
+    path = plot_susceptibility_map(zones, grid, flat, None, tmp_path / "map.png",
+                                   edges=[0.0, 0.2, 0.4, 0.7, 1.0])
+    pixels = (imread(path)[..., :3] * 255).round().reshape(-1, 3)
+    for colour in zone_colors(4):
+        rgb = np.round(np.array(colour[:3]) * 255)
+        assert (np.abs(pixels - rgb).max(axis=1) <= 1).sum() > 2000, colour
+    # on relief, slopes facing the light are lighter and those facing away darker
+    rows, cols = np.mgrid[0:20, 0:20].astype(float)
+    rgba = np.tile(np.array([0.5, 0.4, 0.3, 1.0]), (20, 20, 1))
+    facing = shaded_colours(rgba, (rows + cols) * 10.0, 30.0)
+    away = shaded_colours(rgba, -(rows + cols) * 10.0, 30.0)
+    assert (facing[..., 0] > 0.5).all() and (away[..., 0] < 0.5).all()
+    assert np.allclose(shaded_colours(rgba, np.zeros((20, 20)), 30.0), rgba)
+
+
+def test_report_tables_are_narrow_and_free_of_absolute_paths():
+    from metalsm.report.tables import factor_table, provenance_tables, validation_table
+
+    table = pd.DataFrame({"model": ["rf"], "scheme": ["spatial"], "pooled_auc": [0.8123],
+                          **{f"{m}_{s}": [0.5] for m in ("accuracy", "precision", "recall",
+                                                         "f1", "auc", "kappa", "fit_seconds")
+                             for s in ("mean", "std")}})
+    shown = validation_table(table)
+    assert list(shown.columns) == ["model", "scheme", "AUC", "accuracy", "precision", "recall",
+                                   "F1", "kappa", "pooled AUC", "fit (s)"]
+    assert shown.loc[0, "AUC"] == "0.500 ± 0.500"
+    manifest = {"inputs_sha256": {"/data/kaghan/AW3D30.tif": "ab" * 32,
+                                  "/data/kaghan/vec/faults.shp": "cd" * 32},
+                "seeds": {"sampling": 1}, "timings_s": {"predict_map": 1.234},
+                "versions": {"numpy": "2.0"}}
+    captions = dict(provenance_tables(manifest))
+    inputs = captions["Inputs, under /data/kaghan (full SHA-256 in manifest.json)"]
+    assert inputs["file"].tolist() == ["AW3D30.tif", "vec/faults.shp"]
+    assert inputs.iloc[0, 1] == "ab" * 8
+    assert captions["Timings"].iloc[0].tolist() == ["predict map", 1.2]
+    kinds = factor_table(["slope", "geology"], ["geology"])
+    assert kinds["kind"].tolist() == ["continuous", "categorical"]
+
+
+def test_fold_maps_colour_each_fold(tmp_path):
+    from matplotlib.image import imread
+
+    from metalsm.report.figures import FOLD_COLOURS, plot_fold_maps
+
+    grid = Grid(CRS.from_epsg(32643), rasterio.Affine(30, 0, 500000, 0, -30, 3800000), 100, 100)
+    rng = np.random.default_rng(0)
+    x = 500000 + rng.random(600) * 3000
+    y = 3797000 + rng.random(600) * 3000
+    spatial = (x > 501500).astype(int) + 2 * (y > 3798500)
+    path = plot_fold_maps(x, y, {"random": rng.integers(0, 4, 600), "spatial": spatial}, grid,
+                          tmp_path / "folds.png", labels=rng.integers(0, 2, 600))
+    pixels = (imread(path)[..., :3] * 255).round().reshape(-1, 3)
+    for colour in FOLD_COLOURS[:4]:
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(pixels - rgb).max(axis=1) <= 2).sum() > 200, colour
+    with pytest.raises(ValueError, match="at least one scheme"):
+        plot_fold_maps(x, y, {}, grid, tmp_path / "none.png")

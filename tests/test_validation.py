@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import hk_slice
+from conftest import hk_slice, hongkong_table
 from sklearn.metrics import auc as sk_auc
 
 from metalsm.errors import MetalsmInputError
@@ -14,10 +14,14 @@ from metalsm.validation import (
     METRICS,
     CVResult,
     Evaluation,
+    area_share_above,
     classification_metrics,
     cross_validate_model,
     evaluate_models,
+    prediction_rate,
     random_folds,
+    rate_curve,
+    rate_curve_from_counts,
     roc_points,
     spatial_folds,
     within_group_metrics,
@@ -78,6 +82,39 @@ def test_roc_points():
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     assert thresholds.shape == fpr.shape
     assert sk_auc(fpr, tpr) == pytest.approx(auc)
+
+
+def _trapezoid(curve):
+    return float(np.sum(np.diff(curve.area_share)
+                        * (curve.landslide_share[1:] + curve.landslide_share[:-1]) / 2))
+
+
+def test_success_rate_hand_checked():
+    """Five cells, landslides on the 0.9 and 0.5 cells. Ranked down: after 1 cell 1/2 of
+    the landslides, after 2 still 1/2, after 3 all. Area under: 0.05 + 0.1 + 0.15 + 0.4
+    = 0.7 = mean over landslides of the share of area below them, ties half:
+    (4 + 0.5) / 5 and (2 + 0.5) / 5."""
+    curve = rate_curve([0.9, 0.8, 0.5, 0.2, 0.1], [0.9, 0.5])
+    np.testing.assert_allclose(curve.area_share, [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(curve.landslide_share, [0, 0.5, 0.5, 1, 1, 1])
+    assert curve.auc == pytest.approx(0.7)
+    # classes with ties (counts low -> high): 2 cells/0 slides, 1/1, 1/1
+    tied = rate_curve_from_counts([2, 1, 1], [0, 1, 1])
+    np.testing.assert_allclose(tied.area_share, [0, 0.25, 0.5, 1.0])
+    assert tied.auc == pytest.approx(0.75) == pytest.approx((3.5 / 4 + 2.5 / 4) / 2)
+    with pytest.raises(MetalsmInputError, match="cells in both"):
+        rate_curve_from_counts([1, 2], [0, 0])
+
+
+def test_prediction_rate_hand_checked():
+    """Held-out landslides at 0.35 (one area cell above: 1/4) and 0.2 (two above and a tie:
+    2.5/4); AUC = 1 - mean(0.25, 0.625) = 0.5625, the area under the step curve."""
+    shares = area_share_above([0.1, 0.2, 0.3, 0.4], [0.35, 0.2])
+    np.testing.assert_allclose(shares, [0.25, 0.625])
+    curve = prediction_rate(np.r_[shares, np.nan])  # NaN: non-landslides, skipped
+    assert curve.auc == pytest.approx(0.5625) == pytest.approx(_trapezoid(curve))
+    np.testing.assert_allclose(curve.area_share, [0, 0.25, 0.25, 0.625, 0.625, 1])
+    np.testing.assert_allclose(curve.landslide_share, [0, 0, 0.5, 0.5, 1, 1])
 
 
 # --------------------------------------------------------------------------- folds
@@ -194,6 +231,7 @@ def evaluation() -> Evaluation:
         seed=0,
         model_params={"rf": {"n_estimators": 60}},
         progress=calls.append,
+        area=factors(table).sample(800, random_state=0),
     )
     ev.calls = calls  # type: ignore[attr-defined]
     return ev
@@ -221,6 +259,18 @@ def test_spatial_cv_is_not_more_optimistic_than_random_cv(evaluation):
         assert auc[(name, "spatial")] <= auc[(name, "random")] + 0.02
         assert auc[(name, "random")] > 0.82
         assert auc[(name, "spatial")] > 0.7
+
+
+def test_prediction_rate_auc_per_model_and_scheme(evaluation):
+    rates = evaluation.table.set_index(["model", "scheme"])["prediction_rate_auc"]
+    for name in MODEL_NAMES:
+        # the "area" here is the sample table, half landslides: a perfect model ranks a
+        # landslide above the other half only, so the AUC tops out near 0.75
+        assert 0.55 < rates[(name, "spatial")] <= rates[(name, "random")] + 0.02 < 0.77
+        shares = evaluation.results[(name, "spatial")].area_share_above
+        ranked = np.isfinite(shares)
+        assert ranked.sum() == int(hk_slice()["label"].sum())  # every landslide, once
+        assert rates[(name, "spatial")] == pytest.approx(1 - np.nanmean(shares))
 
 
 def test_evaluate_models_rejects_unknown_model_before_fitting():
@@ -268,6 +318,30 @@ def test_evaluate_models_accepts_rich_style_progress():
     assert progress.total == progress.done == 3
     assert list(ev.table["scheme"]) == ["spatial"]
     assert set(ev.folds) == {"spatial"}
+
+
+def test_a_buffer_lowers_never_raises_the_optimism_of_random_folds():
+    """1,500 Hong Kong samples round the table's centre (median spacing ~140 m): leaving
+    out training samples within 300 and 600 m of each test fold lowers the random-fold
+    AUC step by step towards the spatial one, and hardly moves the spatial folds."""
+    table = hongkong_table().astype(float)
+    centre = np.hypot(table["X"] - table["X"].median(), table["Y"] - table["Y"].median())
+    near = table.iloc[np.argsort(centre.to_numpy())[:1500]].reset_index(drop=True)
+    X, y = factors(near), near["label"].to_numpy(dtype=int)  # noqa: N806
+    runs = {b: evaluate_models(["lr"], X, y, near[["X", "Y"]], CATEGORICAL, n_folds=5, seed=0,
+                               buffer_m=b).table.set_index("scheme")
+            for b in (0.0, 300.0, 600.0)}
+    random = [runs[b].loc["random", "auc_mean"] for b in runs]
+    optimism = [runs[b].loc["random", "auc_mean"] - runs[b].loc["spatial", "auc_mean"]
+                for b in runs]
+    assert random[0] >= random[1] - 0.002 and random[1] >= random[2] - 0.002
+    assert optimism[2] < optimism[0] - 0.01 and min(optimism) >= -0.01
+    assert abs(runs[600.0].loc["spatial", "auc_mean"] - runs[0.0].loc["spatial", "auc_mean"]) < 0.01
+    left_out = [runs[b].loc["random", "n_buffered_mean"] for b in (300.0, 600.0)]
+    assert 0 < left_out[0] < left_out[1] < 0.8 * len(near)
+    assert "buffer_m" not in runs[0.0].columns
+    with pytest.raises(MetalsmInputError, match="buffer_m must be >= 0"):
+        evaluate_models(["lr"], X, y, near[["X", "Y"]], CATEGORICAL, n_folds=3, buffer_m=-1)
 
 
 def test_within_group_metrics_hand_checked() -> None:

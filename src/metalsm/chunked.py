@@ -55,11 +55,12 @@ import rasterio
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from metalsm.atomic import atomic_path
+from metalsm.cog import atomic_cog
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid, open_raster, read_class_names, resampling_onto
 from metalsm.mapping import iter_windows
 from metalsm.stack import _CATEGORICAL_TAG, FactorStack, stack_metadata
+from metalsm.styles import write_blocks_style, write_credibility_style
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ def write_factor_stack(
     class_names = class_names or {}
     finite = np.zeros(len(sources), dtype=np.int64)
     n_valid = 0
-    with atomic_path(out_path) as tmp:
+    with atomic_cog(out_path, overview_resampling="nearest") as tmp:
         # NUM_THREADS: deflate the tiles on every core (this process is the only writer)
         with rasterio.open(tmp, "w", **stack_profile(grid, len(names)),
                            NUM_THREADS="ALL_CPUS") as dst:
@@ -654,13 +655,14 @@ def write_credibility_chunked(
         return np.where(valid, cred, np.nan).astype(np.float32)
 
     profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
-    with atomic_path(out_path) as tmp:
+    with atomic_cog(out_path, overview_resampling="average") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             for win, cred in compute.map_windows(task, iter_windows(grid.height, grid.width,
                                                                     chunk_size)):
                 with compute.lock(str(out_path)):
                     dst.write(cred, 1, window=win)
             dst.set_band_description(1, "credibility as a non-landslide sample (0-1)")
+    write_credibility_style(out_path)
     return Path(out_path)
 
 
@@ -791,12 +793,13 @@ def segment_coarse(
         return ids
 
     profile = grid.profile(dtype="int32", nodata=-1)
-    with atomic_path(out_path) as tmp:
+    with atomic_cog(out_path, overview_resampling="nearest") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             for win, ids in compute.map_windows(task, iter_windows(grid.height, grid.width,
                                                                    chunk_size)):
                 with compute.lock(str(out_path)):
                     dst.write(ids, 1, window=win)
+    write_blocks_style(out_path, range(blocks.n_blocks))
     return CoarseBlocks(blocks, factor, grid, Path(out_path))
 
 

@@ -35,6 +35,15 @@ def _setup_logging(quiet: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
+    logging.getLogger("pyogrio").setLevel(logging.WARNING)  # "Created N records" per write
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from metalsm import __version__
+
+        typer.echo(f"metalsm {__version__}")
+        raise typer.Exit()
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -51,6 +60,8 @@ _show_tracebacks = {"debug": False}
 def _options(
     debug: Annotated[bool, typer.Option(
         "--debug", help="Show the full traceback of an error instead of one line.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """Landslide susceptibility mapping on real GIS data."""
     _show_tracebacks["debug"] = debug

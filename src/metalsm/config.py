@@ -136,6 +136,9 @@ class ValidationConfig:
     n_folds: int = 5
     spatial_method: Literal["kmeans", "grid"] = "kmeans"
     seed: int = 42
+    # spatial leave-out: training samples within buffer_m metres of a test sample are
+    # dropped from that fold's training set (0 = no buffer)
+    buffer_m: float = 0.0
 
 
 @dataclass(frozen=True)

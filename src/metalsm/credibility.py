@@ -45,12 +45,14 @@ import pandas as pd
 import rasterio
 from matplotlib.colors import Normalize
 
-from metalsm.atomic import atomic_path, write_csv
+from metalsm.atomic import write_csv
+from metalsm.cog import atomic_cog
 from metalsm.config import CredibilityConfig, FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.factors import FactorClasses, differentiation, fr_table, stack_classes
 from metalsm.grid import Grid
 from metalsm.stack import FactorStack
+from metalsm.styles import write_credibility_style
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +203,13 @@ def credibility_map(
 
 
 def write_credibility(credibility: np.ndarray, grid: Grid, path: str | Path) -> Path:
-    """``credibility.tif``: float32, NaN nodata, same grid as the stack, written atomically."""
+    """``credibility.tif``: float32 COG, NaN nodata, same grid as the stack, written atomically."""
     profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
-    with atomic_path(path) as tmp:
+    with atomic_cog(path, overview_resampling="average") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(credibility.astype(np.float32, copy=False), 1)
             dst.set_band_description(1, "credibility as a non-landslide sample (0-1)")
+    write_credibility_style(path)
     return Path(path)
 
 
@@ -223,7 +226,7 @@ def plot_credibility(
     from metalsm.report.figures import plot_raster_map
 
     return plot_raster_map(
-        credibility, grid, path, dem=dem, inventory=inventory, cmap="RdYlGn",
+        credibility, grid, path, dem=dem, inventory=inventory, cmap="cividis",
         norm=Normalize(0.0, 1.0), title=title,
         colorbar_label="credibility (1 = surely stable ground)",
     )

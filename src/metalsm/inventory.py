@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 
 MIN_POSITIVES = 10
 PositiveRule = Literal["centroid", "scarp", "all", "random"]
+#: Suffixes read as raster inventories (a landslide mask or labelled raster).
+RASTER_SUFFIXES = (".tif", ".tiff", ".img", ".vrt", ".asc", ".nc")
+#: Patch outlines run along cell edges; shrunk by this share of a cell so that
+#: "touched" cells (``landslide_mask``) are the patch's own cells, not its neighbours.
+_PATCH_INSET = 0.01
 
 
 def read_inventory(
@@ -33,11 +38,16 @@ def read_inventory(
     """Read an inventory onto ``grid``'s CRS, dropping features outside the grid (logged).
 
     Vector files (SHP/GPKG/GeoJSON...) carry their own CRS; a CSV needs ``crs``
-    and its coordinate columns.
+    and its coordinate columns; a raster (:data:`RASTER_SUFFIXES`) becomes one
+    polygon per patch by :func:`raster_patches`.
     """
     path = Path(path)
     if not path.exists():
         raise MetalsmInputError(f"inventory file not found: {path}")
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        gdf = raster_patches(path, grid)
+        gdf.attrs["n_outside"] = 0
+        return gdf
     if path.suffix.lower() in (".csv", ".txt"):
         gdf = _read_csv_points(path, crs, x_column, y_column)
     else:
@@ -92,6 +102,74 @@ def _repair_invalid(gdf: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
     gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs))[~empty]
     gdf.attrs["n_repaired"] = int(invalid.sum())
     return gdf
+
+
+def raster_patches(path: str | Path, grid: Grid) -> gpd.GeoDataFrame:
+    """A mask or labelled landslide raster as one polygon per patch, in the grid's CRS.
+
+    The raster is read onto ``grid`` (nearest, or mode when finer; see
+    :func:`metalsm.grid.read_aligned`); cells with a value other than 0 and no data
+    are landslide cells. A patch is a set of 8-connected cells of one value, so a
+    mask gives one patch per connected landslide and a raster of landslide ids one
+    per landslide even where two touch. Outlines follow the cell edges (inset by a
+    hundredth of a cell), so every positive rule and :func:`landslide_mask` see
+    exactly the raster's cells. Columns: ``patch`` (id), ``value``, ``cells``.
+    """
+    from rasterio.features import shapes
+
+    from metalsm.grid import read_aligned
+
+    layer = read_aligned(path, grid, name="inventory", categorical=True)
+    codes = np.nan_to_num(layer.values, nan=0.0).astype(np.int64)
+    if not (codes != 0).any():
+        raise MetalsmInputError(
+            f"inventory raster {path} has no landslide cells (values other than 0 and "
+            "no data) on the study grid")
+    patches = _patches_of_equal_value(codes)
+    n_patches = int(patches.max())
+    geoms, ids = [], []
+    for geom, value in shapes(patches, mask=patches > 0, transform=grid.transform,
+                              connectivity=4):
+        geoms.append(shapely.geometry.shape(geom))
+        ids.append(int(value))
+    polygons = gpd.GeoDataFrame({"patch": ids}, geometry=geoms, crs=grid.crs)
+    polygons = polygons.dissolve(by="patch", as_index=False)
+    patch_ids = polygons["patch"].to_numpy()
+    on = patches > 0
+    value_of = np.zeros(n_patches + 1, dtype=np.int64)
+    value_of[patches[on]] = codes[on]
+    polygons["value"] = value_of[patch_ids]
+    polygons["cells"] = np.bincount(patches[on], minlength=n_patches + 1)[patch_ids]
+    polygons = polygons.set_geometry(polygons.geometry.buffer(
+        -_PATCH_INSET * grid.cell_size, join_style="mitre"))
+    log.info("inventory raster %s: %d landslide cells in %d patches", path,
+             int(on.sum()), n_patches)
+    return polygons.reset_index(drop=True)
+
+
+def _patches_of_equal_value(codes: np.ndarray) -> np.ndarray:
+    """1..n for each 8-connected group of cells sharing a non-zero value, 0 elsewhere."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    on = codes != 0
+    index = np.full(codes.shape, -1, dtype=np.int64)
+    index[on] = np.arange(int(on.sum()))
+    height, width = codes.shape
+    starts, ends = [], []
+    for dr, dc in ((0, 1), (1, 0), (1, 1), (1, -1)):  # each neighbour pair once
+        a = (slice(0, height - dr), slice(max(0, -dc), width - max(0, dc)))
+        b = (slice(dr, height), slice(max(0, dc), width - max(0, -dc)))
+        link = on[a] & on[b] & (codes[a] == codes[b])
+        starts.append(index[a][link])
+        ends.append(index[b][link])
+    i, j = np.concatenate(starts), np.concatenate(ends)
+    n = int(on.sum())
+    graph = coo_matrix((np.ones(i.size, dtype=np.int8), (i, j)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    patches = np.zeros(codes.shape, dtype=np.int32)
+    patches[on] = component + 1
+    return patches
 
 
 def _read_csv_points(path: Path, crs: str | None, x: str, y: str) -> gpd.GeoDataFrame:

@@ -21,7 +21,8 @@ from rasterio.enums import Resampling
 from rasterio.errors import EnvError
 from rasterio.windows import Window
 
-from metalsm.atomic import atomic_path
+from metalsm import styles
+from metalsm.cog import atomic_cog
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid, open_raster
 from metalsm.stack import stack_metadata
@@ -108,7 +109,7 @@ def _write_probability_raster(
 
     ``predict_window(values, window)`` gets the window's bands (float64, NaN = no
     data) and returns the mask of cells it predicted and their probabilities.
-    Output: float32 tiled deflate GeoTIFF on the source grid, NaN nodata, average
+    Output: float32 Cloud-Optimized GeoTIFF on the source grid, NaN nodata, average
     overviews, written atomically (a failure leaves no output behind).
 
     ``compute`` (a :class:`metalsm.chunked.Compute`) runs the windows on Dask (local
@@ -133,7 +134,7 @@ def _write_probability_raster(
                 return _predict_one(own, indexes, nodata, predict_window, win)
 
         results = compute.map_windows(task, windows)
-    with atomic_path(out_path) as tmp:
+    with atomic_cog(out_path, overview_resampling="average") as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             for win, (out, n_new) in results:
                 if compute is None:
@@ -374,22 +375,28 @@ def classify_raster(
     window_size: int = 512,
     *,
     overviews: Sequence[int] = (2, 4, 8, 16),
+    labels: Sequence[str] | None = None,
 ) -> Path:
     """Write the zone raster (uint8, 1 = lowest zone, 0 = nodata) from class ``edges``.
 
-    Windowed and atomic; overviews use the mode so zones stay whole classes.
+    Windowed, atomic, a COG; overviews use the mode so zones stay whole classes.
     The edges are stored in a tag so :func:`zone_table` knows the number of levels.
+    The raster carries the zone colour table; beside it go ``zones.qml``, an
+    attribute table (``zones.tif.aux.xml``: label, break values, colour) and a
+    ``.qml`` for the susceptibility raster classed by the same breaks.
     """
     edges = np.asarray(edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) < 0):
         raise MetalsmInputError(f"zone edges must be a non-decreasing 1-D list of >= 2: {edges}")
     if edges.size - 1 > 255:
         raise MetalsmInputError(f"at most 255 zones fit a uint8 raster, got {edges.size - 1}")
+    labels = _zone_labels(edges.size - 1, labels, zones_path)
+    colours = styles.zone_colours(edges.size - 1)
     with open_raster(susceptibility_path) as src:
         grid = Grid(src.crs, src.transform, src.height, src.width)
         nodata = src.nodata
         profile = grid.profile(dtype="uint8", nodata=0)
-        with atomic_path(zones_path) as tmp:
+        with atomic_cog(zones_path, overview_resampling="mode") as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 for win in iter_windows(grid.height, grid.width, window_size):
                     values = src.read(1, window=win)
@@ -402,7 +409,22 @@ def classify_raster(
                     dst.update_tags(ns="rio_overview", resampling="mode")
                 dst.update_tags(**{_ZONES_TAG: json.dumps(edges.tolist())})
                 dst.set_band_description(1, "susceptibility zone (1 = lowest)")
+                dst.write_colormap(1, {0: (0, 0, 0, 0), **{
+                    level: (*rgb, 255) for level, rgb in enumerate(colours, start=1)}})
+    styles.write_zone_styles(zones_path, susceptibility_path, edges, labels)
     return Path(zones_path)
+
+
+def _zone_labels(levels: int, labels: Sequence[str] | None, zones_path: str | Path) -> list[str]:
+    """The given zone labels (checked against the number of zones), else the defaults."""
+    if labels is None:
+        labels = DEFAULT_LABELS.get(levels, tuple(f"Zone {i}" for i in range(1, levels + 1)))
+    labels = list(labels)
+    if len(labels) != levels:
+        raise MetalsmInputError(
+            f"{len(labels)} zone labels given for {levels} zones in {zones_path}: {labels}"
+        )
+    return labels
 
 
 @_bounded_gdal_cache
@@ -422,12 +444,14 @@ def zone_table(
     map has ratios rising with the zone. ``cum_*`` columns accumulate from the
     highest zone down ("the top two zones cover X % of the area and Y % of the
     landslides"). ``sample_points`` (rows, cols), e.g. landslide points, adds
-    per-zone point counts and shares.
+    per-zone point counts and shares. The break values of each zone
+    (``susceptibility_min``/``_max``) come from the raster's tag when it has one.
     """
     with open_raster(zones_path) as src:
         grid = Grid(src.crs, src.transform, src.height, src.width)
         tag = src.tags().get(_ZONES_TAG)
-        levels = len(json.loads(tag)) - 1 if tag else None
+        edges = np.asarray(json.loads(tag), dtype=np.float64) if tag else None
+        levels = edges.size - 1 if edges is not None else None
         if landslide_mask is not None:
             landslide_mask = np.asarray(landslide_mask, dtype=bool)
             if landslide_mask.shape != grid.shape:
@@ -464,15 +488,12 @@ def zone_table(
         levels = int(nonzero[-1]) + 1 if nonzero.size else 0
     if levels == 0:
         raise MetalsmInputError(f"zone raster {zones_path} has no zoned cells")
-    if labels is None:
-        labels = DEFAULT_LABELS.get(levels, tuple(f"Zone {i}" for i in range(1, levels + 1)))
-    labels = list(labels)
-    if len(labels) != levels:
-        raise MetalsmInputError(
-            f"{len(labels)} zone labels given for {levels} zones in {zones_path}: {labels}"
-        )
+    labels = _zone_labels(levels, labels, zones_path)
     n = cells[1 : levels + 1]
-    table = pd.DataFrame({"level": np.arange(1, levels + 1), "label": labels, "n_cells": n})
+    table = pd.DataFrame({"level": np.arange(1, levels + 1), "label": labels})
+    if edges is not None:
+        table["susceptibility_min"], table["susceptibility_max"] = edges[:-1], edges[1:]
+    table["n_cells"] = n
     table["area_km2"] = n * grid.cell_area / 1e6
     table["area_share"] = _share(n)
     if landslide_mask is not None:
@@ -555,6 +576,40 @@ def block_map_statistics(
         "held_out_top_zone_landslide_share": (float(slides[1] / slides[0]) if slides[0]
                                               else float("nan")),
     }
+
+
+#: Probability classes of :func:`success_rate` (the AUC is exact to about 1e-4).
+SUCCESS_RATE_BINS = 10_000
+
+
+@_bounded_gdal_cache
+def success_rate(susceptibility_path: str | Path, landslide_mask: np.ndarray, *,
+                 window_size: int = 512, bins: int = SUCCESS_RATE_BINS) -> Any:
+    """The success-rate curve of a probability map: its cells ranked from the most
+    susceptible down against the share of ``landslide_mask`` cells they hold.
+
+    Window by window into ``bins`` equal probability classes, so memory does not grow
+    with the raster. The landslides are those the map was trained from, so this
+    measures fit; :func:`metalsm.validation.prediction_rate` measures prediction.
+    """
+    from metalsm.validation import rate_curve_from_counts
+
+    area = np.zeros(bins, dtype=np.int64)
+    slides = np.zeros(bins, dtype=np.int64)
+    with open_raster(susceptibility_path) as src:
+        landslide_mask = np.asarray(landslide_mask, dtype=bool)
+        if landslide_mask.shape != src.shape:
+            raise MetalsmInputError(f"landslide mask has shape {landslide_mask.shape}, but "
+                                    f"{susceptibility_path} is {src.shape}")
+        for win in iter_windows(src.height, src.width, window_size):
+            values = src.read(1, window=win)
+            valid = np.isfinite(values)
+            cls = np.clip((values[valid] * bins).astype(np.int64), 0, bins - 1)
+            area += np.bincount(cls, minlength=bins)
+            sub = landslide_mask[win.row_off : win.row_off + win.height,
+                                 win.col_off : win.col_off + win.width][valid]
+            slides += np.bincount(cls[sub], minlength=bins)
+    return rate_curve_from_counts(area, slides)
 
 
 def _share(counts: np.ndarray) -> np.ndarray:

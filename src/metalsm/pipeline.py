@@ -25,8 +25,9 @@ from metalsm.models.classic import make_model
 from metalsm.preflight import check_run, fold_problems
 from metalsm.progress import RunProgress
 from metalsm.report import figures
+from metalsm.report import tables as report_tables
 from metalsm.report.html import Section, write_report
-from metalsm.sample_table import Samples, warn_constant_factors
+from metalsm.sample_table import Samples, warn_constant_factors, write_samples_vector
 from metalsm.sampling import NegativeRequest, draw_negatives, sample_table
 from metalsm.stack import FactorStack, build_factor_stack
 
@@ -215,6 +216,7 @@ def _run_raster_pipeline(
         names = tuple(n for n in config.model.names if n != "meta-blockwise")
         n_tasks = 2 * len(names) * config.validation.n_folds
         with progress.stage("validation (random and spatial folds)", total=n_tasks) as advance:
+            area = area_sample(stack, samples.factor_names, config.validation.seed)
             evaluation = validation.evaluate_models(
                 names,
                 samples.X,
@@ -225,8 +227,12 @@ def _run_raster_pipeline(
                 seed=config.validation.seed,
                 spatial_method=config.validation.spatial_method,
                 progress=advance,
+                area=area,
+                buffer_m=config.validation.buffer_m,
             )
             write_csv(out / "validation.csv", evaluation.table)
+            write_samples_vector(out / "samples.gpkg", samples, stack.grid.crs,
+                                 _sample_columns(evaluation, config.model.map_model))
         t = timed("validation", t)
 
         meta_result = None
@@ -268,14 +274,21 @@ def _run_raster_pipeline(
                 levels=config.zones.levels,
                 seed=config.model.seed,
             )
-            mapping.classify_raster(out / "susceptibility.tif", out / "zones.tif", edges)
             labels = list(config.zones.labels) or None
+            mapping.classify_raster(out / "susceptibility.tif", out / "zones.tif", edges,
+                                    labels=labels)
             zones = mapping.zone_table(out / "zones.tif", mask, labels=labels)
             write_csv(out / "zones.csv", zones)
+            rates = _rate_curves(out, mask, evaluation, config.model.map_model)
         t = timed("zones", t)
 
         with progress.stage("figures and report"):
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
+            metrics["rates"] = {
+                **{f"{name}_auc": curve.auc for name, curve in rates.items()},
+                "prediction_rate_model": config.model.map_model,
+                "area_sample_cells": len(area),
+            }
             if meta_result is not None:
                 metrics["meta"] = meta_result.metrics
                 metrics["meta"]["map"] = mapping.block_map_statistics(
@@ -287,7 +300,8 @@ def _run_raster_pipeline(
                                   "chunk_size": chunk if use_chunks else None,
                                   "scheduler": compute.scheduler if compute else None}
             metrics["warnings"] = list(warned)
-            _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config)
+            _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates,
+                     edges, samples.coords)
             write_json(out / "metrics.json", metrics)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             manifest = build_manifest(
@@ -341,6 +355,60 @@ def collect_warnings():
         logger.removeHandler(handler)
 
 
+def _sample_columns(evaluation: validation.Evaluation, map_model: str) -> dict:
+    """Per sample: its fold under each scheme and, for the map model, the out-of-fold
+    probability (from the fold model that did not see it)."""
+    columns = {f"fold_{scheme}": folds for scheme, folds in evaluation.folds.items()}
+    for scheme in evaluation.folds:
+        if (map_model, scheme) in evaluation.oof:
+            columns[f"oof_{map_model}_{scheme}"] = evaluation.oof[(map_model, scheme)]
+    return columns
+
+
+#: Mapped cells each cross-validation model scores to rank its held-out landslides.
+AREA_SAMPLE_CELLS = 5000
+
+
+def area_sample(stack, factor_names, seed: int, n: int = AREA_SAMPLE_CELLS) -> pd.DataFrame:
+    """Factors at a seeded random sample of the valid cells: the area a prediction-rate
+    curve ranks held-out landslides in."""
+    rows, cols = np.nonzero(stack.valid)
+    pick = np.sort(np.random.default_rng(seed).choice(rows.size, min(n, rows.size),
+                                                      replace=False))
+    return stack.sample(rows[pick], cols[pick])[list(factor_names)].reset_index(drop=True)
+
+
+def _rate_curves(out: Path, mask: np.ndarray, evaluation: validation.Evaluation,
+                 map_model: str) -> dict[str, validation.RateCurve]:
+    """Success rate of the map (the inventory it was trained from) and prediction rates
+    of the map model's held-out landslides under each fold scheme."""
+    rates = {"success_rate": mapping.success_rate(out / "susceptibility.tif", mask)}
+    for scheme in ("spatial", "random"):
+        result = evaluation.results.get((map_model, scheme))
+        if result is not None and result.area_share_above is not None:
+            rates[f"prediction_rate_{scheme}"] = validation.prediction_rate(
+                result.area_share_above)
+    return rates
+
+
+def _rates_section(out: Path, rates: dict, config: StudyAreaConfig) -> Section:
+    text = (
+        "Cells ranked from the most susceptible down: the share of landslides found within "
+        "each share of the area (0.5 = a random map, 1 = every landslide in the most "
+        f"susceptible cells). The **success rate** ({rates['success_rate_auc']:.3f}) ranks the "
+        "inventory's landslide cells on the map, which was trained from them: it measures fit.")
+    if "prediction_rate_spatial_auc" in rates:
+        text += (
+            f" The **prediction rate** ranks each landslide sample on the map of the "
+            f"`{config.model.map_model}` cross-validation model that did not see it, among "
+            f"{rates['area_sample_cells']:,} random mapped cells: "
+            f"{rates['prediction_rate_spatial_auc']:.3f} with spatial folds (the honest "
+            f"estimate), {rates.get('prediction_rate_random_auc', float('nan')):.3f} with "
+            "random folds.")
+    return Section("Success and prediction rates", text=text,
+                   images=[("Success- and prediction-rate curves", out / "rates.png")])
+
+
 def _input_paths(config: StudyAreaConfig) -> list[str]:
     paths = [config.dem, config.inventory.path]
     paths += [r.path for r in config.rasters] + [v.path for v in config.vectors]
@@ -387,7 +455,8 @@ def _metrics(
 MAP_FIGURE_SIDE = 3000
 
 
-def _figures(out, stack, inventory, evaluation, y, zones, labels, config) -> None:
+def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
+             edges, coords) -> None:
     curves = {}
     for (name, scheme), proba in evaluation.oof.items():
         if scheme != "spatial":
@@ -395,6 +464,22 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config) -> Non
         roc = validation.roc_points(y, proba)
         curves[name] = (roc.fpr, roc.tpr, roc.auc)
     figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
+    per_fold = {}
+    for scheme, folds in evaluation.folds.items():
+        proba = evaluation.oof.get((config.model.map_model, scheme))
+        if proba is None:
+            continue
+        per_fold[scheme] = [validation.roc_points(y[folds == k], proba[folds == k])[:2]
+                            for k in np.unique(folds) if np.unique(y[folds == k]).size == 2]
+    if per_fold:
+        figures.plot_roc_by_scheme(per_fold, out / "roc_folds.png",
+                                   title=f"ROC of {config.model.map_model}, random and spatial "
+                                   "folds")
+    names = {"success_rate": "success rate (training landslides)",
+             "prediction_rate_spatial": "prediction rate, spatial folds",
+             "prediction_rate_random": "prediction rate, random folds"}
+    figures.plot_rate_curves({names[k]: (c.area_share, c.landslide_share, c.auc)
+                              for k, c in rates.items()}, out / "rates.png")
     # decimated reads: a province-scale map is drawn from at most MAP_FIGURE_SIDE cells a side
     zone_array, grid = figures.read_decimated(out / "zones.tif", MAP_FIGURE_SIDE,
                                               resampling="mode")
@@ -404,10 +489,12 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config) -> Non
         dem, _ = figures.read_decimated(out / "factors.tif", MAP_FIGURE_SIDE,
                                         band=stack.names.index("elevation") + 1)
     figures.plot_susceptibility_map(
-        zone_array, grid, dem, inventory, out / "map.png", labels=labels,
+        zone_array, grid, dem, inventory, out / "map.png", labels=labels, edges=edges,
         title=f"Landslide susceptibility, {config.name} ({config.model.map_model})",
     )
     figures.plot_zone_bars(zones, out / "zones.png")
+    figures.plot_fold_maps(coords[:, 0], coords[:, 1], evaluation.folds, grid,
+                           out / "folds.png", dem=dem, labels=y)
 
 
 def _report(out, config, metrics, evaluation, zones, manifest) -> None:
@@ -433,7 +520,11 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                 f"Model **{config.model.map_model}** fitted on all {samples['positives']} "
                 f"landslide and {samples['negatives']} non-landslide cells, mapped over every "
                 f"valid cell and classified into {config.zones.levels} zones by "
-                f"`{config.zones.method}` breaks. Outlines: the landslide inventory."
+                f"`{config.zones.method}` breaks (legend: each zone's probability range). "
+                "Outlines: the landslide inventory. Zone colours are shaded by the relief: "
+                "flat ground shows exactly the legend colour, slopes facing the light are a "
+                "little lighter and those facing away darker. `zones.tif` and "
+                "`susceptibility.tif` open in QGIS with the same colours (`.qml` styles)."
             ),
             images=[("Zones over hillshade", out / "map.png")],
         ),
@@ -445,20 +536,30 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                 f"(`{config.validation.spatial_method}` on the sample coordinates). Random "
                 "folds put neighbouring, near-identical cells on both sides of the split; "
                 "the spatial score is the honest estimate for unseen ground."
+                + (f" Training samples within {config.validation.buffer_m:g} m of a fold's "
+                   "test samples were left out of its training set (buffer zone)."
+                   if config.validation.buffer_m > 0 else "")
             ),
             tables=[("Mean ± std over folds", summary.reset_index()),
-                    ("All metrics", table.round(4))],
-            images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")],
+                    ("All metrics, mean ± std over folds (full precision in validation.csv)",
+                     report_tables.validation_table(table))],
+            images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
+            + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
+                 out / "roc_folds.png")] if (out / "roc_folds.png").exists() else [])
+            + [("Where the folds lie: samples coloured by fold", out / "folds.png")],
         ),
+        _rates_section(out, metrics["rates"], config),
         Section(
             "Zones",
             text=(
-                "Share of area against share of landslide cells per zone; the ratio is "
-                "the landslide density relative to the study-area average. The landslide "
-                "cells include those the mapped model was trained on, so these shares are "
-                "optimistic; the spatial validation above is the honest estimate."
+                "Share of area against share of landslide cells per zone. The ratio "
+                "(the ×n above the bars) is the landslide share divided by the area share, "
+                "the frequency ratio: 1 means as many landslides as the zone's area would "
+                "hold, ×3 three times as many. The landslide cells include those the "
+                "mapped model was trained on, so these shares are optimistic; the spatial "
+                "validation and the prediction rate are the honest estimates."
             ),
-            tables=[zones.round(4)],
+            tables=[("Zones (zones.csv)", report_tables.zone_report_table(zones))],
             images=[("Area and landslides per zone", out / "zones.png")],
         ),
         Section(
@@ -470,8 +571,8 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
                 f"Negatives: `{samples['negative_method']}` valid cells farther than "
                 f"{samples['buffer_m']:g} m from any landslide, ratio {config.sampling.ratio:g}."
             ),
-            preformatted=[("Factors", {"all": metrics["factors"],
-                                       "categorical": metrics["categorical_factors"]})],
+            tables=[("Factors", report_tables.factor_table(
+                metrics["factors"], metrics["categorical_factors"]))],
         ),
         Section(
             "Warnings",
@@ -481,9 +582,8 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
         ),
         Section(
             "Provenance",
-            text="Versions, seeds, input checksums and timings (also in `manifest.json`).",
-            preformatted=[{k: manifest[k] for k in ("versions", "seeds", "inputs_sha256",
-                                                    "timings_s")}],
+            text="Inputs, seeds, timings and versions (in full in `manifest.json`).",
+            tables=report_tables.provenance_tables(manifest),
         ),
     ]
     if "meta" in metrics:

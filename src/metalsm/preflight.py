@@ -17,6 +17,7 @@ import numpy as np
 from metalsm.atomic import RUN_MARKER
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
+from metalsm.inventory import RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,15 @@ def _raster_area_problems(config: StudyAreaConfig) -> list[str]:
                 problems += _overlap_problems(path, key, grid)
     vectors = [(f"vectors[{i}] '{v.name}'", v.path) for i, v in enumerate(config.vectors)]
     inventory = config.inventory
-    if inventory is not None and Path(inventory.path).suffix.lower() in (".csv", ".txt"):
+    suffix = Path(inventory.path).suffix.lower() if inventory is not None else ""
+    if inventory is not None and suffix in (".csv", ".txt"):
         problems += _inventory_table_problems(inventory)
+    elif inventory is not None and suffix in RASTER_SUFFIXES:  # a mask or labelled raster
+        problem = _raster_header_problem(inventory.path, "inventory")
+        if problem:
+            problems.append(problem)
+        elif grid is not None:
+            problems += _overlap_problems(inventory.path, "inventory", grid)
     elif inventory is not None:
         vectors.append(("inventory", inventory.path))
     for key, path in vectors:

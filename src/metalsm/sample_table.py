@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,22 @@ def read_sample_table(config: TableConfig, *, warn: bool = True) -> Samples:
     if warn:
         warn_constant_factors(samples)
     return samples
+
+
+def write_samples_vector(path, samples: Samples, crs, extra: dict[str, np.ndarray] | None = None
+                         ) -> Path:
+    """``samples.gpkg``: one point per sample in ``crs`` with its label, row/col when
+    known, the factors, and ``extra`` per-sample columns (fold ids, out-of-fold
+    probabilities), so a GIS shows where each sample was and how it was used."""
+    import geopandas as gpd
+
+    from metalsm.atomic import atomic_path
+
+    table = samples.table.copy()
+    for name, values in (extra or {}).items():
+        table[name] = np.asarray(values)
+    points = gpd.GeoDataFrame(table, geometry=gpd.points_from_xy(table["x"], table["y"]),
+                              crs=crs)
+    with atomic_path(path) as tmp:
+        points.to_file(tmp, driver="GPKG", layer="samples")
+    return Path(path)

@@ -48,8 +48,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from metalsm.atomic import atomic_path
+from metalsm.cog import atomic_cog
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid
+from metalsm.styles import write_blocks_style
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -1049,8 +1051,10 @@ def write_blocks(
     out_dir.mkdir(parents=True, exist_ok=True)
     tif = out_dir / "blocks.tif"
     profile = blocks.grid.profile(dtype="int32", nodata=-1)
-    with atomic_path(tif) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_cog(tif, overview_resampling="nearest") as tmp, \
+            rasterio.open(tmp, "w", **profile) as dst:
         dst.write(blocks.labels.astype(np.int32), 1)
+    write_blocks_style(tif, range(blocks.n_blocks))
 
     geoms, ids = [], []
     for geom, value in shapes(

@@ -21,7 +21,7 @@ from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
 from metalsm import terrain
-from metalsm.atomic import atomic_path
+from metalsm.cog import atomic_cog
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid, open_raster, read_aligned
@@ -70,10 +70,12 @@ class FactorStack:
         return pd.DataFrame(self.values[:, rows, cols].T, columns=list(self.names))
 
     def write(self, path: str | Path) -> Path:
-        """Write as a tiled multi-band float32 GeoTIFF; band descriptions are factor names."""
+        """Write as a multi-band float32 COG; band descriptions are factor names.
+
+        Overviews are nearest-neighbour: categorical codes must not be averaged."""
         profile = self.grid.profile(count=len(self.names), dtype="float32", nodata=np.nan)
         profile.update(interleave="pixel", predictor=3)
-        with atomic_path(path) as tmp:
+        with atomic_cog(path, overview_resampling="nearest") as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(self.values.astype(np.float32, copy=False))
                 for i, name in enumerate(self.names, start=1):

@@ -38,11 +38,16 @@ __all__ = [
     "SCHEMES",
     "CVResult",
     "Evaluation",
+    "RateCurve",
     "RocPoints",
+    "area_share_above",
     "classification_metrics",
     "cross_validate_model",
     "evaluate_models",
+    "prediction_rate",
     "random_folds",
+    "rate_curve",
+    "rate_curve_from_counts",
     "roc_points",
     "spatial_folds",
 ]
@@ -148,6 +153,76 @@ def roc_points(y: Any, proba: Any) -> RocPoints:
         raise MetalsmInputError("ROC needs both classes in y; got a single class")
     fpr, tpr, thresholds = roc_curve(labels, p)
     return RocPoints(fpr, tpr, thresholds, float(roc_auc_score(labels, p)))
+
+
+# ------------------------------------------------------------ success and prediction rates
+
+
+class RateCurve(NamedTuple):
+    """A success- or prediction-rate curve: with the map's cells ranked from the most
+    susceptible down, the share of landslides (``landslide_share``) found within each
+    share of the area (``area_share``); ``auc`` is the area under it (0.5 = random)."""
+
+    area_share: np.ndarray
+    landslide_share: np.ndarray
+    auc: float
+
+
+def rate_curve_from_counts(area_counts: Any, landslide_counts: Any) -> RateCurve:
+    """The rate curve from cell counts per susceptibility class, classes ordered from
+    low to high susceptibility (e.g. a fine histogram of a map window by window).
+
+    Cells of one class share one susceptibility, so the curve is straight across a
+    class; the AUC equals the mean, over landslide cells, of the share of the area
+    less susceptible than it (ties counted half).
+    """
+    area = np.asarray(area_counts, dtype=np.float64)[::-1]
+    slides = np.asarray(landslide_counts, dtype=np.float64)[::-1]
+    if area.shape != slides.shape or area.sum() <= 0 or slides.sum() <= 0:
+        raise MetalsmInputError(
+            f"a rate curve needs area and landslide counts of one shape with cells in both "
+            f"(got {area.shape} holding {area.sum():g} and {slides.shape} holding "
+            f"{slides.sum():g})")
+    keep = np.r_[True, (area > 0) | (slides > 0)]
+    x = np.r_[0.0, np.cumsum(area) / area.sum()][keep]
+    y = np.r_[0.0, np.cumsum(slides) / slides.sum()][keep]
+    return RateCurve(x, y, float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2)))
+
+
+def rate_curve(area_values: Any, landslide_values: Any) -> RateCurve:
+    """The success-rate curve of ``landslide_values`` (the susceptibility at landslide
+    cells) among ``area_values`` (at every mapped cell, landslides included)."""
+    area = np.asarray(area_values, dtype=np.float64).ravel()
+    slides = np.asarray(landslide_values, dtype=np.float64).ravel()
+    area, slides = area[np.isfinite(area)], slides[np.isfinite(slides)]
+    levels = np.unique(np.r_[area, slides])
+    return rate_curve_from_counts(
+        np.bincount(np.searchsorted(levels, area), minlength=levels.size),
+        np.bincount(np.searchsorted(levels, slides), minlength=levels.size))
+
+
+def area_share_above(area_proba: Any, proba: Any) -> np.ndarray:
+    """For each of ``proba``, the share of ``area_proba`` (one model's scores over a
+    sample of the mapped cells) more susceptible than it, ties counted half: where a
+    landslide would rank on that model's map (0 = the most susceptible cell)."""
+    area = np.sort(np.asarray(area_proba, dtype=np.float64))
+    p = np.asarray(proba, dtype=np.float64)
+    below = np.searchsorted(area, p, side="left")
+    up_to = np.searchsorted(area, p, side="right")
+    return (area.size - up_to + 0.5 * (up_to - below)) / area.size
+
+
+def prediction_rate(shares: Any) -> RateCurve:
+    """The rate curve of held-out landslides from their :func:`area_share_above`: the
+    share of them within each share of the area; AUC = 1 - mean share."""
+    q = np.sort(np.asarray(shares, dtype=np.float64))
+    q = q[np.isfinite(q)]
+    if not q.size:
+        raise MetalsmInputError("no held-out landslide ranks to build a prediction-rate curve")
+    n = q.size
+    x = np.r_[0.0, np.repeat(q, 2), 1.0]
+    y = np.r_[0.0, 0.0, np.repeat(np.arange(1, n) / n, 2), 1.0, 1.0]  # the empirical CDF
+    return RateCurve(x, y, float(1.0 - q.mean()))
 
 
 # --------------------------------------------------------------------------- folds
@@ -256,6 +331,9 @@ class CVResult:
     folds, ignoring NaN (std with ``ddof=0``).  ``oof_proba``: the landslide
     probability of every sample from the model that did not see it, for pooled
     ROC.  ``notes``: human-readable remarks, e.g. folds whose AUC was skipped.
+    ``area_share_above``: with an ``area`` sample, for every landslide its
+    :func:`area_share_above` on the map of the model that did not see it (NaN for
+    non-landslides), from which :func:`prediction_rate` builds the curve.
     """
 
     fold_metrics: pd.DataFrame
@@ -263,6 +341,7 @@ class CVResult:
     std: dict[str, float]
     oof_proba: np.ndarray
     notes: list[str] = field(default_factory=list)
+    area_share_above: np.ndarray | None = None
 
 
 def cross_validate_model(
@@ -271,13 +350,22 @@ def cross_validate_model(
     y: Any,
     folds: Any,
     on_fold: Callable[[int], None] | None = None,
+    area: Any = None,
+    *,
+    coords: Any = None,
+    buffer_m: float = 0.0,
 ) -> CVResult:
     """Fit a fresh ``make_estimator()`` per fold, test on the held-out fold.
 
     ``folds`` gives the fold index of each sample.  A fold whose test part holds
     one class only gets AUC = NaN (and a note); a fold whose training part holds
     one class raises :class:`MetalsmInputError`.  ``on_fold(1)`` is called after
-    each fold (progress hook).
+    each fold (progress hook).  ``area``: factors of a random sample of the mapped
+    cells (columns as ``X``); each fold's model scores it, to rank its held-out
+    landslides on its own map (the prediction rate).  ``buffer_m`` > 0 (with
+    ``coords``, ``(n, 2)`` in metres): training samples closer than ``buffer_m`` to
+    any test sample of the fold are left out of its training set (spatial
+    leave-out with a buffer zone); ``n_buffered`` counts them per fold.
     """
     X = check_samples(X)
     y, classes = check_binary_target(y, X.shape[0])
@@ -291,13 +379,23 @@ def cross_validate_model(
     fold_ids = np.unique(folds)
     if fold_ids.size < 2:
         raise MetalsmInputError("folds must define at least 2 distinct folds")
+    if not buffer_m >= 0:
+        raise MetalsmInputError(f"validation buffer_m must be >= 0 metres, got {buffer_m}")
+    if buffer_m > 0:
+        if coords is None:
+            raise MetalsmInputError("a validation buffer needs the sample coordinates")
+        coords = np.asarray(coords, dtype=np.float64)
 
     oof = np.full(X.shape[0], np.nan)
+    ranks = np.full(X.shape[0], np.nan) if area is not None else None
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     for k in fold_ids:
         test = folds == k
-        y_train, y_test = y[~test], y[test]
+        train = ~test
+        if buffer_m > 0:
+            train &= ~_within(coords, test, buffer_m)
+        y_train, y_test = y[train], y[test]
         if np.unique(y_train).size < 2:
             raise MetalsmInputError(
                 f"fold {k}: the training part holds a single class ({y_train[0]}); "
@@ -305,11 +403,15 @@ def cross_validate_model(
             )
         estimator = make_estimator()
         start = time.perf_counter()
-        estimator.fit(X.loc[~test], y_train)
+        estimator.fit(X.loc[train], y_train)
         fit_seconds = time.perf_counter() - start
         proba = estimator.predict_proba(X.loc[test])
         p = proba[:, list(estimator.classes_).index(1)]
         oof[test] = p
+        if ranks is not None:
+            area_p = estimator.predict_proba(area)[:, list(estimator.classes_).index(1)]
+            held_out = test & (y == 1)
+            ranks[held_out] = area_share_above(area_p, oof[held_out])
         metrics = classification_metrics(y_test, p)
         note = ""
         if np.unique(y_test).size < 2:
@@ -318,7 +420,8 @@ def cross_validate_model(
         rows.append(
             {
                 "fold": int(k),
-                "n_train": int((~test).sum()),
+                "n_train": int(train.sum()),
+                "n_buffered": int((~test & ~train).sum()),
                 "n_test": int(test.sum()),
                 **metrics,
                 "fit_seconds": fit_seconds,
@@ -337,7 +440,17 @@ def cross_validate_model(
         c: float(np.nanstd(numeric[c])) if numeric[c].notna().any() else float("nan")
         for c in numeric.columns
     }
-    return CVResult(table, mean, std, oof, notes)
+    return CVResult(table, mean, std, oof, notes, ranks)
+
+
+def _within(coords: np.ndarray, test: np.ndarray, distance: float) -> np.ndarray:
+    """Samples (outside ``test``) closer than ``distance`` to some sample of ``test``."""
+    from scipy.spatial import cKDTree
+
+    nearest, _ = cKDTree(coords[test]).query(coords[~test], distance_upper_bound=distance)
+    out = np.zeros(test.size, dtype=bool)
+    out[~test] = nearest < distance
+    return out
 
 
 # --------------------------------------------------------------------------- model comparison
@@ -385,8 +498,16 @@ def evaluate_models(
     spatial_method: str = "kmeans",
     model_params: dict[str, dict[str, Any]] | None = None,
     progress: Any = None,
+    area: Any = None,
+    buffer_m: float = 0.0,
 ) -> Evaluation:
     """Cross-validate each model under random and spatial folds.
+
+    ``area`` (factors of a random sample of the mapped cells) adds the column
+    ``prediction_rate_auc``: the area under the prediction-rate curve of the
+    held-out landslides (see :func:`cross_validate_model`).  ``buffer_m`` > 0 leaves
+    training samples within that distance of each test fold out (both schemes) and
+    adds a ``buffer_m`` column.
 
     ``coords`` is ``(n, 2)`` (x, y) -- an array or a two-column DataFrame.
     ``model_params`` passes overrides to :func:`make_model` per model name
@@ -433,7 +554,8 @@ def evaluate_models(
             return make_model(name, categorical, seed, **params)
 
         for scheme in schemes:
-            res = cross_validate_model(factory, X, y, folds[scheme], on_fold=hook)
+            res = cross_validate_model(factory, X, y, folds[scheme], on_fold=hook, area=area,
+                                       coords=c, buffer_m=buffer_m)
             key = (name, scheme)
             results[key] = res
             oof[key] = res.oof_proba
@@ -442,5 +564,10 @@ def evaluate_models(
                 row[f"{metric}_mean"] = res.mean[metric]
                 row[f"{metric}_std"] = res.std[metric]
             row["pooled_auc"] = roc_points(y, res.oof_proba).auc
+            if buffer_m > 0:
+                row["buffer_m"] = buffer_m
+                row["n_buffered_mean"] = float(res.fold_metrics["n_buffered"].mean())
+            if res.area_share_above is not None:
+                row["prediction_rate_auc"] = prediction_rate(res.area_share_above).auc
             rows.append(row)
     return Evaluation(pd.DataFrame(rows), oof, results, folds)

@@ -17,18 +17,31 @@ import numpy as np
 import pandas as pd
 import shapely
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
-from matplotlib.colors import BoundaryNorm, Colormap, ListedColormap, Normalize
+from matplotlib.colors import (
+    BoundaryNorm,
+    Colormap,
+    LinearSegmentedColormap,
+    ListedColormap,
+    Normalize,
+)
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from metalsm.atomic import atomic_path
 from metalsm.grid import Grid
+from metalsm.styles import _ZONE_RAMP_RANGE, zone_colours, zone_legend_labels
 
 DPI = 150
-#: Low-to-high susceptibility colours (green -> yellow -> red).
-ZONE_CMAP = "RdYlGn_r"
+#: Low-to-high susceptibility colours: the zone ramp of the QGIS styles and colour tables
+#: (pale yellow -> dark red, ordered by lightness; see :mod:`metalsm.styles`).
+ZONE_CMAP = LinearSegmentedColormap.from_list(
+    "metalsm_zones", matplotlib.colormaps["YlOrRd"](np.linspace(*_ZONE_RAMP_RANGE, 256)))
+#: How strongly the hillshade modulates map colours; flat ground shows the exact colour.
+RELIEF_STRENGTH = 0.35
 
 
 def hillshade(
@@ -51,6 +64,20 @@ def hillshade(
     shade = np.clip(shade, 0.0, 1.0)
     shade[np.isnan(dem)] = np.nan
     return shade
+
+
+def shaded_colours(rgba: np.ndarray, dem: np.ndarray, cell_size: float,
+                   strength: float = RELIEF_STRENGTH, altitude: float = 45.0) -> np.ndarray:
+    """Map colours modulated by relief: each colour times ``1 + strength * (shade /
+    shade_flat - 1)``, so flat ground shows exactly the legend colour, slopes facing the
+    light a little lighter, slopes facing away darker. Opaque (no transparency over a
+    grey hillshade, which would change every colour away from the legend's)."""
+    shade = hillshade(dem, cell_size, altitude=altitude)
+    factor = 1.0 + strength * (np.nan_to_num(shade, nan=math.sin(math.radians(altitude)))
+                               / math.sin(math.radians(altitude)) - 1.0)
+    out = np.array(rgba, dtype=np.float64, copy=True)
+    out[..., :3] = np.clip(out[..., :3] * factor[..., None], 0.0, 1.0)
+    return out
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -80,6 +107,109 @@ def plot_roc(
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
     ax.legend(title="model (AUC)", loc="lower right", frameon=True)
+    return save_figure(fig, path)
+
+
+#: Okabe-Ito colours (distinguishable with colour-vision deficiency) for curve figures.
+CURVE_COLOURS = {"spatial": "#0072B2", "random": "#E69F00", "success": "#D55E00"}
+
+
+def plot_roc_by_scheme(
+    folds: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
+    path: str | Path,
+    title: str = "ROC per fold",
+) -> Path:
+    """One model's ROC under each fold scheme: every fold thin, the mean over folds bold
+    (true positive rates averaged at fixed false positive rates) and a ±1 std band;
+    the legend gives the AUC mean ± std over folds."""
+    if not folds:
+        raise ValueError(f"plot_roc_by_scheme needs at least one scheme for {path}")
+    grid = np.linspace(0.0, 1.0, 201)
+    fig = Figure(figsize=(5.5, 5.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance (0.500)")
+    for scheme, curves in folds.items():
+        colour = CURVE_COLOURS.get(scheme, "0.3")
+        tprs = np.array([np.interp(grid, fpr, tpr) for fpr, tpr in curves])
+        aucs = np.array([np.sum(np.diff(fpr) * (np.asarray(tpr)[1:] + np.asarray(tpr)[:-1]) / 2)
+                         for fpr, tpr in curves])
+        for tpr in tprs:
+            ax.plot(grid, tpr, color=colour, linewidth=0.6, alpha=0.35)
+        mean, std = tprs.mean(axis=0), tprs.std(axis=0)
+        ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
+                        color=colour, alpha=0.18, linewidth=0)
+        ax.plot(grid, mean, color=colour, linewidth=2,
+                label=f"{scheme} folds ({aucs.mean():.3f} ± {aucs.std():.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate", ylabel="True positive rate")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(title="scheme (AUC mean ± std over folds)", loc="lower right", frameon=True,
+              fontsize=8, title_fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_rate_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
+    path: str | Path,
+    title: str = "Success and prediction rates",
+) -> Path:
+    """Cumulative share of landslides against cumulative share of area, cells ranked from
+    the most susceptible down, one line per curve (area under the curve in the legend);
+    ``curves`` keys starting with ``success``/``spatial``/``random`` pick the colour."""
+    if not curves:
+        raise ValueError(f"plot_rate_curves needs at least one curve for {path}")
+    fig = Figure(figsize=(5.5, 5.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 100], [0, 100], color="0.6", linestyle="--", linewidth=1,
+            label="random map (0.500)")
+    for name, (area, slides, auc) in curves.items():
+        colour = next((c for k, c in CURVE_COLOURS.items() if k in name), None)
+        style = "-" if name.startswith(("success", "prediction rate, spatial")) else ":"
+        ax.plot(np.asarray(area) * 100, np.asarray(slides) * 100, color=colour, linestyle=style,
+                linewidth=2, label=f"{name} ({auc:.3f})")
+    ax.set(xlim=(0, 100), ylim=(0, 101), xlabel="Cumulative share of area, most susceptible "
+           "first (%)", ylabel="Cumulative share of landslides (%)")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(title="curve (area under the curve)", loc="lower right", frameon=True,
+              fontsize=8, title_fontsize=8)
+    return save_figure(fig, path)
+
+
+#: Okabe-Ito qualitative colours (colour-vision-deficiency safe) for fold maps.
+FOLD_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
+                "#F0E442", "#000000")
+
+
+def plot_fold_maps(
+    x: np.ndarray, y: np.ndarray, folds: Mapping[str, np.ndarray], grid: Grid,
+    path: str | Path, *, dem: np.ndarray | None = None, labels: np.ndarray | None = None,
+) -> Path:
+    """Where each cross-validation fold lies: one panel per scheme, samples coloured by
+    fold (landslides as triangles), so random folds show as a mix and spatial folds as
+    regions."""
+    if not folds:
+        raise ValueError(f"plot_fold_maps needs at least one scheme for {path}")
+    n = len(folds)
+    aspect = grid.height / grid.width
+    fig = Figure(figsize=(5.0 * n + 1.2, 5.0 * aspect + 1.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
+    slid = np.zeros(np.asarray(x).size, bool) if labels is None else np.asarray(labels) == 1
+    for ax, (scheme, fold) in zip(axes, folds.items(), strict=True):
+        map_axes(ax, grid, dem, title=f"{scheme} folds")
+        ids = np.unique(fold)
+        for k in ids:
+            colour = FOLD_COLOURS[int(np.flatnonzero(ids == k)[0]) % len(FOLD_COLOURS)]
+            for marker, pick in (("o", ~slid), ("^", slid)):
+                sel = (fold == k) & pick
+                ax.scatter(np.asarray(x)[sel], np.asarray(y)[sel], s=8, c=colour,
+                           marker=marker, edgecolors="white", linewidths=0.25, zorder=4,
+                           label=f"fold {k}" if marker == "o" else None)
+        ax.title.set_fontsize(10)
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=3,
+                    title="fold (● stable, ▲ landslide)", title_fontsize=8, frameon=False)
     return save_figure(fig, path)
 
 
@@ -190,7 +320,6 @@ def plot_raster_map(
     inventory: Any = None,
     cmap: str | Colormap = "viridis",
     norm: Normalize | None = None,
-    alpha: float = 0.7,
     title: str | None = None,
     colorbar_label: str | None = None,
     legend: Sequence[tuple[str, Any]] | None = None,
@@ -199,19 +328,17 @@ def plot_raster_map(
 ) -> Path:
     """A raster over a hillshade with the inventory on top, in map coordinates.
 
-    NaN cells are transparent. ``legend`` (label, colour) pairs give a discrete
-    legend; otherwise a colour bar labelled ``colorbar_label`` is drawn.
+    NaN cells are transparent (the hillshade shows through). Colours are opaque and
+    shaded by :func:`shaded_colours`, so flat ground matches the legend exactly.
+    ``legend`` (label, colour) pairs give a discrete legend; otherwise a colour bar
+    labelled ``colorbar_label`` is drawn.
     """
     array = np.asarray(array)
     if array.shape != grid.shape:
         raise ValueError(f"array shape {array.shape} does not match the grid {grid.shape}")
     fig, ax = _figure_for_grid(grid)
     extent = map_axes(ax, grid, dem, title=title)
-    data = np.ma.masked_invalid(array.astype(np.float64))
-    image = ax.imshow(
-        data, cmap=cmap, norm=norm, extent=extent, alpha=alpha if dem is not None else 1.0,
-        interpolation="nearest", zorder=2,
-    )
+    image = _draw_colours(ax, array, cmap, norm, extent, dem, grid.cell_size)
     draw_inventory(ax, inventory)
     handles = [Patch(facecolor=c, edgecolor="0.3", label=lab) for lab, c in (legend or [])]
     if inventory is not None and len(inventory):
@@ -221,7 +348,6 @@ def plot_raster_map(
                   title_fontsize=8, framealpha=0.85, bbox_to_anchor=(1.01, 1.0))
     else:
         bar = fig.colorbar(image, ax=ax, shrink=0.7, pad=0.02)
-        bar.solids.set_alpha(1.0)
         if colorbar_label:
             bar.set_label(colorbar_label)
         if handles:
@@ -229,12 +355,27 @@ def plot_raster_map(
     return save_figure(fig, path)
 
 
+def _draw_colours(ax: Any, array: np.ndarray, cmap: str | Colormap, norm: Normalize | None,
+                  extent: tuple, dem: np.ndarray | None, cell_size: float) -> ScalarMappable:
+    """``array`` coloured by ``cmap``/``norm`` as opaque pixels (shaded by the DEM when
+    given; NaN transparent); returns the mappable for a colour bar."""
+    mappable = ScalarMappable(norm=norm, cmap=cmap)
+    data = np.ma.masked_invalid(np.asarray(array, dtype=np.float64))
+    if norm is None:
+        mappable.set_array(data)
+        mappable.autoscale()
+    rgba = mappable.to_rgba(data)
+    if dem is not None and dem.shape == array.shape:
+        rgba = shaded_colours(rgba, dem, cell_size)
+    rgba[..., 3] = np.where(np.ma.getmaskarray(data), 0.0, 1.0)
+    ax.imshow(rgba, extent=extent, interpolation="nearest", zorder=2)
+    return mappable
+
+
 def zone_colors(levels: int) -> list[tuple[float, float, float, float]]:
-    """``levels`` colours from green (lowest) to red (highest)."""
-    cmap = matplotlib.colormaps[ZONE_CMAP]
-    if levels == 1:
-        return [cmap(1.0)]
-    return [cmap(0.08 + 0.84 * i / (levels - 1)) for i in range(levels)]
+    """``levels`` colours from pale yellow (lowest) to dark red (highest): the colour
+    table of ``zones.tif`` and its QGIS style."""
+    return [(r / 255, g / 255, b / 255, 1.0) for r, g, b in zone_colours(levels)]
 
 
 def plot_susceptibility_map(
@@ -247,11 +388,13 @@ def plot_susceptibility_map(
     labels: Sequence[str] | None = None,
     title: str = "Landslide susceptibility",
     categorical: bool = True,
+    edges: Sequence[float] | None = None,
 ) -> Path:
     """The susceptibility map: zones (1..levels, 0 = nodata) or probabilities in [0, 1].
 
-    Categorical zones get a discrete green-to-red legend with ``labels``;
-    continuous probabilities a colour bar.
+    Categorical zones get a discrete legend with ``labels`` (and each zone's
+    probability range when the class ``edges`` are given); continuous
+    probabilities a colour bar.
     """
     array = np.asarray(zones_or_values)
     if categorical:
@@ -263,10 +406,14 @@ def plot_susceptibility_map(
             labels = DEFAULT_LABELS.get(levels, [f"Zone {i}" for i in range(1, levels + 1)])
         colours = zone_colors(levels)
         data = np.where((zones >= 1) & (zones <= levels), zones, np.nan)
+        legend_title = "susceptibility zone"
+        if edges is not None:
+            labels = zone_legend_labels(edges, labels)
+            legend_title += "\n(landslide probability)"
         return plot_raster_map(
             data, grid, path, dem=dem, inventory=inventory, cmap=ListedColormap(colours),
             norm=BoundaryNorm(np.arange(0.5, levels + 1.5), levels), title=title,
-            legend=list(zip(labels, colours, strict=True)), legend_title="susceptibility zone",
+            legend=list(zip(labels, colours, strict=True)), legend_title=legend_title,
         )
     return plot_raster_map(
         array, grid, path, dem=dem, inventory=inventory, cmap=ZONE_CMAP,
@@ -300,13 +447,18 @@ def plot_zone_bars(
             if np.isfinite(ratio):
                 ax.text(xi, top + 1, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [str(v) for v in zone_table["label"]])
+    ax.set_xlabel("zone  (×n above the bars: landslide share ÷ area share, the frequency "
+                  "ratio;\nabove 1, the zone holds more landslides than its area would)",
+                  fontsize=8)
     ax.set_ylabel("share (%)")
     ax.set_ylim(0, max(np.nanmax(np.concatenate([area, slides, [0]])) * 1.15, 1))
     ax.set_title(title)
     ax.legend(
-        handles=[Patch(facecolor="0.75", edgecolor="0.3", label="share of area"),
-                 Patch(facecolor=colours[-1], edgecolor="0.3", label="share of landslides")],
-        loc="upper left", fontsize=8,
+        [Patch(facecolor="0.75", edgecolor="0.3"),
+         tuple(Patch(facecolor=c, edgecolor="0.3") for c in colours)],
+        ["share of area", "share of landslides (zone colours)"],
+        handler_map={tuple: HandlerTuple(ndivide=None, pad=0)},
+        loc="upper left", fontsize=8, handlelength=max(2.0, 0.8 * n),
     )
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
@@ -477,16 +629,13 @@ def plot_maps_side_by_side(
     for ax, array, g, title in zip(axes, arrays, grids, titles, strict=False):
         map_axes(ax, shade_grid or g, dem if shade_grid is not None else None, title=title)
         left, bottom, right, top = g.bounds
-        image = ax.imshow(np.ma.masked_invalid(array), cmap=cmap, norm=norm,
-                          extent=(left, right, bottom, top),
-                          alpha=0.75 if shade_grid is not None else 1.0,
-                          interpolation="nearest", zorder=2)
+        image = _draw_colours(ax, array, cmap, norm, (left, right, bottom, top),
+                              dem if shade_grid is not None else None, g.cell_size)
         draw_inventory(ax, inventory, linewidth=0.3)
         ax.title.set_fontsize(10)
     for ax in axes[n:]:
         ax.set_visible(False)
     bar = fig.colorbar(image, ax=axes[:n].tolist(), shrink=0.8, pad=0.01)
-    bar.solids.set_alpha(1.0)
     bar.set_label(colorbar_label)
     if inventory is not None and len(inventory):
         axes[0].legend(handles=[Patch(facecolor="none", edgecolor="black",

@@ -23,17 +23,22 @@ from metalsm.errors import MetalsmInputError
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
-       max-width: 1100px; margin: 2em auto; padding: 0 1.5em; color: #222; line-height: 1.5; }
+       max-width: 1200px; margin: 2em auto; padding: 0 1.5em; color: #222; line-height: 1.5; }
 h1 { border-bottom: 3px solid #b2182b; padding-bottom: .3em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
 nav ul { columns: 2; list-style: none; padding-left: 0; }
 nav a, a { color: #2166ac; text-decoration: none; }
-table { border-collapse: collapse; margin: .8em 0 1.2em; font-size: .9em; }
-th, td { border: 1px solid #ddd; padding: .3em .7em; text-align: right; }
+.table-wrap { overflow-x: auto; max-width: 100%; margin: .8em 1.5em 1.2em 0;
+              display: inline-block; vertical-align: top; }
+table { border-collapse: collapse; font-size: .88em; }
+th, td { border: 1px solid #ddd; padding: .3em .6em; text-align: right; }
+th { vertical-align: bottom; max-width: 11em; }
+td { white-space: nowrap; }
 th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
-figure { margin: 1em 0 1.5em; }
+figure { margin: 1em 1em 1.5em 0; display: inline-block; vertical-align: top;
+         max-width: 100%; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption, caption { color: #555; font-size: .9em; caption-side: bottom; padding-top: .3em; }
 pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: .85em;
@@ -98,7 +103,8 @@ def _table(caption: str | None, frame: pd.DataFrame) -> str:
     )
     if caption:
         body = body.replace(">", f"><caption>{html.escape(caption)}</caption>", 1)
-    return body
+    # a table wider than the page scrolls sideways instead of running off it
+    return f'<div class="table-wrap">{body}</div>'
 
 
 def _image(caption: str | None, path: str | Path) -> str:

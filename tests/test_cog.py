@@ -1,0 +1,62 @@
+"""COG outputs: GDAL's layout rules, and nothing lost in the copy."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+
+from metalsm.cog import atomic_cog, cog_problems
+from metalsm.grid import Grid
+
+
+def _grid(shape):
+    return Grid(CRS.from_epsg(32643), rasterio.Affine(30, 0, 500000, 0, -30, 3800000), *shape)
+
+
+def _write(path, values, grid, overviews=()):
+    profile = grid.profile(count=values.shape[0], dtype="float32", nodata=np.nan, predictor=3)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values)
+        if overviews:
+            dst.build_overviews(list(overviews), Resampling.average)
+        dst.set_band_description(1, "slope")
+        dst.update_tags(METALSM_TEST=json.dumps({"a": 1}))
+
+
+def test_plain_geotiff_with_overviews_is_rejected_and_the_cog_copy_accepted(tmp_path):
+    grid = _grid((700, 900))
+    values = np.random.default_rng(0).random((2, *grid.shape)).astype(np.float32)
+    values[:, :20, :30] = np.nan
+    _write(tmp_path / "plain.tif", values, grid, overviews=(2, 4))
+    problems = cog_problems(tmp_path / "plain.tif")
+    assert any("main IFD" in p for p in problems)  # overviews appended after the image
+    with atomic_cog(tmp_path / "cog.tif") as tmp:
+        _write(tmp, values, grid, overviews=(2, 4, 8))
+    assert cog_problems(tmp_path / "cog.tif") == []
+    with rasterio.open(tmp_path / "cog.tif") as src:
+        np.testing.assert_array_equal(src.read(), values)
+        assert src.descriptions[0] == "slope" and np.isnan(src.nodata)
+        assert json.loads(src.tags()["METALSM_TEST"]) == {"a": 1}
+        assert src.overviews(1) == [2, 4, 8]  # the writer's own overview factors kept
+        assert src.crs == grid.crs and src.transform == grid.transform
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cog.tif", "plain.tif"]
+
+
+def test_overviews_are_added_when_the_writer_built_none(tmp_path):
+    grid = _grid((600, 1100))
+    with atomic_cog(tmp_path / "cog.tif", overview_resampling="nearest") as tmp:
+        _write(tmp, np.ones((1, *grid.shape), np.float32), grid)
+    with rasterio.open(tmp_path / "cog.tif") as src:
+        assert src.overviews(1) == [2, 4, 8]  # until the longer side fits one 256-cell tile
+    assert cog_problems(tmp_path / "cog.tif") == []
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    grid = _grid((300, 300))
+    with pytest.raises(RuntimeError, match="broke"), atomic_cog(tmp_path / "x.tif") as tmp:
+        _write(tmp, np.ones((1, *grid.shape), np.float32), grid)
+        raise RuntimeError("broke")
+    assert list(tmp_path.iterdir()) == []
