@@ -248,7 +248,8 @@ def test_same_seed_bit_identical_and_different_seed_differs(hk: pd.DataFrame) ->
 
 def test_adapt_groups_uses_group_models_else_intermediate(hk: pd.DataFrame) -> None:
     X, y, g = hk[FACTORS].to_numpy(), hk["label"].to_numpy(), hk["block"].to_numpy()
-    m = MetaLearner(iterations=5, pretrain=False, n_threads=1).fit(X, y, groups=g)
+    m = MetaLearner(iterations=5, pretrain=False, n_threads=1, inner_lr_mode="fixed",
+                    inner_lr=0.1).fit(X, y, groups=g)  # steps large enough to see
     base = m.predict_proba(X)
     one = g == 7
     m.adapt_groups(X[one][:5], y[one][:5], g[one][:5])
