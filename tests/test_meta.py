@@ -254,7 +254,7 @@ def test_adapt_groups_uses_group_models_else_intermediate(hk: pd.DataFrame) -> N
     one = g == 7
     m.adapt_groups(X[one][:5], y[one][:5], g[one][:5])
     p = m.predict_proba(X, groups=g)
-    assert np.array_equal(p[~one], base[~one])
+    np.testing.assert_allclose(p[~one], base[~one], rtol=1e-6)  # float32 batch sizes differ
     assert not np.allclose(p[one], base[one])
     params = m.adapt(X[one][:5], y[one][:5])
     direct = m.logits(X[one], params)
