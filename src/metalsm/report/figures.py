@@ -141,12 +141,17 @@ def plot_roc_by_scheme(
         ax.plot(grid, mean, color=colour, linewidth=2,
                 label=f"{scheme} folds ({aucs.mean():.3f} ± {aucs.std():.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate", ylabel="True positive rate")
+    _finish_square(ax, title, "scheme (AUC mean ± std over folds)")
+    return save_figure(fig, path)
+
+
+def _finish_square(ax: Any, title: str, legend_title: str) -> None:
+    """Title, equal axes, light grid and a small legend in the lower right (curve plots)."""
     ax.set_title(title)
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
-    ax.legend(title="scheme (AUC mean ± std over folds)", loc="lower right", frameon=True,
-              fontsize=8, title_fontsize=8)
-    return save_figure(fig, path)
+    ax.legend(title=legend_title, loc="lower right", frameon=True, fontsize=8,
+              title_fontsize=8)
 
 
 def plot_rate_curves(
@@ -170,11 +175,7 @@ def plot_rate_curves(
                 linewidth=2, label=f"{name} ({auc:.3f})")
     ax.set(xlim=(0, 100), ylim=(0, 101), xlabel="Cumulative share of area, most susceptible "
            "first (%)", ylabel="Cumulative share of landslides (%)")
-    ax.set_title(title)
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.legend(title="curve (area under the curve)", loc="lower right", frameon=True,
-              fontsize=8, title_fontsize=8)
+    _finish_square(ax, title, "curve (area under the curve)")
     return save_figure(fig, path)
 
 
