@@ -163,7 +163,8 @@ def test_adapt_without_a_trained_model_is_a_clear_error(kaghan, kaghan_crop, tmp
 def test_hong_kong_slice_runs_without_rasters(tmp_path):
     src = load_config(EXAMPLES_DIR / "hongkong-meta.toml").table.path
     raw = pd.read_csv(src, encoding="utf-8-sig")
-    cut = raw[raw["X"] < raw["X"].quantile(0.3)]
+    cut = raw[raw["X"] < raw["X"].quantile(0.3)].copy()
+    cut.iloc[:7, cut.columns.get_loc("slope")] = np.nan  # dropped, and said so in metrics.json
     cut.to_csv(tmp_path / "hk.csv", index=False)
     text = (EXAMPLES_DIR / "hongkong-meta.toml").read_text()
     text = text.replace('"${METALSM_DATA}/hongkong/samples_HK_noTS.csv"',
@@ -183,6 +184,8 @@ def test_hong_kong_slice_runs_without_rasters(tmp_path):
     assert not {"susceptibility.tif", "blocks.tif"} & names
     kshot = pd.read_csv(tmp_path / "run" / "kshot.csv")
     assert len(kshot) == 12 and kshot["auc_mean"].between(0, 1).all()
+    warnings = json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"]
+    assert any("7 of" in w and "slope" in w for w in warnings), warnings
 
 
 def _set(text: str, key: str, value: str) -> str:

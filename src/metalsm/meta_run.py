@@ -657,7 +657,7 @@ def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
     from metalsm.blocks_run import _segment_table
     from metalsm.config import BlocksConfig
     from metalsm.manifest import build_manifest
-    from metalsm.pipeline import RunResult
+    from metalsm.pipeline import RunResult, collect_warnings
     from metalsm.report.html import write_report
 
     meta = _meta(config)
@@ -665,7 +665,7 @@ def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    with RunProgress(enabled=show_progress) as progress:
+    with RunProgress(enabled=show_progress) as progress, collect_warnings() as warned:
         t = time.perf_counter()
         stage = _segment_table(config, config.blocks or BlocksConfig(), out, progress)
         timings["blocks"] = _since(t)
@@ -696,6 +696,7 @@ def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
             "validation": _by_scheme(evaluation),
             "map_model": config.model.map_model,
             "meta": result.metrics,
+            "warnings": list(warned),
         }
         write_json(out / "metrics.json", metrics)
         outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
