@@ -508,7 +508,7 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
     def __init__(self, hidden: Sequence[int] = (32, 32, 16), activation: str = "sigmoid",
                  normalization: str = "none", inner_lr: float = 0.01, inner_steps: int = 5,
                  inner_lr_mode: str = "per-element", adapt_biases: bool = True,
-                 meta_batch: int = 16, outer_lr: float = 1e-3, iterations: int = 5000,
+                 meta_batch: int = 16, outer_lr: float = 1e-3, iterations: int = 1000,
                  k_support: int = 5, k_query: int = 50, support_rule: str = "random",
                  task_weighting: str = "softmax", first_order: bool = False,
                  balanced: bool = False, adapt_guard: bool = True,
