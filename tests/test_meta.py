@@ -13,6 +13,7 @@ from conftest import HK_FACTORS, hongkong_table
 from sklearn.base import clone
 
 from metalsm.models.meta import (
+    BatchStatsNorm,
     MetaLearner,
     MetaNet,
     TaskBatch,
@@ -72,10 +73,10 @@ def test_inner_sample_weights_balanced_and_masked() -> None:
 # --------------------------------------------------------------------------- gradients
 
 
-def _tiny_problem(seed: int = 0):
+def _tiny_problem(seed: int = 0, normalization: str = "none"):
     """Three tasks of unequal size, padded, float64; padding rows hold garbage (finite)."""
     g = torch.Generator().manual_seed(seed)
-    net = MetaNet(3, hidden=(4, 3)).double()
+    net = MetaNet(3, hidden=(4, 3), normalization=normalization).double()
     init_params(net, g)
     sizes_s, sizes_q = [2, 4, 3], [3, 5, 1]
     S, Q = max(sizes_s), max(sizes_q)
@@ -155,8 +156,9 @@ def test_second_order_gradient_differs_from_first_order_and_matches_finite_diffe
     assert analytic == pytest.approx(fd, rel=1e-6, abs=1e-9)
 
 
-def test_padding_does_not_change_gradient() -> None:
-    net, batch, *_ = _tiny_problem(seed=5)
+@pytest.mark.parametrize("normalization", ["none", "batchnorm"])
+def test_padding_does_not_change_gradient(normalization: str) -> None:
+    net, batch, *_ = _tiny_problem(seed=5, normalization=normalization)
     w = task_weights(np.array([5, 9, 7]), 40, "softmax")
     params = {n: p.detach().clone().requires_grad_() for n, p in net.named_parameters()}
     g_a = torch.autograd.grad(meta_objective(net, params, batch, w), list(params.values()))
@@ -369,3 +371,54 @@ def test_random_support_keeps_the_block_prevalence_stratified_balances() -> None
     assert np.mean(shares["random"][0]) == pytest.approx(0.8, abs=0.03)
     assert np.mean(shares["random"][1]) == pytest.approx(0.2, abs=0.03)
     assert np.all(np.array(shares["stratified"]) == 0.5)
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+def test_transductive_batch_norm_uses_the_set_statistics_and_skips_padding() -> None:
+    """Hand-checked: with weight 1 and bias 0, each hidden unit of a set is z-scored by
+    the set's own mean and (biased) variance; padding rows change nothing."""
+    norm = BatchStatsNorm(2)
+    x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0]], dtype=torch.float64)
+    r = math.sqrt(1.5)  # column 0: deviations -2, 0, 2 over a standard deviation sqrt(8/3)
+    expected = torch.tensor([[-r, -1 / math.sqrt(2)], [0.0, -1 / math.sqrt(2)],
+                             [r, math.sqrt(2)]], dtype=torch.float64)
+    var = torch.tensor([8 / 3, 8.0], dtype=torch.float64)  # biased variances
+    scale = torch.sqrt(var / (var + BatchStatsNorm.eps))  # epsilon shrinks slightly
+    torch.testing.assert_close(norm(x.float()).double(), expected * scale, rtol=1e-5,
+                               atol=1e-6)
+    padded = torch.cat([x, torch.full((2, 2), 99.0, dtype=torch.float64)])
+    mask = torch.tensor([True, True, True, False, False])
+    torch.testing.assert_close(norm(padded, mask)[:3], norm(x), rtol=0, atol=1e-12)
+
+
+def test_transductive_predictions_depend_on_the_set_plain_ones_do_not(hk: pd.DataFrame
+                                                                      ) -> None:
+    X, y, g = hk[FACTORS].to_numpy(), hk["label"].to_numpy(), hk["block"].to_numpy()
+    kw = dict(iterations=30, pretrain=False, n_threads=1, seed=0)
+    for normalization, depends in (("none", False), ("batchnorm", True)):
+        learner = MetaLearner(normalization=normalization, **kw).fit(X, y, groups=g)
+        whole = learner.predict_proba(X[:200])[:, 1]
+        halves = np.r_[learner.predict_proba(X[:100])[:, 1],
+                       learner.predict_proba(X[100:200])[:, 1]]
+        assert bool(np.abs(whole - halves).max() > 1e-4) == depends
+        # grouped prediction = each group predicted as its own set
+        by_group = learner.predict_proba(X[:200], g[:200])[:, 1]
+        first = g[:200] == g[0]
+        np.testing.assert_allclose(by_group[first],
+                                   learner.predict_proba(X[:200][first])[:, 1], rtol=1e-6)
+
+
+def test_batch_norm_one_shot_moves_no_hidden_weight(hk: pd.DataFrame) -> None:
+    """One sample has zero variance: every hidden unit outputs its batch-norm bias, so
+    the hidden weights get no gradient (as in the authors' code at K = 1)."""
+    X, y, g = hk[FACTORS].to_numpy(), hk["label"].to_numpy(), hk["block"].to_numpy()
+    learner = MetaLearner(normalization="batchnorm", iterations=20, pretrain=False,
+                          n_threads=1, seed=0).fit(X, y, groups=g)
+    one = learner.adapt(X[:1], y[:1])
+    for name, value in one.items():
+        moved = not torch.equal(value, learner.params_[name])
+        assert moved == (name.startswith("out.") or name == "norms.2.bias"), name
+    five = learner.adapt(X[:5], y[:5])
+    assert not torch.equal(five["hidden.0.weight"], learner.params_["hidden.0.weight"])

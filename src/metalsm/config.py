@@ -205,11 +205,14 @@ class MetaConfig:
     ``map_k``: the K used to adapt every block for the map. ``task_weighting = "uniform"`` with
     ``pretrain = false`` is plain MAML. ``tune``: choose the adaptation settings by
     nested validation inside the meta-train blocks (:mod:`metalsm.models.tuning`)
-    within ``tune_budget_s`` seconds.
+    within ``tune_budget_s`` seconds. ``normalization = "batchnorm"`` is the authors'
+    transductive batch norm (statistics of each adapted or predicted set; a map then
+    depends on its window size), kept for fidelity, not the default.
     """
 
     hidden: tuple[int, ...] = (32, 32, 16)
     activation: Literal["sigmoid", "relu", "tanh"] = "sigmoid"
+    normalization: Literal["none", "layernorm", "batchnorm"] = "none"
     pretrain: bool = True
     pretrain_epochs: int = 20
     rbm_lr: float = 1e-3

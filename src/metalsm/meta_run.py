@@ -248,7 +248,8 @@ def make_learner(meta: MetaConfig, *, plain: bool = False, seed: int | None = No
                  ) -> MetaLearner:
     """The :class:`MetaLearner` of ``[meta]`` (``plain``: the plain-MAML baseline)."""
     return MetaLearner(
-        hidden=tuple(meta.hidden), activation=meta.activation, inner_lr=meta.inner_lr,
+        hidden=tuple(meta.hidden), activation=meta.activation,
+        normalization=meta.normalization, inner_lr=meta.inner_lr,
         inner_steps=meta.inner_steps, inner_lr_mode=meta.inner_lr_mode,
         adapt_biases=meta.adapt_biases, meta_batch=meta.meta_batch, outer_lr=meta.meta_lr,
         iterations=meta.iterations, k_support=meta.k_support, k_query=meta.k_query,
@@ -386,7 +387,7 @@ def kshot_scores(learner: MetaLearner, data: MetaData, k: int | str, seed: int,
     if not query.any():
         return {**dict.fromkeys(KSHOT_METRICS, np.nan), "n_query": 0}
     X, y, blocks = data.X[test][query], data.y[test][query], data.blocks[test][query]
-    p = models.predict_proba(X, blocks) if adapt else learner.predict_proba(X)[:, 1]
+    p = models.predict_proba(X, blocks) if adapt else learner.predict_proba(X, blocks)[:, 1]
     m = {**validation.classification_metrics(y, p),
          **validation.within_group_metrics(y, p, blocks)}
     return {**{name: m[name] for name in KSHOT_METRICS}, "n_query": int(query.sum())}

@@ -5,7 +5,8 @@
   the proposed method.
 * **adaptation** (:data:`ADAPTATION_VARIANTS`): the configured setting against one
   change at a time -- Meta-SGD off (one fixed step size), the paper's step sizes,
-  the other support rule, the guard off, five times the meta-iterations.
+  the other support rule, the guard off, five times the meta-iterations, the authors'
+  transductive batch norm.
 * **class-balanced adaptation** off/on (``[meta] balanced``: the inner loop weights
   each class of a support set equally, in meta-training and in adaptation).
 * **number of blocks K** (``[experiments] ablation_blocks``): the study area
@@ -61,6 +62,8 @@ def adaptation_variants(meta: MetaConfig) -> list[tuple[str, dict[str, object]]]
         (f"guard {'off' if meta.adapt_guard else 'on'}", {"adapt_guard": not meta.adapt_guard}),
         (f"{5 * meta.iterations} meta-iterations", {"iterations": 5 * meta.iterations}),
     ]
+    if meta.normalization != "batchnorm":
+        variants.append(("transductive batch norm", {"normalization": "batchnorm"}))
     return variants
 
 

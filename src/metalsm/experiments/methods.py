@@ -208,7 +208,8 @@ class _ZeroShot(FittedMethod):
     def predict_query(self, data: MetaData, support_mask: np.ndarray, seed: int
                       ) -> np.ndarray:
         del seed
-        return self.learner.predict_proba(data.X[query_mask(data, support_mask)])[:, 1]
+        query = query_mask(data, support_mask)
+        return self.learner.predict_proba(data.X[query], data.blocks[query])[:, 1]
 
 
 def fit_zero_shot(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:

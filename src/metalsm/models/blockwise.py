@@ -199,8 +199,10 @@ class BlockModels:
                 m = int(model[a])
                 params = self.learner.params_ if m < 0 else {
                     k: v[m] for k, v in self.stacked.items()}
-                for s in range(a, b, _CHUNK):
-                    e = min(b, s + _CHUNK)
+                # transductive batch norm: a block's rows are one batch (no chunks)
+                chunk = b - a if net.transductive else _CHUNK
+                for s in range(a, b, chunk):
+                    e = min(b, s + chunk)
                     logits[s:e] = functional_call(net, params, (Xs[s:e],))
         out[rows] = torch.sigmoid(logits).double().numpy()
         return out
@@ -401,7 +403,7 @@ def choose_steps(learner: MetaLearner, xs: torch.Tensor, ys: torch.Tensor,
     fold = torch.arange(ms.shape[1])[None, :] % folds
     choices = step_choices(learner)
     zero_shot = batch_logits(learner.net_, {k: v.expand(ms.shape[0], *v.shape)
-                                            for k, v in learner.params_.items()}, xs)
+                                            for k, v in learner.params_.items()}, xs, ms)
     losses = torch.zeros(len(choices) + 1, ms.shape[0])
     losses[0] = (_bce(zero_shot, ys) * ms).sum(1)
     for f in range(int(folds.max())):
@@ -409,7 +411,7 @@ def choose_steps(learner: MetaLearner, xs: torch.Tensor, ys: torch.Tensor,
         path = adapt_batch_path(learner.net_, learner.params_, xs, ys, ms & ~held, choices,
                                 inner_lr=learner.step_sizes, balanced=learner.balanced)
         for c, adapted in enumerate(path, start=1):
-            losses[c] += (_bce(batch_logits(learner.net_, adapted, xs), ys) * held).sum(1)
+            losses[c] += (_bce(batch_logits(learner.net_, adapted, xs, ms), ys) * held).sum(1)
     best = losses.argmin(0).numpy()  # ties keep the earlier: zero-shot, then fewer steps
     steps = np.r_[0, choices][best]
     return np.where(n.numpy() >= 2, steps, 0)

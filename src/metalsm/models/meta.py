@@ -15,6 +15,14 @@ adaptation and at mapping time, and the sigmoid units are bounded, so activation
 tame without it. ``normalization="layernorm"`` (per-sample, batch-size free) is offered
 as an alternative, but it discards each sample's overall activation magnitude and does
 not match the pretrained RBM units, so it is not the default.
+``normalization="batchnorm"`` is the fidelity option: **transductive** batch norm as in
+the authors' code -- every hidden layer is normalized with the statistics of the set
+being adapted or predicted (a support set, a block's query samples, the cells of one
+block in one map window), never with stored running statistics. Its caveat: a
+prediction depends on what it is predicted with. With one shot the variance is 0 and
+the hidden gradients vanish (K = 1 barely moves the model, as in the authors' runs),
+and a map's values change with the window size, because each window's cells of a
+block form their own batch.
 
 MAML, vectorized (:func:`meta_objective`): for each task k of a meta-batch,
 ``theta'_k = theta - alpha * grad L_k(support)`` for ``steps`` steps (binary
@@ -59,6 +67,8 @@ __all__ = [
     "INNER_LR_MODES",
     "SUPPORT_RULES",
     "MetaLearner",
+    "NORMALIZATIONS",
+    "BatchStatsNorm",
     "MetaNet",
     "TaskBatch",
     "TaskIndex",
@@ -84,11 +94,41 @@ Params = dict[str, torch.Tensor]
 # --------------------------------------------------------------------------- network
 
 
+#: Hidden-layer normalizations of :class:`MetaNet` (see the module docstring).
+NORMALIZATIONS = ("none", "layernorm", "batchnorm")
+
+
+class BatchStatsNorm(nn.Module):
+    """Batch norm that always uses the statistics of the rows it is given (transductive).
+
+    ``mask`` (bool per row) leaves padding rows out of the mean and variance; no running
+    statistics are kept, so the module is a pure function of its parameters and works
+    under ``vmap``. Epsilon 1e-3, as TensorFlow's batch norm in the authors' code.
+    """
+
+    eps = 1e-3
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n_features))
+        self.bias = nn.Parameter(torch.zeros(n_features))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        m = (torch.ones_like(x[..., :1]) if mask is None
+             else mask.to(x.dtype).unsqueeze(-1))
+        count = m.sum(-2, keepdim=True).clamp_min(1.0)
+        mean = (m * x).sum(-2, keepdim=True) / count
+        var = (m * (x - mean) ** 2).sum(-2, keepdim=True) / count
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
 class MetaNet(nn.Module):
     """Plain MLP ``n_inputs -> hidden... -> 1`` returning one logit per row.
 
     Parameter names: ``hidden.{i}.weight``/``bias``, ``norms.{i}.weight``/``bias``
-    (layernorm only) and ``out.weight``/``bias`` -- the names pretraining fills in.
+    (layernorm, batchnorm) and ``out.weight``/``bias`` -- the names pretraining fills
+    in. ``forward(x, mask)``: ``mask`` marks the real rows of a padded set (batch norm's
+    statistics skip the rest); the other normalizations ignore it.
     """
 
     def __init__(self, n_inputs: int, hidden: Sequence[int] = (32, 32, 16),
@@ -97,21 +137,24 @@ class MetaNet(nn.Module):
         if activation not in _ACTIVATIONS:
             raise MetalsmInputError(
                 f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        if normalization not in ("none", "layernorm"):
-            raise MetalsmInputError(
-                f"normalization must be 'none' or 'layernorm', got {normalization!r}")
+        if normalization not in NORMALIZATIONS:
+            raise MetalsmInputError(f"normalization must be one of "
+                                    f"{', '.join(NORMALIZATIONS)}, got {normalization!r}")
         sizes = [int(n_inputs), *[int(h) for h in hidden]]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:],
                                                                       strict=True))
-        self.norms = (nn.ModuleList(nn.LayerNorm(h) for h in sizes[1:])
-                      if normalization == "layernorm" else None)
+        norm = {"layernorm": nn.LayerNorm, "batchnorm": BatchStatsNorm}.get(normalization)
+        self.norms = None if norm is None else nn.ModuleList(norm(h) for h in sizes[1:])
+        self.transductive = normalization == "batchnorm"
         self.out = nn.Linear(sizes[-1], 1)
         self.act = _ACTIVATIONS[activation]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         for i, layer in enumerate(self.hidden):
             x = layer(x)
-            if self.norms is not None:
+            if self.transductive:
+                x = self.norms[i](x, mask)
+            elif self.norms is not None:
                 x = self.norms[i](x)
             x = self.act(x)
         return self.out(x).squeeze(-1)
@@ -152,7 +195,7 @@ def inner_sample_weights(y: torch.Tensor, mask: torch.Tensor, balanced: bool) ->
 
 def _weighted_bce(net: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor,
                   w: torch.Tensor) -> torch.Tensor:
-    logits = functional_call(net, params, (x,))
+    logits = functional_call(net, params, (x, w > 0))
     return (w * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
 
 
@@ -327,10 +370,14 @@ def adapt_batch_path(net: nn.Module, params: Params, xs: torch.Tensor, ys: torch
         return [{k: v.detach() for k, v in p.items()} for p in vmap(path)(xs, ys, w)]
 
 
-def batch_logits(net: nn.Module, stacked: Params, x: torch.Tensor) -> torch.Tensor:
-    """Logits ``[B, n]`` of ``x`` ``[B, n, F]`` under stacked per-task params ``[B, ...]``."""
+def batch_logits(net: nn.Module, stacked: Params, x: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits ``[B, n]`` of ``x`` ``[B, n, F]`` under stacked per-task params ``[B, ...]``;
+    ``mask`` ``[B, n]`` marks real rows (only transductive batch norm looks at it)."""
+    if mask is None:
+        mask = torch.ones(x.shape[:2], dtype=torch.bool)
     with torch.no_grad(), torch_threads():
-        return vmap(lambda p, xb: functional_call(net, p, (xb,)))(stacked, x)
+        return vmap(lambda p, xb, mb: functional_call(net, p, (xb, mb)))(stacked, x, mask)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -497,7 +544,8 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
     biases at their meta-learned values during adaptation. ``adapt_guard``: a block
     keeps the intermediate model unless adapting wins a cross-validation on its own
     support, choosing among 0 and ``guard_steps`` (default: ``inner_steps``) adaptation
-    steps per block (:mod:`metalsm.models.blockwise`).
+    steps per block (:mod:`metalsm.models.blockwise`). ``normalization="batchnorm"``:
+    transductive batch norm (the authors' fidelity option, see the module docstring).
     Same ``seed`` (and thread count) gives bit-identical results on one machine.
     ``n_threads``: torch intra-op threads while training and adapting (default 1: the
     matrices are tiny and a second thread only adds OpenMP barriers that stall under
@@ -684,19 +732,18 @@ class MetaLearner(ClassifierMixin, BaseEstimator):
             return functional_call(self.net_, params or self.params_, (Xs,)).numpy()
 
     def predict_proba(self, X: Any, groups: Any = None) -> np.ndarray:
-        """[n, 2] probabilities; rows of a group with an adapted model use it."""
+        """[n, 2] probabilities; rows of a group with an adapted model use it. With
+        ``groups``, each group is predicted as one set (transductive batch norm's batch)."""
         X = np.asarray(X, dtype=np.float64)
         logit = np.empty(X.shape[0], dtype=np.float32)
-        if groups is None or not getattr(self, "adapted_", None):
+        if groups is None:
             logit[:] = self.logits(X)
         else:
             groups = np.asarray(groups).ravel()
-            adapted = np.isin(groups, np.array(list(self.adapted_)))
-            if (~adapted).any():
-                logit[~adapted] = self.logits(X[~adapted])
-            for g in np.unique(groups[adapted]).tolist():
+            adapted = getattr(self, "adapted_", {})
+            for g in np.unique(groups).tolist():
                 rows = groups == g
-                logit[rows] = self.logits(X[rows], self.adapted_[g])
+                logit[rows] = self.logits(X[rows], adapted.get(g))
         p1 = 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
         return np.column_stack([1.0 - p1, p1])
 
