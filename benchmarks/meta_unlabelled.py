@@ -65,7 +65,7 @@ def main() -> None:
                       "pretrain_rows": int(data.X.shape[0] + (0 if unl is None else len(unl))),
                       "errors": {k: [round(v[0], 5), round(v[-1], 5)]
                                  for k, v in pre.history.items()}}
-        table = kshot_table({"proposed": learner}, data, meta.k_shots, meta.repeats, meta.seed)
+        table = kshot_table({"proposed": learner}, data, meta)
         for row in table.to_dict("records"):
             rows.append({"unlabelled_cells": n, "K": row["k"],
                          **{m: f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}"

@@ -180,6 +180,7 @@ def test_cli_experiment_credibility_on_the_crop(crop, tmp_path):
         result = CliRunner().invoke(app, ["experiment", "credibility", str(path), "--out",
                                           str(out), "--quiet"])
     assert result.exit_code == 0, result.output
+    out = out / "credibility"  # like every experiment: OUT/NAME
     metrics = pd.read_csv(out / "band_metrics.csv")
     assert set(metrics["model"]) == {"fr-rf", "svm"}
     assert len(metrics) == 2 * (len(config.credibility.bands) + 1)

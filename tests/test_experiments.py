@@ -14,16 +14,16 @@ from typer.testing import CliRunner
 from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
-from metalsm.experiments import EXPERIMENTS
-from metalsm.experiments.common import apply_preset, experiment_data, experiment_meta
-from metalsm.experiments.methods import (
-    METHODS,
+from metalsm.evaluation.kshot import (
     compare_methods,
     draw_support,
     fit_set,
     query_mask,
     summarize,
 )
+from metalsm.experiments import EXPERIMENTS
+from metalsm.experiments.common import apply_preset, experiment_data, experiment_meta
+from metalsm.experiments.methods import METHODS, resolve_methods
 from metalsm.report.figures import candle_table, plot_candles
 
 
@@ -94,7 +94,7 @@ def test_global_methods_never_fit_on_query(hk_data):
 def test_compare_methods_rows_seeds_and_probabilities(hk_data):
     config, data = hk_data
     meta = experiment_meta(config)
-    raw = compare_methods(data, meta, ["lr", "maml"], ["1", "half"], 2, 5)
+    raw = compare_methods(data, meta, resolve_methods(["lr", "maml"]), ["1", "half"], 2, 5)
     assert len(raw) == 2 * 2 * 2
     assert set(raw["seed"]) == {5, 6}
     for col in ("accuracy", "precision", "recall", "f1", "auc"):

@@ -109,7 +109,7 @@ def test_kshot_table_has_methods_by_k(meta_run):
     # one shot cannot be checked, so the guard keeps the zero-shot model
     by = kshot.set_index(["method", "k"])
     assert by.loc[("proposed", "1"), "auc_mean"] == pytest.approx(
-        by.loc[("zero_shot", "1"), "auc_mean"], abs=1e-12)
+        by.loc[("zero-shot", "1"), "auc_mean"], abs=1e-12)
     for metric in ("accuracy", "f1", "auc", "within_auc", "within_spread"):
         assert kshot[f"{metric}_mean"].between(0, 1).all()
         assert (kshot[f"{metric}_std"] >= 0).all()

@@ -233,13 +233,12 @@ def experiment(
     quiet: Quiet = False,
 ) -> None:
     """Run a named experiment into OUT/NAME/ (all: every one into OUT/NAME/, plus
-    OUT/report.html and OUT/manifest.json; credibility: into OUT)."""
+    OUT/report.html and OUT/manifest.json)."""
     from metalsm.experiments import EXPERIMENTS
 
     if name not in EXPERIMENTS:
         raise _fail(f"unknown experiment '{name}'; available: {', '.join(EXPERIMENTS)}")
-    # credibility keeps writing into OUT itself (as documented before `all` existed)
-    target = out if name in ("all", "credibility") else out / name
+    target = out if name == "all" else out / name
     kwargs = {"repeats": repeats, "preset": preset}  # the registry drops what one ignores
     if name == "credibility" and (repeats is not None or preset is not None):
         raise _fail("the credibility experiment takes its settings from [credibility]; "

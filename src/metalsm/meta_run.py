@@ -40,6 +40,14 @@ from metalsm.atomic import atomic_path, write_csv, write_json
 from metalsm.blocks_run import BlockStage
 from metalsm.config import MetaConfig, StudyAreaConfig
 from metalsm.errors import MetalsmInputError
+from metalsm.evaluation.kshot import (
+    AdaptedBlocks,
+    FittedMethod,
+    Method,
+    ZeroShot,
+    compare_methods,
+    summarize,
+)
 from metalsm.models.blockwise import BlockModels, adapt_blocks, load_intermediate
 from metalsm.models.meta import (
     MetaLearner,
@@ -56,12 +64,12 @@ from metalsm.report.html import Section
 log = logging.getLogger(__name__)
 
 META_MODEL = "meta-blockwise"
-METHODS = ("proposed", "zero_shot", "maml", "global_mlp")
+METHODS = ("proposed", "zero-shot", "maml", "mlp-ft")
 METHOD_LABELS = {
     "proposed": "meta-learned (pretraining + weighted tasks)",
-    "zero_shot": "meta-learned, zero-shot (no adaptation)",
+    "zero-shot": "meta-learned, zero-shot (no adaptation)",
     "maml": "plain MAML (no pretraining, uniform weights)",
-    "global_mlp": "global MLP, fine-tuned",
+    "mlp-ft": "global MLP, fine-tuned",
 }
 #: Global-MLP baseline: Adam on all meta-train samples (fixed, not tuned on meta-test).
 GLOBAL_EPOCHS = 60
@@ -374,55 +382,31 @@ def _k_value(k: str | int) -> int | str:
 KSHOT_METRICS = ("accuracy", "f1", "auc", "within_auc", "within_spread")
 
 
-def kshot_scores(learner: MetaLearner, data: MetaData, k: int | str, seed: int,
-                 adapt: bool = True) -> dict[str, float]:
-    """Adapt each meta-test block from K of its samples; score the rest (pooled, and
-    within blocks). ``adapt=False`` scores the intermediate model on the same query
-    (the zero-shot row)."""
-    test = np.flatnonzero(data.test)
-    models = adapt_blocks(learner, data.X[test], data.y[test], data.blocks[test], k=k,
-                          n_blocks=data.n_blocks, centres=data.centres, seed=seed)
-    query = np.ones(test.size, dtype=bool)
-    query[models.support_samples] = False
-    if not query.any():
-        return {**dict.fromkeys(KSHOT_METRICS, np.nan), "n_query": 0}
-    X, y, blocks = data.X[test][query], data.y[test][query], data.blocks[test][query]
-    p = models.predict_proba(X, blocks) if adapt else learner.predict_proba(X, blocks)[:, 1]
-    m = {**validation.classification_metrics(y, p),
-         **validation.within_group_metrics(y, p, blocks)}
-    return {**{name: m[name] for name in KSHOT_METRICS}, "n_query": int(query.sum())}
+def _given_method(name: str, learners: MetaLearner | Sequence[MetaLearner]) -> Method:
+    """A K-shot protocol method around already-fitted learners (one, or one per repeat)."""
+    wrap = ZeroShot if name == "zero-shot" else AdaptedBlocks
+
+    def fit(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
+        del data
+        if isinstance(learners, MetaLearner):
+            return wrap(learners)
+        return wrap(learners[seed - meta.seed])
+
+    return Method(name, "meta", METHOD_LABELS.get(name, name), fit)
 
 
-def kshot_table(models: dict[str, MetaLearner], data: MetaData, k_shots: Sequence[str],
-                repeats: int, seed: int) -> pd.DataFrame:
-    """Accuracy, F1, AUC on the meta-test queries, mean ± std over ``repeats`` shot draws.
+def kshot_table(models: dict[str, MetaLearner | Sequence[MetaLearner]], data: MetaData,
+                meta: MetaConfig) -> pd.DataFrame:
+    """Accuracy, F1, AUC, within-block AUC and spread on the meta-test queries at each
+    ``[meta] k_shots``, mean ± std over ``[meta] repeats`` shot draws: the protocol of
+    :func:`metalsm.evaluation.kshot.compare_methods` (the experiments' own).
 
-    One row per (method, K). ``models`` maps method name -> fitted learner (or a list
-    of learners, one per repeat, when the training itself is repeated with seeds).
-    The raw per-repeat scores are in ``table.attrs["runs"]``.
+    One row per (method, K). ``models`` maps a method name (``"zero-shot"``: the
+    learner is not adapted) to a fitted learner, or a list of learners, one per repeat.
     """
-    if not data.test.any():
-        raise MetalsmInputError("no meta-test samples: every block is a meta-train block")
-    runs = []
-    for method, learner in models.items():
-        for k in k_shots:
-            for r in range(repeats):
-                model = learner[r] if isinstance(learner, list | tuple) else learner
-                scores = kshot_scores(model, data, _k_value(k), seed + r,
-                                      adapt=method != "zero_shot")
-                runs.append({"method": method, "k": str(k), "repeat": r, **scores})
-    raw = pd.DataFrame(runs)
-    rows = []
-    for (method, k), group in raw.groupby(["method", "k"], sort=False):
-        row: dict[str, Any] = {"method": method, "k": k, "repeats": len(group),
-                               "n_query": float(group["n_query"].mean())}
-        for metric in KSHOT_METRICS:
-            row[f"{metric}_mean"] = float(group[metric].mean())
-            row[f"{metric}_std"] = float(group[metric].std(ddof=0))
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    table.attrs["runs"] = raw
-    return table
+    raw = compare_methods(data, meta, [_given_method(n, m) for n, m in models.items()],
+                          meta.k_shots, meta.repeats, meta.seed)
+    return summarize(raw, KSHOT_METRICS)
 
 
 # --------------------------------------------------------------------------- stage
@@ -502,8 +486,8 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
 
     t = time.perf_counter()
     with progress.stage("K-shot evaluation on meta-test blocks"):
-        kshot = kshot_table({"proposed": learner, "zero_shot": learner, "maml": maml,
-                             "global_mlp": mlp}, data, meta.k_shots, meta.repeats, meta.seed)
+        kshot = kshot_table({"proposed": learner, "zero-shot": learner, "maml": maml,
+                             "mlp-ft": mlp}, data, meta)
         write_csv(out / "kshot.csv", kshot)
     timings["kshot"] = _since(t)
 

@@ -1,16 +1,10 @@
-"""Meta-learning tasks from blocks: task tables, block splits, support/query sampling.
+"""Meta-learning tasks from blocks: task tables and block splits.
 
 Each block of the scene segmentation is one few-shot task. The paper meta-trains on a
 random 60 % of the blocks and meta-tests on the rest; two-area experiments use the
-schemes of :func:`split_by_area`. Within a task, the support set (the K shots the model
-adapts on) and the query set (what the adapted model is scored on) are disjoint.
-
-Stratification: within each block, samples of each class are put in a random order
-and then interleaved class by class (class order random per task), and the support set
-is the first ``k_support`` of that sequence. A balanced split is therefore taken when
-both classes have enough samples, and the other class fills in when one runs short.
-The query set is drawn the same way from the samples left over. All of it is
-vectorized with ``np.lexsort`` over (task, class, random key); no loop over samples.
+schemes of :func:`split_by_area`. The support/query draw inside a task is
+:func:`metalsm.models.meta.support_query` (the one draw of meta-training, K-shot
+evaluation and mapping).
 """
 
 from __future__ import annotations
@@ -133,110 +127,3 @@ def split_by_area(
         return np.sort(np.concatenate([train1, train2])), test1
     train2, test2 = split_blocks(two, fraction, seed)
     return np.sort(np.concatenate([one, train2])), test2
-
-
-def _interleaved_position(
-    task: np.ndarray, cls: np.ndarray, key: np.ndarray, priority: np.ndarray, stratified: bool
-) -> np.ndarray:
-    """Position of each sample in its task's draw order (0 = drawn first)."""
-    n = task.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if stratified:
-        order = np.lexsort((key, cls, task))
-        t, c = task[order], cls[order]
-        start = np.r_[True, (t[1:] != t[:-1]) | (c[1:] != c[:-1])]
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
-        order = np.lexsort((priority, rank, task))
-    else:
-        order = np.lexsort((key, task))
-    t = task[order]
-    start = np.r_[True, t[1:] != t[:-1]]
-    pos = np.empty(n, dtype=np.int64)
-    pos[order] = np.arange(n) - np.maximum.accumulate(np.where(start, np.arange(n), 0))
-    return pos
-
-
-def sample_task_batch(
-    sample_block_ids: np.ndarray,
-    labels: np.ndarray,
-    blocks: Sequence[int] | np.ndarray,
-    k_support: int,
-    k_query: int,
-    rng: np.random.Generator | int | None = None,
-    stratified: bool = True,
-) -> dict[str, np.ndarray]:
-    """Support/query indices for many tasks at once, as padded arrays plus masks.
-
-    Returns ``support_idx`` [T, k_support], ``support_mask``, ``query_idx`` [T, k_query],
-    ``query_mask`` and ``blocks`` [T]. Indices point into the sample arrays; padded
-    slots hold 0 with mask False (safe to gather, to be masked out). A task takes
-    ``min(k_support, n)`` support samples and ``min(k_query, n - support)`` query samples
-    of its ``n``; support and query never share a sample.
-    """
-    ids = np.asarray(sample_block_ids, dtype=np.int64)
-    y = np.asarray(labels)
-    blocks = np.asarray(blocks, dtype=np.int64).reshape(-1)
-    if ids.shape != y.shape:
-        raise MetalsmInputError(f"block ids ({ids.shape}) and labels ({y.shape}) differ")
-    if k_support < 0 or k_query < 0:
-        raise MetalsmInputError(f"k_support and k_query must be >= 0, got {k_support}, {k_query}")
-    if np.unique(blocks).size != blocks.size:
-        raise MetalsmInputError("blocks of a task batch must be distinct")
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    n_tasks = blocks.size
-    top = int(max(ids.max(initial=-1), blocks.max(initial=-1))) + 1
-    task_of_block = np.full(top, -1, dtype=np.int64)
-    task_of_block[blocks[blocks >= 0]] = np.flatnonzero(blocks >= 0)
-    task_of_sample = np.where(ids >= 0, task_of_block[np.maximum(ids, 0)], -1)
-    sel = np.flatnonzero(task_of_sample >= 0)
-    task = task_of_sample[sel]
-    classes, cls = np.unique(y[sel], return_inverse=True)
-    cls = cls.ravel()
-    key = rng.random(sel.size)
-    priority = rng.random((n_tasks, max(1, classes.size)))[task, cls]
-
-    pos = _interleaved_position(task, cls, key, priority, stratified)
-    in_support = pos < k_support
-    rest = ~in_support
-    pos_q = np.full(sel.size, np.iinfo(np.int64).max)
-    pos_q[rest] = _interleaved_position(task[rest], cls[rest], key[rest], priority[rest],
-                                        stratified)
-    in_query = pos_q < k_query
-
-    out: dict[str, np.ndarray] = {"blocks": blocks}
-    for name, chosen, p, k in (
-        ("support", in_support, pos, k_support),
-        ("query", in_query, pos_q, k_query),
-    ):
-        idx = np.zeros((n_tasks, k), dtype=np.int64)
-        mask = np.zeros((n_tasks, k), dtype=bool)
-        idx[task[chosen], p[chosen]] = sel[chosen]
-        mask[task[chosen], p[chosen]] = True
-        out[f"{name}_idx"] = idx
-        out[f"{name}_mask"] = mask
-    return out
-
-
-def support_query(
-    sample_block_ids: np.ndarray,
-    labels: np.ndarray,
-    block: int,
-    k_support: int,
-    k_query: int,
-    seed: int = 0,
-    stratified: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint (support_idx, query_idx) sample indices for one block's task.
-
-    Same draw as :func:`sample_task_batch` for a batch of that single block.
-    """
-    batch = sample_task_batch(
-        sample_block_ids, labels, [block], k_support, k_query, np.random.default_rng(seed),
-        stratified,
-    )
-    return (
-        batch["support_idx"][0][batch["support_mask"][0]],
-        batch["query_idx"][0][batch["query_mask"][0]],
-    )

@@ -29,12 +29,13 @@ import pandas as pd
 from metalsm.atomic import write_csv
 from metalsm.blocks_run import with_blocks
 from metalsm.config import BlocksConfig, MetaConfig, StudyAreaConfig
+from metalsm.evaluation.kshot import Method, summarize
 from metalsm.experiments.common import (
     ExperimentResult,
     experiment_data,
 )
 from metalsm.experiments.comparison import Context, begin_run, method_rows
-from metalsm.experiments.methods import METHODS, Method, fit_proposed, summarize
+from metalsm.experiments.methods import METHODS, fit_proposed
 from metalsm.report import figures
 from metalsm.report.html import Section
 

@@ -28,6 +28,7 @@ import pandas as pd
 
 from metalsm.atomic import write_csv
 from metalsm.config import MetaConfig, StudyAreaConfig
+from metalsm.evaluation.kshot import ArrayStore, Method, compare_methods, summarize
 from metalsm.experiments.common import (
     ExperimentResult,
     apply_preset,
@@ -35,15 +36,7 @@ from metalsm.experiments.common import (
     experiment_meta,
     repeats_of,
 )
-from metalsm.experiments.methods import (
-    METHODS,
-    ArrayStore,
-    Method,
-    compare_methods,
-    display_table,
-    resolve_methods,
-    summarize,
-)
+from metalsm.experiments.methods import METHODS, display_table, resolve_methods
 from metalsm.report import figures
 from metalsm.report.html import Section
 from metalsm.validation import roc_points

@@ -38,7 +38,7 @@ import logging
 import string
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,11 @@ from metalsm.atomic import write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.credibility import credibility_map, plot_credibility, write_credibility
 from metalsm.errors import MetalsmInputError
+from metalsm.experiments.common import ExperimentResult
 from metalsm.grid import Grid
 from metalsm.inventory import landslide_mask, positive_cells, read_inventory
 from metalsm.models.classic import make_model
+from metalsm.report.html import Section
 from metalsm.sampling import (
     CredibilityBandWarning,
     NegativeRequest,
@@ -70,7 +72,7 @@ log = logging.getLogger(__name__)
 ZONE_LABELS = ("Very low", "Low", "Moderate", "High", "Very high")
 _FOREST_MODELS = ("rf", "fr-rf")
 
-__all__ = ["BandSweep", "SpatialHoldout", "run_credibility_experiment", "spatial_holdout"]
+__all__ = ["SpatialHoldout", "run_credibility_experiment", "spatial_holdout"]
 
 
 @dataclass(frozen=True)
@@ -120,18 +122,6 @@ def _nearest_centre(grid: Grid, centres: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass
-class BandSweep:
-    """Outcome of :func:`run_credibility_experiment`."""
-
-    out_dir: Path
-    metrics: pd.DataFrame
-    zones: pd.DataFrame
-    summary: dict[str, Any]
-    paths: dict[str, Path] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
 def _band_label(i: int, band: tuple[float, float]) -> str:
     closing = "]" if band[1] >= 1.0 else ")"
     return f"{string.ascii_uppercase[i]} [{band[0]:g}, {band[1]:g}{closing}"
@@ -143,8 +133,9 @@ def run_credibility_experiment(
     *,
     stack: FactorStack | None = None,
     inventory: Any = None,
-) -> BandSweep:
-    """Sweep ``config.credibility.bands`` × ``config.credibility.models``; write CSV + figures."""
+) -> ExperimentResult:
+    """Sweep ``config.credibility.bands`` × ``config.credibility.models``; write CSV +
+    figures. Settings come from ``[credibility]`` alone (no repeats, no preset)."""
     started = time.perf_counter()
     settings = config.credibility
     out = Path(out_dir)
@@ -269,7 +260,18 @@ def run_credibility_experiment(
     seconds = time.perf_counter() - started
     summary["timings_s"]["total"] = round(seconds, 3)
     paths["summary"] = write_json(out / "experiment.json", summary)
-    return BandSweep(out, metrics, zones, summary, paths, seconds)
+    section = Section(
+        "Credibility bands of negative samples",
+        text=(f"Training negatives drawn from each credibility band, each model trained "
+              f"and scored on one spatial hold-out ({n_train} training and {n_test} test "
+              "landslide cells; the same test negatives for every band). R draws the "
+              "negatives at random."),
+        tables=[("Band metrics", metrics.round(4))],
+        images=[(name, paths[key]) for name, key in (
+            ("Metrics by band", "metrics_png"), ("Zones by band", "zones_png"),
+            ("Credibility (training landslides only)", "credibility_png"))])
+    return ExperimentResult(paths, seconds, {"band_metrics": metrics, "band_zones": zones},
+                            section)
 
 
 def _band(cred: np.ndarray, band: tuple[float, float]) -> np.ndarray:

@@ -16,7 +16,7 @@ re-split by :func:`metalsm.tasks.split_by_area`, ``fraction`` =
 For each scheme every method (``[experiments] methods``, default the transfer and
 meta-learning methods plus a global RF and MLP for reference) is trained on the
 scheme's meta-train blocks and scored on the query samples of its meta-test blocks at
-each K (:func:`metalsm.experiments.methods.compare_methods`: same shots for every
+each K (:func:`metalsm.evaluation.kshot.compare_methods`: same shots for every
 method, ``repeats`` seeds). Global methods also train on the support samples.
 
 Outputs: ``cross_area_raw.csv`` (one row per scheme, method, K, repeat),
@@ -92,7 +92,8 @@ def run_cross_area(config: StudyAreaConfig, out_dir: str | Path, *,
                    repeats: int | None = None, preset: str | None = None
                    ) -> ExperimentResult:
     """Schemes A–D × methods × K on one study area split in two; tables, figures, section."""
-    from metalsm.experiments.methods import compare_methods, display_table, summarize
+    from metalsm.evaluation.kshot import compare_methods, summarize
+    from metalsm.experiments.methods import display_table, resolve_methods
 
     started = time.perf_counter()
     config = apply_preset(config, preset)
@@ -123,7 +124,8 @@ def run_cross_area(config: StudyAreaConfig, out_dir: str | Path, *,
         scheme_data = replace(data, train_blocks=train, test_blocks=test)
         if hasattr(scheme_data, "cache"):
             scheme_data.cache = {}
-        raw = compare_methods(scheme_data, meta, methods, exp.k_shots, n_repeats, exp.seed)
+        raw = compare_methods(scheme_data, meta, resolve_methods(methods), exp.k_shots,
+                              n_repeats, exp.seed)
         raw = raw.assign(scheme=scheme)
         raw.attrs = {}  # query probabilities per scheme are not kept
         raws.append(raw)

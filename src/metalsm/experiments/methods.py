@@ -14,18 +14,13 @@ Every method is a :class:`Method` in :data:`METHODS` (adding one = one entry):
   ``proposed``: pretraining + weighted tasks): meta-trained on the meta-train
   blocks, adapted per meta-test block from its support set.
 
-Protocol (:func:`compare_methods`): repeat ``r`` trains every method with seed
-``seed + r`` and draws the support sets with :func:`draw_support` (seed ``seed + r``),
-so all methods see the same shots; the query (meta-test samples not in the
-support) is scored. Meta-train blocks never contribute a query sample, and query
-samples are never trained on or used to choose anything. One fitted model of a
-repeat serves every K.
+Protocol: :func:`metalsm.evaluation.kshot.compare_methods` (the same shots for every
+method of a repeat; ``metalsm run`` scores its K-shot table the same way).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,9 +28,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metalsm import validation
 from metalsm.config import MetaConfig
 from metalsm.errors import MetalsmInputError
+from metalsm.evaluation.kshot import (
+    AdaptedBlocks,
+    FittedMethod,
+    Method,
+    ZeroShot,
+    fit_set,
+    query_mask,
+)
 from metalsm.meta_run import (
     MetaData,
     fit_global_mlp,
@@ -43,77 +45,15 @@ from metalsm.meta_run import (
     make_learner,
     pretrain_state,
 )
-from metalsm.models import blockwise
 from metalsm.models.classic import make_model
 from metalsm.models.meta import MetaLearner
 
-log = logging.getLogger(__name__)
-
 FAMILIES = ("global", "transfer", "meta")
-#: Pooled metrics of the query, then how well each block's cells are ranked and spread
-#: (:func:`metalsm.validation.within_group_metrics`).
-METRICS = (*validation.METRICS, "within_auc", "within_spread")
 #: The columns of the report tables (the CSVs keep every metric).
 DISPLAY_METRICS = ("accuracy", "f1", "auc", "within_auc", "within_spread")
-RAW_COLUMNS = ("method", "family", "k", "repeat", "seed", *METRICS, "n_query")
 
-__all__ = ["FAMILIES", "METHODS", "FittedMethod", "Method", "compare_methods",
-           "draw_support", "fit_set", "query_mask", "summarize"]
-
-
-class ArrayStore(dict):
-    """A dict of arrays kept in ``DataFrame.attrs``: compared by identity, so pandas can
-    check attrs equality (concat, groupby) without comparing arrays element-wise."""
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-class FittedMethod:
-    """A trained method of one repeat: ``predict_query(data, support_mask, seed)``."""
-
-    def predict_query(self, data: MetaData, support_mask: np.ndarray, seed: int
-                      ) -> np.ndarray:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Method:
-    """A named method: ``fit(data, meta, seed) -> FittedMethod``."""
-
-    name: str
-    family: str
-    label: str
-    fit: Callable[[MetaData, MetaConfig, int], FittedMethod]
-
-
-# --------------------------------------------------------------------------- protocol
-
-
-def draw_support(data: MetaData, k: str | int, seed: int, rule: str = "stratified"
-                 ) -> np.ndarray:
-    """Bool mask over all samples: K shots per meta-test block (``"half"``: half of the
-    block's samples) drawn by ``rule`` (``[meta] support_rule``). The draw of
-    :func:`metalsm.models.blockwise.draw_support`, so every method of a repeat adapts
-    from exactly these samples."""
-    k = int(k) if str(k).isdigit() else str(k)
-    mask = np.zeros(data.y.size, dtype=bool)
-    test = np.flatnonzero(data.test)
-    mask[test] = blockwise.draw_support(data.y[test], data.blocks[test], k, seed,
-                                        blocks=data.test_blocks, rule=rule)
-    return mask
-
-
-def query_mask(data: MetaData, support_mask: np.ndarray) -> np.ndarray:
-    """The scored samples: meta-test samples not in the support set."""
-    return data.test & ~np.asarray(support_mask, dtype=bool)
-
-
-def fit_set(data: MetaData, support_mask: np.ndarray) -> np.ndarray:
-    """Samples a global method trains on: meta-train samples plus the support samples."""
-    return data.train | (np.asarray(support_mask, dtype=bool) & data.test)
+__all__ = ["DISPLAY_METRICS", "FAMILIES", "METHODS", "display_table", "fit_maml",
+           "fit_proposed", "pretrained_state", "proposed_learner", "resolve_methods"]
 
 
 # --------------------------------------------------------------------------- global
@@ -143,23 +83,6 @@ def _global(name: str) -> Callable[[MetaData, MetaConfig, int], FittedMethod]:
 
 
 # --------------------------------------------------------------------------- networks
-
-
-@dataclass
-class _Adapted(FittedMethod):
-    """A network adapted per meta-test block from its support samples."""
-
-    learner: MetaLearner
-
-    def predict_query(self, data: MetaData, support_mask: np.ndarray, seed: int
-                      ) -> np.ndarray:
-        test = np.flatnonzero(data.test)
-        models = blockwise.adapt_blocks(
-            self.learner, data.X[test], data.y[test], data.blocks[test], k="all",
-            n_blocks=data.n_blocks, centres=data.centres, seed=seed,
-            support=np.asarray(support_mask, dtype=bool)[test])
-        query = query_mask(data, support_mask)
-        return models.predict_proba(data.X[query], data.blocks[query])
 
 
 def pretrained_state(data: MetaData, meta: MetaConfig, seed: int) -> Any:
@@ -195,38 +118,24 @@ def proposed_learner(data: MetaData, meta: MetaConfig, seed: int) -> MetaLearner
 def fit_proposed(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
     """Weighted MAML from RBM/RBM/DAE-pretrained layers, as ``[meta]`` says (the
     ablations pass a ``meta`` with pretraining or task weighting changed)."""
-    return _Adapted(proposed_learner(data, meta, seed))
-
-
-@dataclass
-class _ZeroShot(FittedMethod):
-    """The intermediate model as it is: no block sees its shots (the baseline adaptation
-    has to beat)."""
-
-    learner: MetaLearner
-
-    def predict_query(self, data: MetaData, support_mask: np.ndarray, seed: int
-                      ) -> np.ndarray:
-        del seed
-        query = query_mask(data, support_mask)
-        return self.learner.predict_proba(data.X[query], data.blocks[query])[:, 1]
+    return AdaptedBlocks(proposed_learner(data, meta, seed))
 
 
 def fit_zero_shot(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
-    return _ZeroShot(proposed_learner(data, meta, seed))
+    return ZeroShot(proposed_learner(data, meta, seed))
 
 
 def fit_maml(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
-    return _Adapted(fit_plain_maml(meta, data, seed))
+    return AdaptedBlocks(fit_plain_maml(meta, data, seed))
 
 
 def fit_rl_based(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
     pretrained = pretrained_state(data, meta, seed)
-    return _Adapted(fit_global_mlp(meta, data, seed, init_state=pretrained.state))
+    return AdaptedBlocks(fit_global_mlp(meta, data, seed, init_state=pretrained.state))
 
 
 def fit_mlp_finetuned(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
-    return _Adapted(fit_global_mlp(meta, data, seed))
+    return AdaptedBlocks(fit_global_mlp(meta, data, seed))
 
 
 # --------------------------------------------------------------------------- registry
@@ -259,69 +168,6 @@ def resolve_methods(names: Sequence[str] | None) -> list[Method]:
         raise MetalsmInputError(
             f"unknown method(s) {unknown}; registered: {', '.join(METHODS)}")
     return [METHODS[n] for n in names]
-
-
-# --------------------------------------------------------------------------- comparison
-
-
-def compare_methods(data: MetaData, meta: MetaConfig, methods: Sequence[str | Method],
-                    k_shots: Sequence[str | int], repeats: int, seed: int,
-                    progress: Callable[[int], Any] | None = None) -> pd.DataFrame:
-    """Raw scores: one row per (method, K, repeat) on the query samples.
-
-    Repeat ``r`` trains with seed ``seed + r`` and draws the support with seed
-    ``seed + r`` (the same shots for every method). ``frame.attrs["proba"]`` maps
-    ``(method, k, repeat)`` to the query probabilities and ``frame.attrs["y"]`` maps
-    ``(k, repeat)`` to the query labels (for ROC curves). ``progress(1)`` is called
-    after each method of each repeat.
-    """
-    if not data.test.any():
-        raise MetalsmInputError("no meta-test samples: every block is a meta-train block")
-    chosen = [m if isinstance(m, Method) else resolve_methods([m])[0] for m in methods]
-    rows: list[dict[str, Any]] = []
-    proba: dict[tuple[str, str, int], np.ndarray] = ArrayStore()
-    labels: dict[tuple[str, int], np.ndarray] = ArrayStore()
-    for r in range(repeats):
-        s = seed + r
-        supports = {str(k): draw_support(data, k, s, meta.support_rule) for k in k_shots}
-        for k, mask in supports.items():
-            labels[(k, r)] = data.y[query_mask(data, mask)]
-        for method in chosen:
-            fitted = method.fit(data, meta, s)
-            for k, mask in supports.items():
-                y = labels[(k, r)]
-                p = fitted.predict_query(data, mask, s) if y.size else np.zeros(0)
-                groups = data.blocks[query_mask(data, mask)]
-                scores = ({**validation.classification_metrics(y, p),
-                           **validation.within_group_metrics(y, p, groups)} if y.size
-                          else dict.fromkeys(METRICS, np.nan))
-                rows.append({"method": method.name, "family": method.family, "k": k,
-                             "repeat": r, "seed": s, **scores, "n_query": int(y.size)})
-                proba[(method.name, k, r)] = p
-            if progress is not None:
-                progress(1)
-    raw = pd.DataFrame(rows, columns=list(RAW_COLUMNS))
-    raw.attrs["proba"] = proba
-    raw.attrs["y"] = labels
-    return raw
-
-
-def summarize(raw: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
-    """Per method × K: ``<metric>_mean/_std/_min/_max`` (std with ddof=0), repeats,
-    mean query size; rows in the order methods and K first appear."""
-    keys = ["method", "k"] + (["family"] if "family" in raw.columns else [])
-    raw = pd.DataFrame(raw.to_dict("list"))
-    group = raw.groupby(keys, sort=False)
-    parts = [group.size().rename("repeats")]
-    for metric in metrics:
-        g = group[metric]
-        parts += [g.mean().rename(f"{metric}_mean"), g.std(ddof=0).rename(f"{metric}_std"),
-                  g.min().rename(f"{metric}_min"), g.max().rename(f"{metric}_max")]
-    if "n_query" in raw.columns:
-        parts.append(group["n_query"].mean().rename("n_query"))
-    out = pd.concat(parts, axis=1).reset_index()
-    out.attrs = {}
-    return out
 
 
 def display_table(summary: pd.DataFrame, metrics: Sequence[str] = DISPLAY_METRICS

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from metalsm.atomic import write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
@@ -47,18 +45,6 @@ def skip_reason(name: str, config: StudyAreaConfig) -> str | None:
         return ("the credibility band sweep needs rasters (a factor stack to draw "
                 "negatives from); this study area is a sample table")
     return None
-
-
-def _section(name: str, result: Any) -> Section:
-    section = getattr(result, "section", None)
-    if section is not None:
-        return section
-    tables = [(key, frame.round(4)) for key, frame in
-              (("band metrics", getattr(result, "metrics", None)),) if
-              isinstance(frame, pd.DataFrame)]
-    images = [(k, p) for k, p in getattr(result, "paths", {}).items()
-              if str(p).endswith(".png")]
-    return Section(name, tables=tables, images=images)
 
 
 def run_all(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None = None,
@@ -104,8 +90,8 @@ def run_all(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None
         timings[name] = round(time.perf_counter() - t, 3)
         cpu[name] = round(time.process_time() - c, 3)
         status[name] = "done"
-        sections.append(_section(name, result))
-        for key, path in getattr(result, "paths", {}).items():
+        sections.append(result.section or Section(name))
+        for key, path in result.paths.items():
             paths[f"{name}/{key}"] = Path(path)
     seconds = round(time.perf_counter() - started, 3)
     timings["total"] = seconds

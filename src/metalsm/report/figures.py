@@ -665,7 +665,7 @@ def plot_candles(
 ) -> Path:
     """Candle chart of ``metric`` against K: per method and K a mean marker, a ±σ bar
     and min/max whiskers; methods side by side within each K (summary as
-    :func:`metalsm.experiments.methods.summarize` gives it)."""
+    :func:`metalsm.evaluation.kshot.summarize` gives it)."""
     candles = candle_table(summary, metric)
     ks = list(dict.fromkeys(candles["k"]))
     methods = list(dict.fromkeys(candles["method"]))
