@@ -68,6 +68,13 @@ def test_experiments_section_defaults_and_unknown_keys(tmp_path):
     path = _table_config(tmp_path, extra='[experiments]\nk_shots = ["all"]\n')
     with pytest.raises(MetalsmInputError, match="k_shots"):
         load_config(path)
+    assert config.experiments.ablations == ("adaptation", "pretrain_loss", "balanced",
+                                            "blocks")
+    path = _table_config(tmp_path, extra='[experiments]\nablations = ["balanced"]\n')
+    assert load_config(path).experiments.ablations == ("balanced",)
+    path = _table_config(tmp_path, extra='[experiments]\nablations = ["adapt"]\n')
+    with pytest.raises(MetalsmInputError, match=r"ablations must name .* got \['adapt'\]"):
+        load_config(path)
 
 
 def test_support_draw_is_shared_stratified_and_respects_k(hk_data):

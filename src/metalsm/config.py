@@ -241,6 +241,10 @@ class MetaConfig:
     seed: int = 42
 
 
+#: The tables of ``metalsm experiment ablation`` (:mod:`metalsm.experiments.ablation`).
+ABLATION_TABLES = ("adaptation", "pretrain_loss", "balanced", "blocks")
+
+
 @dataclass(frozen=True)
 class ExperimentsConfig:
     """``metalsm experiment``: methods compared, K values, repetitions, splits, ablations.
@@ -248,7 +252,9 @@ class ExperimentsConfig:
     ``methods``: names of :data:`metalsm.experiments.methods.METHODS` (empty = all);
     ``meta_iterations``: meta-training iterations of the experiments (0 = ``[meta]
     iterations``); ``cross_area_split``: ``west-east``, ``north-south`` or a polygon
-    file (area 1 = inside); ``ablation_blocks``: the numbers of blocks K compared.
+    file (area 1 = inside); ``ablation_blocks``: the numbers of blocks K compared;
+    ``ablations``: which tables of ``metalsm experiment ablation`` to run (each retrains
+    the meta-learner several times, so a study can run only the ones it needs).
     """
 
     methods: tuple[str, ...] = ()
@@ -262,6 +268,7 @@ class ExperimentsConfig:
     #: repeats of the costlier experiments (ablation, cross-area): at most this many
     #: (0 = as many as ``repeats``)
     ablation_repeats: int = 5
+    ablations: tuple[str, ...] = ABLATION_TABLES
 
 
 @dataclass(frozen=True)
@@ -590,6 +597,10 @@ def _check_experiments(config: StudyAreaConfig, path: Path, problems: list[str])
     if any(k < 1 for k in exp.ablation_blocks):
         problems.append(f"{path}: experiments.ablation_blocks must be >= 1, "
                                 f"got {list(exp.ablation_blocks)}")
+    unknown = [a for a in exp.ablations if a not in ABLATION_TABLES]
+    if unknown or not exp.ablations:
+        problems.append(f"{path}: experiments.ablations must name one or more of "
+                        f"{', '.join(ABLATION_TABLES)}, got {list(exp.ablations)}")
 
 
 def _check_bands(config: StudyAreaConfig, path: Path, problems: list[str]) -> None:

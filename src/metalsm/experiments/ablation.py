@@ -28,7 +28,7 @@ import pandas as pd
 
 from metalsm.atomic import write_csv
 from metalsm.blocks_run import with_blocks
-from metalsm.config import BlocksConfig, MetaConfig, StudyAreaConfig
+from metalsm.config import ABLATION_TABLES, BlocksConfig, MetaConfig, StudyAreaConfig
 from metalsm.evaluation.kshot import Method, summarize
 from metalsm.experiments.common import (
     ExperimentResult,
@@ -94,55 +94,44 @@ def _short(summary: pd.DataFrame, setting_cols: list[str]) -> pd.DataFrame:
     return out
 
 
-def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None = None,
-                 preset: str | None = None, context: Context | None = None
-                 ) -> ExperimentResult:
-    """Pretraining × task loss, balanced adaptation, number of blocks."""
-    run = begin_run(config, out_dir, repeats, preset, context)
-    config, out, context, exp, meta, n = (run.config, run.out, run.context, run.exp,
-                                          run.meta, run.repeats)
-    if exp.ablation_repeats > 0:
-        n = min(n, exp.ablation_repeats)
-    ks = list(exp.k_shots)
-    paths, tables = {}, {}
-
-    # pretraining x task loss
+def _pretrain_loss_table(context: Context, meta: MetaConfig, ks: list[str], n: int,
+                         seed: int) -> pd.DataFrame:
     parts = []
     for method, setting in _pretrain_weighting(meta):
-        raw = method_rows(context, meta, [method], ks, n, exp.seed)
+        raw = method_rows(context, meta, [method], ks, n, seed)
         parts.append(summarize(raw).assign(**setting))
-    table = pd.concat(parts, ignore_index=True)
-    tables["pretrain_loss"] = table
-    paths["pretrain_loss"] = write_csv(out / "ablation_pretrain_loss.csv", table.round(5))
+    return pd.concat(parts, ignore_index=True)
 
-    # adaptation settings
+
+def _adaptation_table(context: Context, meta: MetaConfig, ks: list[str], n: int,
+                      seed: int) -> pd.DataFrame:
     parts = []
     for label, changes in adaptation_variants(meta):
         # the variant's [meta] also draws the shots (a support-rule row adapts from shots
         # drawn by its own rule)
         raw = method_rows(context, replace(meta, **changes), [METHODS["proposed"]], ks, n,
-                          exp.seed)
+                          seed)
         parts.append(summarize(raw).assign(setting=label))
-    table = pd.concat(parts, ignore_index=True)
-    tables["adaptation"] = table
-    paths["adaptation"] = write_csv(out / "ablation_adaptation.csv", table.round(5))
+    return pd.concat(parts, ignore_index=True)
 
-    # class-balanced adaptation
+
+def _balanced_table(context: Context, meta: MetaConfig, ks: list[str], n: int,
+                    seed: int) -> pd.DataFrame:
     parts = []
     for balanced in (False, True):
         method = (METHODS["proposed"] if balanced == meta.balanced
                   else _variant(f"balanced={'on' if balanced else 'off'}", balanced=balanced))
-        raw = method_rows(context, meta, [method], ks, n, exp.seed)
+        raw = method_rows(context, meta, [method], ks, n, seed)
         parts.append(summarize(raw).assign(**{"balanced adaptation":
                                               "on" if balanced else "off"}))
-    table = pd.concat(parts, ignore_index=True)
-    tables["balanced"] = table
-    paths["balanced"] = write_csv(out / "ablation_balanced.csv", table.round(5))
+    return pd.concat(parts, ignore_index=True)
 
-    # number of blocks
+
+def _blocks_table(config: StudyAreaConfig, out: Path, context: Context, meta: MetaConfig,
+                  ks: list[str], n: int, seed: int) -> pd.DataFrame:
     parts = []
     own = (config.blocks or BlocksConfig()).n_blocks
-    for n_blocks in exp.ablation_blocks:
+    for n_blocks in config.experiments.ablation_blocks:
         if n_blocks == own:
             ctx = context
         else:
@@ -151,17 +140,52 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
                                       stack=getattr(context.stage, "stack", None),
                                       samples=context.stage.samples)
             ctx = Context(data=data)
-        raw = method_rows(ctx, meta, [METHODS["proposed"]], ks, n, exp.seed)
+        raw = method_rows(ctx, meta, [METHODS["proposed"]], ks, n, seed)
         parts.append(summarize(raw).assign(
             **{"blocks asked": n_blocks, "blocks made": ctx.data.n_blocks,
                "meta-test blocks": int(ctx.data.test_blocks.size)}))
-    table = pd.concat(parts, ignore_index=True)
-    tables["blocks"] = table
-    paths["blocks"] = write_csv(out / "ablation_blocks.csv", table.round(5))
-    paths["blocks_png"] = figures.plot_candles(
-        table.assign(method=table["blocks asked"].map(lambda b: f"{b} blocks")),
-        out / "ablation_blocks.png", metric="accuracy",
-        title="Proposed method: accuracy against K, by number of blocks")
+    return pd.concat(parts, ignore_index=True)
+
+
+#: Report title and setting columns of each ablation table.
+_TABLES = {
+    "adaptation": ("Adaptation settings, one change at a time", ["setting"]),
+    "pretrain_loss": ("Pretraining × task loss (mean ± std)", ["pretraining", "task loss"]),
+    "balanced": ("Class-balanced adaptation", ["balanced adaptation"]),
+    "blocks": ("Number of blocks", ["blocks asked", "blocks made", "meta-test blocks"]),
+}
+
+
+def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None = None,
+                 preset: str | None = None, context: Context | None = None
+                 ) -> ExperimentResult:
+    """The tables of ``[experiments] ablations``: adaptation settings, pretraining ×
+    task loss, balanced adaptation, number of blocks."""
+    run = begin_run(config, out_dir, repeats, preset, context)
+    config, out, context, exp, meta, n = (run.config, run.out, run.context, run.exp,
+                                          run.meta, run.repeats)
+    if exp.ablation_repeats > 0:
+        n = min(n, exp.ablation_repeats)
+    ks = list(exp.k_shots)
+    paths, tables = {}, {}
+    for name in ABLATION_TABLES:
+        if name not in exp.ablations:
+            continue
+        if name == "blocks":
+            table = _blocks_table(config, out, context, meta, ks, n, exp.seed)
+        else:
+            table = {"adaptation": _adaptation_table, "pretrain_loss": _pretrain_loss_table,
+                     "balanced": _balanced_table}[name](context, meta, ks, n, exp.seed)
+        tables[name] = table
+        paths[name] = write_csv(out / f"ablation_{name}.csv", table.round(5))
+    images = []
+    if "blocks" in tables:
+        table = tables["blocks"]
+        paths["blocks_png"] = figures.plot_candles(
+            table.assign(method=table["blocks asked"].map(lambda b: f"{b} blocks")),
+            out / "ablation_blocks.png", metric="accuracy",
+            title="Proposed method: accuracy against K, by number of blocks")
+        images.append(("Accuracy against K by number of blocks", paths["blocks_png"]))
 
     text = (
         "Ablations of the proposed method, each at K = " + ", ".join(ks) + f", {n} repeats "
@@ -172,11 +196,6 @@ def run_ablation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int |
         "area, so their meta-test blocks (and query samples) differ."
     )
     section = Section("Ablations", text=text, tables=[
-        ("Adaptation settings, one change at a time", _short(tables["adaptation"], ["setting"])),
-        ("Pretraining × task loss (mean ± std)",
-         _short(tables["pretrain_loss"], ["pretraining", "task loss"])),
-        ("Class-balanced adaptation", _short(tables["balanced"], ["balanced adaptation"])),
-        ("Number of blocks", _short(tables["blocks"], ["blocks asked", "blocks made",
-                                                       "meta-test blocks"])),
-    ], images=[("Accuracy against K by number of blocks", paths["blocks_png"])])
+        (_TABLES[name][0], _short(table, _TABLES[name][1])) for name, table in tables.items()],
+        images=images)
     return run.finish(paths, tables, section)
