@@ -12,7 +12,6 @@ from metalsm.cli import app
 from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.datasets import EXAMPLES_DIR
-from metalsm.errors import MetalsmInputError
 from metalsm.pipeline import run_pipeline
 
 BLOCKS = "n_blocks = 12\ncompactness = 0.5\nmeta_train_fraction = 0.6\nseed = 3"
@@ -106,6 +105,3 @@ def test_run_with_blocks_writes_the_block_outputs(kaghan, kaghan_crop, tmp_path)
     assert {"blocks.tif", "blocks.gpkg", "tasks.csv", "susceptibility.tif"} <= {
         p.name for p in (tmp_path / "run").iterdir()
     }
-    table_config = load_config(EXAMPLES_DIR / "hongkong.toml")
-    with pytest.raises(MetalsmInputError, match="sample-table study area"):
-        run_pipeline(table_config, tmp_path / "hk", show_progress=False)

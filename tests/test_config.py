@@ -62,6 +62,12 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
             "'rasters[0].kind'",
         ),
         (MINIMAL + "[zones]\nlevels = 3\nlabels = [\"a\"]\n", "zones.labels has 1"),
+        (MINIMAL + "[validation]\nrepeats = 0\n",
+         "validation.repeats must be >= 1 (cross-validation runs at least once), got 0"),
+        (MINIMAL + "[validation]\nrepeats = 2.5\n", "'validation.repeats': expected an integer"),
+        (MINIMAL + "[validation]\nbuffer_m = -50\n",
+         "validation.buffer_m must be >= 0 (metres of training samples left out"),
+        (MINIMAL + "[validation]\nn_folds = 1\n", "validation.n_folds must be >= 2"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, message):

@@ -18,7 +18,7 @@ from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
 from metalsm.pipeline import run_pipeline
-from metalsm.validation import rate_curve_from_counts
+from metalsm.validation import random_folds, rate_curve_from_counts
 
 EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
@@ -30,7 +30,9 @@ EXPECTED_OUTPUTS = {
 @pytest.fixture(scope="module")
 def crop_run(kaghan, kaghan_crop, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    config = write_config(out / "crop.toml", kaghan_crop, kaghan)
+    # two repeats of the cross-validation (folds re-drawn with seeds 7 and 8)
+    config = write_config(out / "crop.toml", kaghan_crop, kaghan, validation=(
+        'n_folds = 3\nspatial_method = "kmeans"\nseed = 7\nrepeats = 2'))
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(out / "run"), "--quiet"])
     assert result.exit_code == 0, result.output
     return out / "run"
@@ -85,9 +87,16 @@ def test_success_and_prediction_rates(crop_run):
     assert 0.5 < rates["prediction_rate_spatial_auc"] < rates["success_rate_auc"]
     assert rates["prediction_rate_spatial_auc"] <= rates["prediction_rate_random_auc"] + 0.02
     table = pd.read_csv(crop_run / "validation.csv").set_index(["model", "scheme"])
+    # the curve pools both repeats' ranks: its AUC is the mean of the repeats' AUCs
     assert table.loc[("rf", "spatial"), "prediction_rate_auc"] == pytest.approx(
         rates["prediction_rate_spatial_auc"])
-    assert "Success and prediction rates" in (crop_run / "report.html").read_text()
+    assert rates["repeats"] == 2
+    assert rates["prediction_rate_random_auc_repeat_std"] == pytest.approx(
+        table.loc[("rf", "random"), "prediction_rate_auc_repeat_std"])
+    assert 0 < rates["prediction_rate_random_auc_repeat_std"] < 0.05
+    html = (crop_run / "report.html").read_text()
+    assert "Success and prediction rates" in html
+    assert "repeated 2 times" in html and "(± std over 2 repeats)" in html
 
 
 def test_samples_vector_has_crs_folds_and_out_of_fold_probabilities(crop_run, kaghan_crop):
@@ -103,6 +112,10 @@ def test_samples_vector_has_crs_folds_and_out_of_fold_probabilities(crop_run, ka
         assert sorted(points[f"fold_{scheme}"].unique()) == [0, 1, 2]  # the crop's 3 folds
         oof = points[f"oof_rf_{scheme}"]
         assert oof.between(0, 1).all()
+    # the second repeat's folds: drawn with seed 7 + 1, so they differ from the first's
+    np.testing.assert_array_equal(points["fold_random_r1"], random_folds(table["label"], 3, 8))
+    assert (points["fold_random_r1"] != points["fold_random"]).mean() > 0.3
+    assert "fold_spatial_r1" in points and "fold_random_r2" not in points
     # the spatial folds are regions: each fold's points sit apart from the others
     centres = points.groupby("fold_spatial").apply(
         lambda g: (g.geometry.x.mean(), g.geometry.y.mean()), include_groups=False)
@@ -216,3 +229,51 @@ def test_init_writes_a_loadable_template(tmp_path):
     assert load_config(target).zones.levels == 4
     again = CliRunner().invoke(app, ["init", str(target)])
     assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_run_on_a_sample_table_validates_without_a_map(tmp_path):
+    """`metalsm run` on 600 real Hong Kong samples (no rasters): the study area's folds,
+    buffer and repeats reach the validation (same table as evaluate_models with those
+    settings), samples.gpkg carries the table CRS and both repeats' folds, and the
+    report says there is no map."""
+    from conftest import hk_slice
+
+    from metalsm.validation import evaluate_models
+
+    hk_slice(600, seed=1).to_csv(tmp_path / "hk.csv", index=False)
+    config = tmp_path / "hk.toml"
+    config.write_text(
+        'name = "hk-600"\n[table]\npath = "hk.csv"\nlabel_column = "label"\nx_column = "X"\n'
+        'y_column = "Y"\ncrs = "EPSG:2326"\ncategorical = ["land use", "lithology"]\n'
+        '[model]\nnames = ["fr"]\nmap_model = "fr"\n'
+        '[validation]\nn_folds = 3\nspatial_method = "grid"\nseed = 4\nrepeats = 2\n'
+        'buffer_m = 400\n')
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"validation.csv", "samples.csv", "samples.gpkg", "metrics.json", "manifest.json",
+            "report.html", "roc.png", "roc_folds.png", "folds.png"} <= names
+    assert not {"susceptibility.tif", "zones.tif", "map.png", "rates.png"} & names
+    table = pd.read_csv(out / "validation.csv").set_index("scheme")
+    samples = pd.read_csv(out / "samples.csv")
+    expected = evaluate_models(
+        ["fr"], samples[[c for c in samples if c not in ("x", "y", "label")]],
+        samples["label"], samples[["x", "y"]], ["land use", "lithology"], n_folds=3, seed=4,
+        spatial_method="grid", buffer_m=400.0, repeats=2).table.set_index("scheme")
+    for column in ("auc_mean", "auc_std", "auc_repeat_std", "pooled_auc", "n_buffered_mean"):
+        assert table[column].to_numpy() == pytest.approx(expected[column].to_numpy()), column
+    assert (table["repeats"] == 2).all() and (table["buffer_m"] == 400).all()
+    assert table.loc["spatial", "auc_repeat_std"] > 0  # grid folds re-dealt per repeat
+    assert table.loc["random", "n_buffered_mean"] > 0
+    points = gpd.read_file(out / "samples.gpkg")
+    assert points.crs.to_epsg() == 2326 and len(points) == 600
+    assert {"fold_random", "fold_spatial", "fold_random_r1", "fold_spatial_r1",
+            "oof_fr_spatial"} <= set(points.columns)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["map"].startswith("none") and metrics["map_model"] is None
+    assert metrics["validation"]["spatial"]["fr"]["auc_repeat_std"] == pytest.approx(
+        table.loc["spatial", "auc_repeat_std"])
+    html = (out / "report.html").read_text()
+    assert "No map" in html and "no susceptibility map" in html
+    assert "repeated 2 times" in html and "400 m" in html

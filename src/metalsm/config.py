@@ -139,6 +139,9 @@ class ValidationConfig:
     # spatial leave-out: training samples within buffer_m metres of a test sample are
     # dropped from that fold's training set (0 = no buffer)
     buffer_m: float = 0.0
+    # cross-validation repeated with folds re-drawn (seed + repeat); tables give the
+    # spread over repeats beside the spread over folds
+    repeats: int = 1
 
 
 @dataclass(frozen=True)
@@ -505,6 +508,8 @@ def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> N
     at_least = [
         ("validation.n_folds", config.validation.n_folds, 2,
          "cross-validation needs at least 2 folds"),
+        ("validation.repeats", config.validation.repeats, 1,
+         "cross-validation runs at least once"),
         ("zones.levels", config.zones.levels, 2, "a map needs at least 2 zones"),
         ("output.window_size", config.output.window_size, 16, "windows of at least 16 cells"),
     ]
@@ -529,6 +534,10 @@ def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> N
     for key, value, low, why in at_least:
         if value < low:
             problems.append(f"{path}: {key} must be >= {low} ({why}), got {value}")
+    if not config.validation.buffer_m >= 0:
+        problems.append(f"{path}: validation.buffer_m must be >= 0 (metres of training "
+                        "samples left out around each test fold; 0 = no buffer), got "
+                        f"{config.validation.buffer_m:g}")
     if config.sampling.buffer_m < 0:
         problems.append(f"{path}: sampling.buffer_m must be >= 0 (metres kept free of "
                         f"negatives around landslides), got {config.sampling.buffer_m:g}")

@@ -127,22 +127,24 @@ def run_pipeline(
     the map predicted over Dask (local threads, or the cluster at ``scheduler``);
     without them the path is chosen by the estimated stack size and free memory.
 
+    A sample-table study area (``[table]``, no rasters) gets no map: its models are
+    cross-validated and reported (:func:`_run_table_validation`), and with ``[meta]``
+    the block-wise stage runs too (:func:`metalsm.meta_run.run_table_pipeline`).
+
     Every input header and ``out_dir`` are checked first (:func:`metalsm.preflight.check_run`,
     all problems at once); the run then writes into a staging folder that replaces
     ``out_dir`` only when complete, so a failed run leaves a previous run untouched.
     """
-    if config.table is not None and config.meta is None:
-        raise MetalsmInputError(
-            f"{config.source}: '{config.name}' is a sample-table study area (no rasters to map); "
-            "use `metalsm segment` for its blocks"
-        )
     with collect_warnings() as warned:
         check_run(config, out_dir)
         with staged_directory(out_dir) as stage:
-            if config.table is not None:
+            if config.table is not None and config.meta is not None:
                 from metalsm.meta_run import run_table_pipeline
 
                 result = run_table_pipeline(config, stage, show_progress=show_progress)
+            elif config.table is not None:
+                result = _run_table_validation(config, stage, warned,
+                                               show_progress=show_progress)
             else:
                 result = _run_raster_pipeline(config, stage, warned,
                                               show_progress=show_progress,
@@ -214,22 +216,10 @@ def _run_raster_pipeline(
             t = timed("blocks", t)
 
         names = tuple(n for n in config.model.names if n != "meta-blockwise")
-        n_tasks = 2 * len(names) * config.validation.n_folds
-        with progress.stage("validation (random and spatial folds)", total=n_tasks) as advance:
+        with progress.stage(validation_stage_name(config),
+                            total=validation_tasks(config, names)) as advance:
             area = area_sample(stack, samples.factor_names, config.validation.seed)
-            evaluation = validation.evaluate_models(
-                names,
-                samples.X,
-                samples.y,
-                samples.coords,
-                categorical=samples.categorical,
-                n_folds=config.validation.n_folds,
-                seed=config.validation.seed,
-                spatial_method=config.validation.spatial_method,
-                progress=advance,
-                area=area,
-                buffer_m=config.validation.buffer_m,
-            )
+            evaluation = validate(config, names, samples, advance, area=area)
             write_csv(out / "validation.csv", evaluation.table)
             write_samples_vector(out / "samples.gpkg", samples, stack.grid.crs,
                                  _sample_columns(evaluation, config.model.map_model))
@@ -286,6 +276,7 @@ def _run_raster_pipeline(
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
             metrics["rates"] = {
                 **{f"{name}_auc": curve.auc for name, curve in rates.items()},
+                **_rate_repeat_spread(evaluation, config.model.map_model),
                 "prediction_rate_model": config.model.map_model,
                 "area_sample_cells": len(area),
             }
@@ -336,6 +327,122 @@ def _run_raster_pipeline(
     return RunResult(out, seconds, metrics, headline)
 
 
+def _run_table_validation(config: StudyAreaConfig, out: Path, warned: list[str], *,
+                          show_progress: bool) -> RunResult:
+    """A sample-table study area without ``[meta]``: cross-validation of every model,
+    samples.gpkg, ROC and fold figures, blocks when ``[blocks]`` is given, metrics,
+    manifest and a report that says why there is no map."""
+    from metalsm.blocks_run import _segment_table
+    from metalsm.grid import Grid
+    from metalsm.sample_table import read_sample_table
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    t = started
+    with RunProgress(enabled=show_progress) as progress:
+        if config.blocks is not None:
+            samples = _segment_table(config, config.blocks, out, progress).samples
+            timings["blocks"] = round(time.perf_counter() - t, 3)
+        else:
+            with progress.stage("sample table"):
+                samples = read_sample_table(config.table)
+        write_csv(out / "samples.csv", samples.table)
+        problems = fold_problems(config, samples.y, f"the sample table {config.table.path}")
+        if problems:
+            raise MetalsmInputError(problems[0])
+        t = time.perf_counter()
+        names = tuple(config.model.names)
+        with progress.stage(validation_stage_name(config),
+                            total=validation_tasks(config, names)) as advance:
+            evaluation = validate(config, names, samples, advance)
+            write_csv(out / "validation.csv", evaluation.table)
+            write_samples_vector(out / "samples.gpkg", samples, config.table.crs,
+                                 _sample_columns(evaluation, config.model.map_model))
+        timings["validation"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        with progress.stage("figures and report"):
+            validation_figures(out, evaluation, samples.y, config, samples.coords,
+                               Grid.around(samples.coords, config.table.crs))
+            metrics = {
+                "study_area": config.name,
+                "samples": {"positives": int((samples.y == 1).sum()),
+                            "negatives": int((samples.y == 0).sum()),
+                            "table": config.table.path,
+                            "dropped_incomplete_rows":
+                                int(samples.table.attrs.get("dropped_incomplete_rows", 0))},
+                "factors": list(samples.factor_names),
+                "categorical_factors": list(samples.categorical),
+                "validation": _by_scheme(evaluation.table),
+                "map_model": None,
+                "map": "none: a sample-table study area has no rasters to map",
+                "warnings": list(warned),
+            }
+            write_json(out / "metrics.json", metrics)
+            outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+            manifest = build_manifest(
+                config=config.to_dict(), inputs=[config.table.path],
+                seeds={"validation": config.validation.seed,
+                       **({"blocks": config.blocks.seed} if config.blocks else {})},
+                metrics=metrics, timings_s=timings,
+                outputs=outputs + ["manifest.json", "report.html"])
+            write_json(out / "manifest.json", manifest)
+            _table_report(out, config, metrics, evaluation, manifest)
+        timings["report"] = round(time.perf_counter() - t, 3)
+    spatial = metrics["validation"]["spatial"][config.model.map_model]
+    headline = {
+        "samples": f"{metrics['samples']['positives']} positives, "
+        f"{metrics['samples']['negatives']} negatives (no map: sample table)",
+        f"spatial AUC ({config.model.map_model})":
+            f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}",
+    }
+    return RunResult(out, time.perf_counter() - started, metrics, headline)
+
+
+def _table_report(out: Path, config: StudyAreaConfig, metrics: dict,
+                  evaluation: validation.Evaluation, manifest: dict) -> None:
+    samples = metrics["samples"]
+    dropped = samples["dropped_incomplete_rows"]
+    sections = [
+        Section("No map", text=(
+            f"`{config.name}` is a sample-table study area: {samples['positives']} landslide "
+            f"and {samples['negatives']} non-landslide samples with their factor values "
+            f"(`{Path(config.table.path).name}`"
+            + (f", {dropped} rows with a missing value dropped" if dropped else "")
+            + "), and no rasters. There is nothing to predict a map on, so this run has no "
+            "susceptibility map, zones, success rate or prediction rate (both need the "
+            "mapped area); it cross-validates the models, which is what the samples can "
+            "honestly tell.")),
+        validation_section(out, config, evaluation),
+    ]
+    if (out / "blocks.png").exists():
+        sections.append(Section("Blocks", text=(
+            "The samples segmented into blocks (`[blocks]`): `blocks.csv` gives each "
+            "sample's block, `tasks.csv` each block's samples and its meta-train or "
+            "meta-test split."), images=[("Blocks", out / "blocks.png")]))
+    sections += [
+        Section("Factors", tables=[("Factors", report_tables.factor_table(
+            metrics["factors"], metrics["categorical_factors"]))]),
+        Section("Warnings", text=(
+            f"{len(metrics['warnings'])} warning(s) during the run (also in `metrics.json`)."
+            if metrics["warnings"] else "No warnings."),
+            preformatted=[("Warnings", metrics["warnings"])] if metrics["warnings"] else []),
+        Section("Provenance",
+                text="Inputs, seeds, timings and versions (in full in `manifest.json`).",
+                tables=report_tables.provenance_tables(manifest)),
+    ]
+    write_report(out / "report.html",
+                 title=f"Landslide models, validation only — {config.name}", sections=sections)
+
+
+def _by_scheme(table: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """``validation.csv`` rows as ``{scheme: {model: {column: value}}}``."""
+    by_scheme: dict[str, dict[str, dict]] = {}
+    for row in table.to_dict("records"):
+        entry = {k: v for k, v in row.items() if k not in ("model", "scheme")}
+        by_scheme.setdefault(row["scheme"], {})[row["model"]] = entry
+    return by_scheme
+
+
 @contextlib.contextmanager
 def collect_warnings():
     """Yield a list that receives every warning logged by metalsm meanwhile (for
@@ -355,10 +462,37 @@ def collect_warnings():
         logger.removeHandler(handler)
 
 
+def validation_tasks(config: StudyAreaConfig, names) -> int:
+    """Model fits of the cross-validation (its progress bar's total)."""
+    return 2 * len(names) * config.validation.n_folds * config.validation.repeats
+
+
+def validation_stage_name(config: StudyAreaConfig) -> str:
+    repeats = config.validation.repeats
+    return "validation (random and spatial folds" + (
+        f", {repeats} repeats)" if repeats > 1 else ")")
+
+
+def validate(config: StudyAreaConfig, names, samples: Samples, progress=None, *,
+             area: pd.DataFrame | None = None) -> validation.Evaluation:
+    """Cross-validate ``names`` on ``samples`` as ``[validation]`` says (folds, spatial
+    method, buffer, repeats, seed): the one call of raster and table runs."""
+    settings = config.validation
+    return validation.evaluate_models(
+        names, samples.X, samples.y, samples.coords, categorical=samples.categorical,
+        n_folds=settings.n_folds, seed=settings.seed,
+        spatial_method=settings.spatial_method, progress=progress, area=area,
+        buffer_m=settings.buffer_m, repeats=settings.repeats)
+
+
 def _sample_columns(evaluation: validation.Evaluation, map_model: str) -> dict:
-    """Per sample: its fold under each scheme and, for the map model, the out-of-fold
-    probability (from the fold model that did not see it)."""
+    """Per sample: its fold under each scheme and repeat (``fold_<scheme>`` the first,
+    ``fold_<scheme>_r<r>`` repeat ``r``, drawn with seed + r) and, for the map model,
+    the out-of-fold probability of the first repeat (from the fold model that did not
+    see it)."""
     columns = {f"fold_{scheme}": folds for scheme, folds in evaluation.folds.items()}
+    for scheme, draws in evaluation.repeat_folds.items():
+        columns.update({f"fold_{scheme}_r{r}": draws[r] for r in range(1, len(draws))})
     for scheme in evaluation.folds:
         if (map_model, scheme) in evaluation.oof:
             columns[f"oof_{map_model}_{scheme}"] = evaluation.oof[(map_model, scheme)]
@@ -384,11 +518,22 @@ def _rate_curves(out: Path, mask: np.ndarray, evaluation: validation.Evaluation,
     of the map model's held-out landslides under each fold scheme."""
     rates = {"success_rate": mapping.success_rate(out / "susceptibility.tif", mask)}
     for scheme in ("spatial", "random"):
-        result = evaluation.results.get((map_model, scheme))
-        if result is not None and result.area_share_above is not None:
-            rates[f"prediction_rate_{scheme}"] = validation.prediction_rate(
-                result.area_share_above)
+        shares = evaluation.area_shares(map_model, scheme)  # every repeat's ranks
+        if shares is not None:
+            rates[f"prediction_rate_{scheme}"] = validation.prediction_rate(shares)
     return rates
+
+
+def _rate_repeat_spread(evaluation: validation.Evaluation, map_model: str) -> dict:
+    """Std over repeats of the map model's prediction-rate AUC per scheme (repeated
+    cross-validations only)."""
+    table = evaluation.table
+    if "prediction_rate_auc_repeat_std" not in table.columns:
+        return {}
+    rows = table[table["model"] == map_model].set_index("scheme")
+    return {"repeats": int(rows["repeats"].iloc[0]),
+            **{f"prediction_rate_{scheme}_auc_repeat_std":
+               float(rows.loc[scheme, "prediction_rate_auc_repeat_std"]) for scheme in rows.index}}
 
 
 def _rates_section(out: Path, rates: dict, config: StudyAreaConfig) -> Section:
@@ -402,11 +547,20 @@ def _rates_section(out: Path, rates: dict, config: StudyAreaConfig) -> Section:
             f" The **prediction rate** ranks each landslide sample on the map of the "
             f"`{config.model.map_model}` cross-validation model that did not see it, among "
             f"{rates['area_sample_cells']:,} random mapped cells: "
-            f"{rates['prediction_rate_spatial_auc']:.3f} with spatial folds (the honest "
-            f"estimate), {rates.get('prediction_rate_random_auc', float('nan')):.3f} with "
-            "random folds.")
+            f"{rates['prediction_rate_spatial_auc']:.3f}{_spread(rates, 'spatial')} with "
+            "spatial folds (the honest estimate), "
+            f"{rates.get('prediction_rate_random_auc', float('nan')):.3f}"
+            f"{_spread(rates, 'random')} with random folds.")
+        if "repeats" in rates:
+            text += (f" Each landslide is ranked once per repeat ({rates['repeats']} repeats); "
+                     "the curves pool those ranks, ± is the standard deviation over repeats.")
     return Section("Success and prediction rates", text=text,
                    images=[("Success- and prediction-rate curves", out / "rates.png")])
+
+
+def _spread(rates: dict, scheme: str) -> str:
+    value = rates.get(f"prediction_rate_{scheme}_auc_repeat_std")
+    return "" if value is None else f" ± {value:.3f}"
 
 
 def _input_paths(config: StudyAreaConfig) -> list[str]:
@@ -424,10 +578,7 @@ def _metrics(
     inventory,
 ) -> dict:
     """Everything a reader of ``metrics.json`` needs to judge the run."""
-    by_scheme: dict[str, dict[str, dict[str, float]]] = {}
-    for row in evaluation.table.to_dict("records"):
-        entry = {k: v for k, v in row.items() if k not in ("model", "scheme")}
-        by_scheme.setdefault(row["scheme"], {})[row["model"]] = entry
+    by_scheme = _by_scheme(evaluation.table)
     return {
         "study_area": config.name,
         "samples": {
@@ -457,24 +608,6 @@ MAP_FIGURE_SIDE = 3000
 
 def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
              edges, coords) -> None:
-    curves = {}
-    for (name, scheme), proba in evaluation.oof.items():
-        if scheme != "spatial":
-            continue
-        roc = validation.roc_points(y, proba)
-        curves[name] = (roc.fpr, roc.tpr, roc.auc)
-    figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
-    per_fold = {}
-    for scheme, folds in evaluation.folds.items():
-        proba = evaluation.oof.get((config.model.map_model, scheme))
-        if proba is None:
-            continue
-        per_fold[scheme] = [validation.roc_points(y[folds == k], proba[folds == k])[:2]
-                            for k in np.unique(folds) if np.unique(y[folds == k]).size == 2]
-    if per_fold:
-        figures.plot_roc_by_scheme(per_fold, out / "roc_folds.png",
-                                   title=f"ROC of {config.model.map_model}, random and spatial "
-                                   "folds")
     names = {"success_rate": "success rate (training landslides)",
              "prediction_rate_spatial": "prediction rate, spatial folds",
              "prediction_rate_random": "prediction rate, random folds"}
@@ -493,25 +626,94 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
         title=f"Landslide susceptibility, {config.name} ({config.model.map_model})",
     )
     figures.plot_zone_bars(zones, out / "zones.png")
+    validation_figures(out, evaluation, y, config, coords, grid, dem)
+
+
+def validation_figures(out: Path, evaluation: validation.Evaluation, y: np.ndarray,
+                       config: StudyAreaConfig, coords: np.ndarray, grid, dem=None) -> None:
+    """roc.png (every model, spatial folds), roc_folds.png (the map model per fold, random
+    and spatial) and folds.png (where the first repeat's folds lie, over ``grid``)."""
+    curves = {}
+    for (name, scheme), proba in evaluation.oof.items():
+        if scheme != "spatial":
+            continue
+        roc = validation.roc_points(y, proba)
+        curves[name] = (roc.fpr, roc.tpr, roc.auc)
+    figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
+    per_fold = {}
+    for scheme, folds in evaluation.folds.items():
+        proba = evaluation.oof.get((config.model.map_model, scheme))
+        if proba is None:
+            continue
+        per_fold[scheme] = [validation.roc_points(y[folds == k], proba[folds == k])[:2]
+                            for k in np.unique(folds) if np.unique(y[folds == k]).size == 2]
+    if per_fold:
+        figures.plot_roc_by_scheme(per_fold, out / "roc_folds.png",
+                                   title=f"ROC of {config.model.map_model}, random and spatial "
+                                   "folds")
     figures.plot_fold_maps(coords[:, 0], coords[:, 1], evaluation.folds, grid,
                            out / "folds.png", dem=dem, labels=y)
 
 
-def _report(out, config, metrics, evaluation, zones, manifest) -> None:
+def validation_notes(config: StudyAreaConfig) -> str:
+    """Report sentences on the buffer zone and the repeats of the cross-validation."""
+    settings = config.validation
+    text = ""
+    if settings.buffer_m > 0:
+        text += (f" Training samples within {settings.buffer_m:g} m of a fold's test samples "
+                 "were left out of its training set (buffer zone).")
+    if settings.repeats > 1:
+        text += (f" The cross-validation was repeated {settings.repeats} times, the folds of "
+                 f"both schemes re-drawn each time (seeds {settings.seed}–"
+                 f"{settings.seed + settings.repeats - 1}); values are means over every fold "
+                 "of every repeat, ± their spread over folds, and in brackets ± the standard "
+                 "deviation over repeats of each repeat's mean: how much the estimate "
+                 "depends on where the folds fell.")
+    return text
+
+
+def repeat_caption(config: StudyAreaConfig) -> str:
+    repeats = config.validation.repeats
+    return f" (± std over {repeats} repeats)" if repeats > 1 else ""
+
+
+def validation_section(out: Path, config: StudyAreaConfig,
+                       evaluation: validation.Evaluation) -> Section:
+    """The report's cross-validation section: summary and full tables, ROC and fold maps."""
     table = evaluation.table
     spatial = table[table.scheme == "spatial"].set_index("model")
     random = table[table.scheme == "random"].set_index("model")
     summary = pd.DataFrame(
         {
-            "AUC spatial": spatial["auc_mean"].round(3).astype(str)
-            + " ± " + spatial["auc_std"].round(3).astype(str),
-            "AUC random": random["auc_mean"].round(3).astype(str)
-            + " ± " + random["auc_std"].round(3).astype(str),
+            "AUC spatial": report_tables.fold_spread(spatial, "auc"),
+            "AUC random": report_tables.fold_spread(random, "auc"),
             "F1 spatial": spatial["f1_mean"].round(3),
             "kappa spatial": spatial["kappa_mean"].round(3),
             "accuracy spatial": spatial["accuracy_mean"].round(3),
         }
     )
+    spread_caption = repeat_caption(config)
+    return Section(
+        "Validation",
+        text=(
+            f"{config.validation.n_folds}-fold cross-validation, once with random "
+            "stratified folds and once with spatial folds "
+            f"(`{config.validation.spatial_method}` on the sample coordinates). Random "
+            "folds put neighbouring, near-identical samples on both sides of the split; "
+            "the spatial score is the honest estimate for unseen ground."
+            + validation_notes(config)
+        ),
+        tables=[(f"Mean ± std over folds{spread_caption}", summary.reset_index()),
+                (f"All metrics, mean ± std over folds{spread_caption} (full precision "
+                 "in validation.csv)", report_tables.validation_table(table))],
+        images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
+        + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
+             out / "roc_folds.png")] if (out / "roc_folds.png").exists() else [])
+        + [("Where the folds lie: samples coloured by fold", out / "folds.png")],
+    )
+
+
+def _report(out, config, metrics, evaluation, zones, manifest) -> None:
     samples = metrics["samples"]
     sections = [
         Section(
@@ -528,26 +730,7 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
             ),
             images=[("Zones over hillshade", out / "map.png")],
         ),
-        Section(
-            "Validation",
-            text=(
-                f"{config.validation.n_folds}-fold cross-validation, once with random "
-                "stratified folds and once with spatial folds "
-                f"(`{config.validation.spatial_method}` on the sample coordinates). Random "
-                "folds put neighbouring, near-identical cells on both sides of the split; "
-                "the spatial score is the honest estimate for unseen ground."
-                + (f" Training samples within {config.validation.buffer_m:g} m of a fold's "
-                   "test samples were left out of its training set (buffer zone)."
-                   if config.validation.buffer_m > 0 else "")
-            ),
-            tables=[("Mean ± std over folds", summary.reset_index()),
-                    ("All metrics, mean ± std over folds (full precision in validation.csv)",
-                     report_tables.validation_table(table))],
-            images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
-            + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
-                 out / "roc_folds.png")] if (out / "roc_folds.png").exists() else [])
-            + [("Where the folds lie: samples coloured by fold", out / "folds.png")],
-        ),
+        validation_section(out, config, evaluation),
         _rates_section(out, metrics["rates"], config),
         Section(
             "Zones",
