@@ -68,6 +68,11 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
         (MINIMAL + "[validation]\nbuffer_m = -50\n",
          "validation.buffer_m must be >= 0 (metres of training samples left out"),
         (MINIMAL + "[validation]\nn_folds = 1\n", "validation.n_folds must be >= 2"),
+        (MINIMAL + "[uncertainty]\nrefits = 1\n", "uncertainty.refits must be >= 2"),
+        (MINIMAL + '[model]\nmap_model = "meta-blockwise"\n[uncertainty]\n',
+         "[uncertainty] refits the map model, which 'meta-blockwise' is not"),
+        ('name = "x"\n[table]\npath = "t.csv"\n[uncertainty]\n',
+         "a [table] study area has no map; remove [uncertainty]"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, message):

@@ -24,6 +24,7 @@ EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
     "zones.csv", "metrics.json", "roc.png", "map.png", "zones.png", "manifest.json",
     "report.html", "roc_folds.png", "rates.png", "samples.gpkg", "folds.png",
+    "uncertainty.tif", "uncertainty.qml", "uncertainty.png",
 }
 
 
@@ -31,8 +32,10 @@ EXPECTED_OUTPUTS = {
 def crop_run(kaghan, kaghan_crop, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     # two repeats of the cross-validation (folds re-drawn with seeds 7 and 8)
+    # and an uncertainty map from 3 bootstrap refits of the map model
     config = write_config(out / "crop.toml", kaghan_crop, kaghan, validation=(
-        'n_folds = 3\nspatial_method = "kmeans"\nseed = 7\nrepeats = 2'))
+        'n_folds = 3\nspatial_method = "kmeans"\nseed = 7\nrepeats = 2'),
+        uncertainty="refits = 3\nseed = 1")
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(out / "run"), "--quiet"])
     assert result.exit_code == 0, result.output
     return out / "run"
@@ -120,6 +123,36 @@ def test_samples_vector_has_crs_folds_and_out_of_fold_probabilities(crop_run, ka
     centres = points.groupby("fold_spatial").apply(
         lambda g: (g.geometry.x.mean(), g.geometry.y.mean()), include_groups=False)
     assert len(set(centres)) == 3
+
+
+def test_uncertainty_map_is_the_spread_of_bootstrap_refits(crop_run):
+    """uncertainty.tif covers the mapped cells, its statistics in metrics.json are those
+    of the raster (per zone too), and its style and report section use them."""
+    metrics = json.loads((crop_run / "metrics.json").read_text())
+    spread = metrics["uncertainty"]
+    assert spread["refits"] == 3 and spread["model"] == "rf"
+    with rasterio.open(crop_run / "uncertainty.tif") as src, \
+            rasterio.open(crop_run / "susceptibility.tif") as sus, \
+            rasterio.open(crop_run / "zones.tif") as zones_src:
+        values, proba, zone = src.read(1), sus.read(1), zones_src.read(1)
+        assert "3 bootstrap refits of rf" in src.descriptions[0]
+    assert np.array_equal(np.isnan(values), np.isnan(proba))
+    mapped = np.isfinite(values)
+    assert spread["cells"] == mapped.sum()
+    assert spread["mean_std"] == pytest.approx(values[mapped].mean(), rel=1e-5)
+    assert spread["max_std"] == pytest.approx(values[mapped].max(), rel=1e-6)
+    assert abs(spread["p95_std"] - np.quantile(values[mapped], 0.95)) <= 0.0006
+    assert 0.01 < spread["mean_std"] < spread["p95_std"] < 0.5
+    for row in spread["by_zone"]:
+        inside = zone == row["level"]
+        assert row["cells"] == inside.sum()
+        assert row["mean_std"] == pytest.approx(values[inside].mean(), rel=1e-5)
+    items = [e.attrib for e in ET.parse(crop_run / "uncertainty.qml").getroot().iter("item")]
+    assert float(items[0]["value"]) == 0 and float(items[-1]["value"]) == pytest.approx(
+        spread["p99_std"])
+    assert cog_problems(crop_run / "uncertainty.tif") == []
+    html = (crop_run / "report.html").read_text()
+    assert "Uncertainty" in html and "bootstrap resample" in html
 
 
 def test_version_option_and_quiet_gdal_logging():

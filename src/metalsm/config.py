@@ -145,6 +145,17 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class UncertaintyConfig:
+    """The uncertainty map (opt-in: the section's presence turns it on): the map model
+    refitted on ``refits`` bootstrap resamples of the samples (each class resampled
+    with replacement to its own size, refit ``i`` with model seed ``seed + i``); the
+    per-cell standard deviation of their probabilities is ``uncertainty.tif``."""
+
+    refits: int = 20
+    seed: int = 42
+
+
+@dataclass(frozen=True)
 class ZonesConfig:
     method: Literal["quantile", "natural_breaks", "equal_interval"] = "quantile"
     levels: int = 4
@@ -286,6 +297,7 @@ class StudyAreaConfig:
     table: TableConfig | None = None
     blocks: BlocksConfig | None = None
     meta: MetaConfig | None = None
+    uncertainty: UncertaintyConfig | None = None
     rasters: tuple[RasterInput, ...] = ()
     vectors: tuple[VectorInput, ...] = ()
     grid: GridConfig = field(default_factory=GridConfig)
@@ -470,6 +482,17 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
         )
     if config.sampling.ratio <= 0:
         problems.append(f"{path}: sampling.ratio must be > 0, got {config.sampling.ratio}")
+    if config.uncertainty is not None:
+        if config.uncertainty.refits < 2:
+            problems.append(f"{path}: uncertainty.refits must be >= 2 (a spread needs at least "
+                            f"two refits), got {config.uncertainty.refits}")
+        if config.table is not None:
+            problems.append(f"{path}: [uncertainty] maps the spread of the susceptibility, but "
+                            "a [table] study area has no map; remove [uncertainty]")
+        elif config.model.map_model == "meta-blockwise":
+            problems.append(f"{path}: [uncertainty] refits the map model, which "
+                            "'meta-blockwise' is not (one meta-learning run per refit); map "
+                            "a classic model or remove [uncertainty]")
     _check_bands(config, path, problems)
     if config.compute.chunk_size is not None and config.compute.chunk_size < 16:
         problems.append(

@@ -272,6 +272,13 @@ def _run_raster_pipeline(
             rates = _rate_curves(out, mask, evaluation, config.model.map_model)
         t = timed("zones", t)
 
+        uncertainty = None
+        if config.uncertainty is not None:
+            uncertainty = _uncertainty_map(config, stack, samples, out, progress,
+                                           list(zones["label"]), window_size=window_size,
+                                           compute=compute)
+            t = timed("uncertainty", t)
+
         with progress.stage("figures and report"):
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
             metrics["rates"] = {
@@ -286,6 +293,9 @@ def _run_raster_pipeline(
                     out / "susceptibility.tif", out / "blocks.tif", out / "zones.tif", mask,
                     block_stage.blocks.n_blocks,
                     block_stage.tasks.loc[block_stage.tasks["split"] == "meta-test", "block"])
+            if uncertainty is not None:
+                metrics["uncertainty"] = uncertainty
+                _uncertainty_figure(out, config, stack, inventory, uncertainty)
             metrics["predictor"] = predictor
             metrics["compute"] = {"chunked": use_chunks, "why": why,
                                   "chunk_size": chunk if use_chunks else None,
@@ -524,6 +534,72 @@ def _rate_curves(out: Path, mask: np.ndarray, evaluation: validation.Evaluation,
     return rates
 
 
+def _uncertainty_map(config: StudyAreaConfig, stack, samples: Samples, out: Path, progress,
+                     zone_labels: list[str], *, window_size: int, compute) -> dict:
+    """uncertainty.tif (+ .qml): the spread of the map model's probability over bootstrap
+    refits, predicted window by window like the map; returns its statistics."""
+    from metalsm import uncertainty as spread
+    from metalsm.styles import write_uncertainty_style
+
+    settings, name = config.uncertainty, config.model.map_model
+    with progress.stage(f"uncertainty ({settings.refits} bootstrap refits of {name})",
+                        total=int(stack.valid.sum())) as advance:
+        models = spread.bootstrap_refits(name, samples, settings.refits, settings.seed,
+                                         config.model.seed)
+        path = mapping.predict_spread_raster(
+            models, out / "factors.tif", out / "uncertainty.tif",
+            feature_names=samples.factor_names, window_size=window_size,
+            overviews=config.output.overviews, progress=lambda new, _done: advance(new),
+            compute=compute,
+            description=f"standard deviation of the landslide susceptibility over "
+                        f"{settings.refits} bootstrap refits of {name}")
+        stats = spread.spread_statistics(path, out / "zones.tif", zone_labels)
+        write_uncertainty_style(path, stats.get("p99_std", 0.0))
+    return {"method": "bootstrap refits of the map model", "model": name,
+            "refits": settings.refits, "seed": settings.seed, **stats}
+
+
+def _uncertainty_figure(out: Path, config: StudyAreaConfig, stack, inventory,
+                        uncertainty: dict) -> None:
+    from matplotlib.colors import Normalize
+
+    from metalsm.styles import uncertainty_colormap
+
+    array, grid = figures.read_decimated(out / "uncertainty.tif", MAP_FIGURE_SIDE)
+    dem = None
+    if "elevation" in stack.names:
+        dem, _ = figures.read_decimated(out / "factors.tif", MAP_FIGURE_SIDE,
+                                        band=stack.names.index("elevation") + 1)
+    figures.plot_raster_map(
+        array, grid, out / "uncertainty.png", dem=dem, inventory=inventory,
+        cmap=uncertainty_colormap(), norm=Normalize(0.0, max(uncertainty["p99_std"], 1e-6)),
+        title=f"Uncertainty, {config.name}: spread of P(landslide) over "
+              f"{uncertainty['refits']} refits of {uncertainty['model']}",
+        colorbar_label="standard deviation of the probability")
+
+
+def _uncertainty_section(out: Path, uncertainty: dict) -> Section:
+    by_zone = pd.DataFrame(uncertainty["by_zone"])
+    table = pd.DataFrame({
+        "zone": by_zone["level"], "label": by_zone["label"],
+        "mean std": by_zone["mean_std"].round(3), "max std": by_zone["max_std"].round(3)})
+    text = (
+        f"The map model `{uncertainty['model']}` refitted {uncertainty['refits']} times, each on "
+        "a bootstrap resample of the samples (landslides and non-landslides each drawn with "
+        "replacement to their own count; refit i with model seed + i), and every refit "
+        "mapped: `uncertainty.tif` is the per-cell standard deviation of their "
+        "probabilities (how much the susceptibility moves when other landslides happen to "
+        f"be sampled). Over the map: mean {uncertainty['mean_std']:.3f}, 95th percentile "
+        f"{uncertainty['p95_std']:.3f}, maximum {uncertainty['max_std']:.3f}. Where the "
+        "spread is comparable to a zone's width of probability, a cell's zone is not "
+        "settled. The figure's colours stop at the 99th percentile "
+        f"({uncertainty['p99_std']:.3f}); `uncertainty.qml` uses the same range.")
+    return Section("Uncertainty", text=text,
+                   tables=[("Spread of the probability per zone", table)],
+                   images=[("Standard deviation of the probability over bootstrap refits",
+                            out / "uncertainty.png")])
+
+
 def _rate_repeat_spread(evaluation: validation.Evaluation, map_model: str) -> dict:
     """Std over repeats of the map model's prediction-rate AUC per scheme (repeated
     cross-validations only)."""
@@ -732,6 +808,8 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
         ),
         validation_section(out, config, evaluation),
         _rates_section(out, metrics["rates"], config),
+    ] + ([_uncertainty_section(out, metrics["uncertainty"])] if "uncertainty" in metrics
+         else []) + [
         Section(
             "Zones",
             text=(
