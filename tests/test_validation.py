@@ -398,5 +398,12 @@ def test_repeats_redraw_the_folds_and_give_the_spread_over_repeats():
     assert not [c for c in once.table.columns if "repeat" in c]
     assert np.array_equal(once.folds["spatial"],  # one draw: the grid stays where it was
                           spatial_folds(xy["X"], xy["Y"], 3, seed=5, method="grid"))
+    # what a raster run's metrics.json gives as the map model's prediction-rate spread
+    from metalsm.pipeline import _rate_repeat_spread
+
+    spread = _rate_repeat_spread(ev, "fr")
+    assert spread["repeats"] == 3
+    assert spread["prediction_rate_spatial_auc_repeat_std"] == pytest.approx(np.std(rates))
+    assert _rate_repeat_spread(once, "fr") == {}
     with pytest.raises(MetalsmInputError, match="repeats must be an integer >= 1, got 0"):
         evaluate_models(["fr"], X, y, xy, CATEGORICAL, n_folds=3, repeats=0)
