@@ -321,15 +321,39 @@ _PATH_KEYS = {"path", "dem"}
 
 
 def load_config(path: str | Path) -> StudyAreaConfig:
-    """Read and validate a study-area TOML file; relative paths resolve against its folder."""
+    """Read and validate a study-area TOML file; relative paths resolve against its folder.
+
+    ``extends = "base.toml"`` (relative to the file) starts from another config: tables
+    are merged key by key, this file's values win, arrays (``[[rasters]]``, lists) are
+    replaced whole; the base's relative paths resolve against the base's folder. A base
+    may extend another; a cycle is an error naming the files. An error about a key
+    that a base file set names that file.
+    """
     path = Path(path)
+    raw, origins = _read_extended(path, ())
+    raw["source"] = str(path.resolve())
+    try:
+        config = _build(StudyAreaConfig, raw, prefix="", file=path, base=path.resolve().parent)
+        _check_consistency(config, path)
+    except MetalsmInputError as exc:
+        message = str(exc)
+        notes = [f"{key} is set in {origin}" for key, origin in origins.items()
+                 if origin != path.resolve()
+                 and (key in message if "." in key else f"'{key}'" in message)]
+        if notes:
+            raise MetalsmInputError(f"{message} ({'; '.join(notes)})") from None
+        raise
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise MetalsmInputError(f"config file not found: {path}")
     if path.is_dir():
         raise MetalsmInputError(f"config {path} is a folder; give the study-area .toml file "
                                 "(metalsm init FILE writes a template)")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise MetalsmInputError(f"config {path} is not valid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -338,10 +362,67 @@ def load_config(path: str | Path) -> StudyAreaConfig:
             "save it as UTF-8") from exc
     except OSError as exc:
         raise MetalsmInputError(f"cannot read config {path}: {exc.strerror}") from exc
-    raw["source"] = str(path.resolve())
-    config = _build(StudyAreaConfig, raw, prefix="", file=path, base=path.resolve().parent)
-    _check_consistency(config, path)
-    return config
+
+
+def _read_extended(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The raw table of ``path`` merged over the configs it extends, and for every
+    dotted key the file that set it."""
+    here = path.resolve()
+    if here in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, here))
+        raise MetalsmInputError(f"config files extend each other in a cycle: {cycle}")
+    raw = _read_toml(path)
+    parent = raw.pop("extends", None)
+    origins = dict.fromkeys(_dotted_keys(raw), here)
+    if parent is None:
+        return raw, origins
+    if not isinstance(parent, str):
+        raise MetalsmInputError(f"{path}: 'extends' must be the path of another config file "
+                                f"(a string), got {parent!r}")
+    base_path = Path(expand_data_path(parent)).expanduser()
+    if not base_path.is_absolute():
+        base_path = here.parent / base_path
+    if not base_path.is_file():
+        raise MetalsmInputError(f"{path}: extends = {parent!r}, but {base_path} is not a file")
+    base_raw, base_origins = _read_extended(base_path, (*chain, here))
+    base_raw = _absolute_paths(base_raw, base_path.resolve().parent)
+    return _deep_merge(base_raw, raw), {**base_origins, **origins}
+
+
+def _dotted_keys(raw: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        keys += _dotted_keys(value, dotted) if isinstance(value, dict) else [dotted]
+    return keys
+
+
+def _absolute_paths(raw: Any, folder: Path) -> Any:
+    """``raw`` with every path value (:data:`_PATH_KEYS`, at any depth) made absolute
+    against ``folder``: a base config's paths keep pointing where its author meant."""
+    if isinstance(raw, list):
+        return [_absolute_paths(item, folder) for item in raw]
+    if not isinstance(raw, dict):
+        return raw
+    out = {}
+    for key, value in raw.items():
+        if key in _PATH_KEYS and isinstance(value, str):
+            expanded = Path(expand_data_path(value)).expanduser()
+            out[key] = str(expanded if expanded.is_absolute() else (folder / expanded).resolve())
+        else:
+            out[key] = _absolute_paths(value, folder)
+    return out
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Tables merged key by key (``override`` wins); anything else replaced whole."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _build(cls: type, raw: Any, prefix: str, file: Path, base: Path) -> Any:
