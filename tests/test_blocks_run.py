@@ -55,6 +55,8 @@ def test_tasks_count_every_sample_once(crop_blocks):
     by_block = polygons.set_index("id").sort_index()
     assert np.array_equal(by_block["n_pos"], tasks["positives"])
     assert np.array_equal(by_block["n_neg"], tasks["negatives"])
+    # the meta-train / meta-test split of tasks.csv, on the block polygons
+    assert by_block["split"].tolist() == tasks["split"].tolist()
     assert (crop_blocks / "blocks.png").stat().st_size > 10_000
 
 
@@ -68,6 +70,8 @@ def test_hong_kong_table_is_segmented_into_contiguous_blocks(tmp_path):
     assert tasks["samples"].sum() == 17093
     assert 20 <= len(tasks) <= 80
     assert tasks["single_class"].mean() < 0.2
+    split = tasks.set_index("block")["split"]  # each sample carries its block's split
+    assert (per_sample["split"] == split[per_sample["block"]].to_numpy()).all()
 
 
 def test_command_line_overrides_are_checked(kaghan, kaghan_crop, tmp_path):
