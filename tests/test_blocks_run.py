@@ -1,5 +1,7 @@
 """The block stage end to end: `metalsm segment` on a real Kaghan crop and the Hong Kong table."""
 
+import xml.etree.ElementTree as ET
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -109,3 +111,7 @@ def test_run_with_blocks_writes_the_block_outputs(kaghan, kaghan_crop, tmp_path)
     assert {"blocks.tif", "blocks.gpkg", "tasks.csv", "susceptibility.tif"} <= {
         p.name for p in (tmp_path / "run").iterdir()
     }
+    project = ET.parse(tmp_path / "run" / "project.qgs").getroot()
+    layers = {e.findtext("layername"): e for e in project.iter("maplayer")}
+    assert layers["block outlines"].findtext("datasource") == "./blocks.gpkg|layername=blocks"
+    assert layers["blocks"].find("pipe/rasterrenderer").get("type") == "paletted"

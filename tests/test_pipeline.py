@@ -24,7 +24,7 @@ EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
     "zones.csv", "metrics.json", "roc.png", "map.png", "zones.png", "manifest.json",
     "report.html", "roc_folds.png", "rates.png", "samples.gpkg", "folds.png",
-    "uncertainty.tif", "uncertainty.qml", "uncertainty.png",
+    "uncertainty.tif", "uncertainty.qml", "uncertainty.png", "project.qgs",
 }
 
 
@@ -142,6 +142,39 @@ def test_uncertainty_map_is_the_spread_of_bootstrap_refits(crop_run):
     assert cog_problems(crop_run / "uncertainty.tif") == []
     html = (crop_run / "report.html").read_text()
     assert "Uncertainty" in html and "bootstrap resample" in html
+
+
+def test_qgis_project_lists_every_layer_with_its_style(crop_run, kaghan_crop):
+    """project.qgs: relative sources that exist, the rasters' renderers equal to their
+    .qml files, samples categorised by their label, the grid's CRS and extent."""
+    root = ET.parse(crop_run / "project.qgs").getroot()
+    layers = {e.findtext("layername"): e for e in root.iter("maplayer")}
+    tree = {e.get("name"): e for e in root.iter("layer-tree-layer")}
+    assert list(tree) == list(layers)  # every listed layer is defined, in order
+    assert [n for n, e in tree.items() if e.get("checked") == "Qt::Checked"] == [
+        "samples (label)", "susceptibility zones"]
+    for name, layer in layers.items():
+        source = layer.findtext("datasource")
+        assert source.startswith("./") and (crop_run / source[2:].split("|")[0]).exists(), name
+        assert tree[name].get("source") == source
+    for name, file in (("susceptibility zones", "zones"),
+                       ("susceptibility (probability)", "susceptibility"),
+                       ("uncertainty (std over refits)", "uncertainty")):
+        qml = ET.parse(crop_run / f"{file}.qml").getroot().find("pipe/rasterrenderer")
+        drawn = layers[name].find("pipe/rasterrenderer")
+        assert ET.canonicalize(ET.tostring(drawn), strip_text=True) == ET.canonicalize(
+            ET.tostring(qml), strip_text=True), name
+    samples = layers["samples (label)"]
+    renderer = samples.find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "label"
+    assert sorted(c.get("value") for c in renderer.iter("category")) == sorted(
+        str(v) for v in gpd.read_file(crop_run / "samples.gpkg")["label"].unique())
+    with rasterio.open(kaghan_crop / "AW3D30.tif") as dem:
+        assert root.findtext("projectCrs/spatialrefsys/authid") == f"EPSG:{dem.crs.to_epsg()}"
+        extent = [float(root.findtext(f"mapcanvas/extent/{k}"))
+                  for k in ("xmin", "ymin", "xmax", "ymax")]
+        assert extent == pytest.approx(list(dem.bounds))
+    assert root.findtext("properties/Paths/Absolute") == "false"
 
 
 def test_version_option_and_quiet_gdal_logging():

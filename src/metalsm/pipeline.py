@@ -304,6 +304,7 @@ def _run_raster_pipeline(
             _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates,
                      edges, samples.coords)
             write_json(out / "metrics.json", metrics)
+            _qgis_project(out, stack.grid, config)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             manifest = build_manifest(
                 config=config.to_dict(),
@@ -532,6 +533,25 @@ def _rate_curves(out: Path, mask: np.ndarray, evaluation: validation.Evaluation,
         if shares is not None:
             rates[f"prediction_rate_{scheme}"] = validation.prediction_rate(shares)
     return rates
+
+
+def _qgis_project(out: Path, grid, config: StudyAreaConfig) -> Path:
+    """project.qgs: the run's vectors and rasters in one QGIS project, styled; zones and
+    samples shown, the other layers listed."""
+    from metalsm.qgis_project import ProjectLayer, write_qgis_project
+
+    candidates = [
+        ProjectLayer("samples.gpkg", "samples (label)", layer="samples"),
+        ProjectLayer("blocks.gpkg", "block outlines", visible=False, layer="blocks"),
+        ProjectLayer("zones.tif", "susceptibility zones"),
+        ProjectLayer("susceptibility.tif", "susceptibility (probability)", visible=False),
+        ProjectLayer("uncertainty.tif", "uncertainty (std over refits)", visible=False),
+        ProjectLayer("credibility.tif", "credibility of non-landslide cells", visible=False),
+        ProjectLayer("blocks.tif", "blocks", visible=False),
+        ProjectLayer("factors.tif", "factors", visible=False),
+    ]
+    return write_qgis_project(out, [c for c in candidates if (out / c.file).exists()],
+                              grid.crs, grid.bounds, f"metalsm: {config.name}")
 
 
 def _uncertainty_map(config: StudyAreaConfig, stack, samples: Samples, out: Path, progress,
