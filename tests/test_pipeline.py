@@ -336,3 +336,4 @@ def test_run_on_a_sample_table_validates_without_a_map(tmp_path):
     html = (out / "report.html").read_text()
     assert "No map" in html and "no susceptibility map" in html
     assert "repeated 2 times" in html and "400 m" in html
+    assert "Spread over 2 repeats" in html and "(± std over 2 repeats)" in html

@@ -762,9 +762,9 @@ def validation_notes(config: StudyAreaConfig) -> str:
         text += (f" The cross-validation was repeated {settings.repeats} times, the folds of "
                  f"both schemes re-drawn each time (seeds {settings.seed}–"
                  f"{settings.seed + settings.repeats - 1}); values are means over every fold "
-                 "of every repeat, ± their spread over folds, and in brackets ± the standard "
-                 "deviation over repeats of each repeat's mean: how much the estimate "
-                 "depends on where the folds fell.")
+                 "of every repeat, ± their spread over folds; the standard deviation over "
+                 "repeats of each repeat's mean (in brackets in the summary, and in a table "
+                 "of its own) is how much the estimate depends on where the folds fell.")
     return text
 
 
@@ -800,8 +800,11 @@ def validation_section(out: Path, config: StudyAreaConfig,
             + validation_notes(config)
         ),
         tables=[(f"Mean ± std over folds{spread_caption}", summary.reset_index()),
-                (f"All metrics, mean ± std over folds{spread_caption} (full precision "
-                 "in validation.csv)", report_tables.validation_table(table))],
+                ("All metrics, mean ± std over folds (full precision in validation.csv)",
+                 report_tables.validation_table(table))]
+        + ([(f"Spread over {config.validation.repeats} repeats: standard deviation of "
+             "each repeat's mean", spread)]
+           if (spread := report_tables.repeat_spread_table(table)) is not None else []),
         images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
         + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
              out / "roc_folds.png")] if (out / "roc_folds.png").exists() else [])
