@@ -164,6 +164,14 @@ def test_qgis_project_lists_every_layer_with_its_style(crop_run, kaghan_crop):
         drawn = layers[name].find("pipe/rasterrenderer")
         assert ET.canonicalize(ET.tostring(drawn), strip_text=True) == ET.canonicalize(
             ET.tostring(qml), strip_text=True), name
+    grey = layers["factors"].find("pipe/rasterrenderer")  # band 1 (elevation), not RGB
+    assert (grey.get("type"), grey.get("grayBand")) == ("singlebandgray", "1")
+    with rasterio.open(crop_run / "factors.tif") as src:
+        elevation = src.read(1, masked=True)
+    lo = float(grey.findtext("contrastEnhancement/minValue"))
+    hi = float(grey.findtext("contrastEnhancement/maxValue"))
+    assert elevation.min() - 1 <= lo < hi <= elevation.max() + 1  # from an overview
+    assert hi - lo > 0.8 * (elevation.max() - elevation.min())
     samples = layers["samples (label)"]
     renderer = samples.find("renderer-v2")
     assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "label"

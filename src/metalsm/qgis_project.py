@@ -97,8 +97,33 @@ def _map_layer(out_dir: Path, layer: ProjectLayer, layer_id: str, source: str, p
         qml = style_path(out_dir / layer.file)
         if qml.exists():  # the raster's own style: its <pipe> holds the renderer
             element.append(ET.parse(qml).getroot().find("pipe"))
+        else:  # a stack of factors: its first band in grey, not three bands as RGB
+            element.append(_grey_first_band(out_dir / layer.file))
     ET.SubElement(element, "blendMode").text = "0"
     return element
+
+
+def _grey_first_band(path: Path) -> ET.Element:
+    """A ``<pipe>`` drawing band 1 in grey, stretched over its range (read from the
+    smallest overview, so a province-scale raster is not read whole)."""
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(path) as src:
+        factors = src.overviews(1)
+        scale = factors[-1] if factors else 1
+        values = src.read(1, out_shape=(max(1, src.height // scale), max(1, src.width // scale)),
+                          masked=True).astype(np.float64)
+    lo, hi = (float(values.min()), float(values.max())) if values.count() else (0.0, 1.0)
+    pipe = ET.Element("pipe")
+    renderer = ET.SubElement(pipe, "rasterrenderer", type="singlebandgray", grayBand="1",
+                             gradient="BlackToWhite", opacity="1", alphaBand="-1")
+    ET.SubElement(renderer, "rasterTransparency")
+    enhancement = ET.SubElement(renderer, "contrastEnhancement")
+    ET.SubElement(enhancement, "minValue").text = repr(lo)
+    ET.SubElement(enhancement, "maxValue").text = repr(hi)
+    ET.SubElement(enhancement, "algorithm").text = "StretchToMinimumMaximum"
+    return pipe
 
 
 def _srs(crs) -> list[ET.Element]:
