@@ -1,5 +1,7 @@
 """The block stage end to end: `metalsm segment` on a real Kaghan crop and the Hong Kong table."""
 
+import xml.etree.ElementTree as ET
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -12,7 +14,6 @@ from metalsm.cli import app
 from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.datasets import EXAMPLES_DIR
-from metalsm.errors import MetalsmInputError
 from metalsm.pipeline import run_pipeline
 
 BLOCKS = "n_blocks = 12\ncompactness = 0.5\nmeta_train_fraction = 0.6\nseed = 3"
@@ -56,6 +57,8 @@ def test_tasks_count_every_sample_once(crop_blocks):
     by_block = polygons.set_index("id").sort_index()
     assert np.array_equal(by_block["n_pos"], tasks["positives"])
     assert np.array_equal(by_block["n_neg"], tasks["negatives"])
+    # the meta-train / meta-test split of tasks.csv, on the block polygons
+    assert by_block["split"].tolist() == tasks["split"].tolist()
     assert (crop_blocks / "blocks.png").stat().st_size > 10_000
 
 
@@ -69,6 +72,8 @@ def test_hong_kong_table_is_segmented_into_contiguous_blocks(tmp_path):
     assert tasks["samples"].sum() == 17093
     assert 20 <= len(tasks) <= 80
     assert tasks["single_class"].mean() < 0.2
+    split = tasks.set_index("block")["split"]  # each sample carries its block's split
+    assert (per_sample["split"] == split[per_sample["block"]].to_numpy()).all()
 
 
 def test_command_line_overrides_are_checked(kaghan, kaghan_crop, tmp_path):
@@ -106,6 +111,7 @@ def test_run_with_blocks_writes_the_block_outputs(kaghan, kaghan_crop, tmp_path)
     assert {"blocks.tif", "blocks.gpkg", "tasks.csv", "susceptibility.tif"} <= {
         p.name for p in (tmp_path / "run").iterdir()
     }
-    table_config = load_config(EXAMPLES_DIR / "hongkong.toml")
-    with pytest.raises(MetalsmInputError, match="sample-table study area"):
-        run_pipeline(table_config, tmp_path / "hk", show_progress=False)
+    project = ET.parse(tmp_path / "run" / "project.qgs").getroot()
+    layers = {e.findtext("layername"): e for e in project.iter("maplayer")}
+    assert layers["block outlines"].findtext("datasource") == "./blocks.gpkg|layername=blocks"
+    assert layers["blocks"].find("pipe/rasterrenderer").get("type") == "paletted"

@@ -275,3 +275,34 @@ def test_success_rate_of_a_raster_equals_the_exact_curve(tmp_path):
 def test_quantile_breaks_with_fewer_values_than_zones():
     edges = zone_breaks(np.array([0.2, 0.7]), "quantile", 3)
     assert edges.tolist() == [0.2, 0.7, 0.7, 0.7]
+
+
+def test_spread_raster_is_the_std_of_each_models_map(crop_stack, tmp_path):
+    """uncertainty.tif equals, cell by cell, the std (ddof=1) of the maps that each of
+    three real-data models writes alone; nodata stays nodata; one model is refused."""
+    from metalsm.mapping import predict_spread_raster
+
+    stack, factors, model = crop_stack
+    rows, cols = np.nonzero(stack.valid)
+    X = stack.sample(rows[::97], cols[::97])[FEATURES]  # noqa: N806
+    models = [model]
+    for threshold in (0.3, 0.7):  # two other models of the same cells
+        y = (X["elevation"] > X["elevation"].quantile(threshold)).astype(int)
+        models.append(LogisticRegression(max_iter=1000).fit(X, y))
+    maps = []
+    for i, m in enumerate(models):
+        predict_raster(m, factors, tmp_path / f"m{i}.tif", feature_names=FEATURES,
+                       window_size=128)
+        with rasterio.open(tmp_path / f"m{i}.tif") as src:
+            maps.append(src.read(1).astype(np.float64))
+    out = predict_spread_raster(models, factors, tmp_path / "uncertainty.tif",
+                                feature_names=FEATURES, window_size=100)
+    with rasterio.open(out) as src:
+        spread = src.read(1)
+        assert src.descriptions[0].startswith("standard deviation")
+    assert np.array_equal(np.isnan(spread), ~stack.valid)
+    expected = np.std(np.stack(maps), axis=0, ddof=1)
+    assert np.allclose(spread[stack.valid], expected[stack.valid], atol=1e-6)
+    assert spread[stack.valid].max() > 0.1  # the three models disagree somewhere
+    with pytest.raises(MetalsmInputError, match="at least 2 models"):
+        predict_spread_raster(models[:1], factors, tmp_path / "u1.tif", feature_names=FEATURES)

@@ -18,19 +18,22 @@ from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
 from metalsm.pipeline import run_pipeline
-from metalsm.validation import rate_curve_from_counts
+from metalsm.validation import random_folds, rate_curve_from_counts
 
 EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
     "zones.csv", "metrics.json", "roc.png", "map.png", "zones.png", "manifest.json",
     "report.html", "roc_folds.png", "rates.png", "samples.gpkg", "folds.png",
+    "uncertainty.tif", "uncertainty.qml", "uncertainty.png", "project.qgs",
 }
 
 
 @pytest.fixture(scope="module")
 def crop_run(kaghan, kaghan_crop, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    config = write_config(out / "crop.toml", kaghan_crop, kaghan)
+    # with an uncertainty map from 2 bootstrap refits of the map model
+    config = write_config(out / "crop.toml", kaghan_crop, kaghan,
+                          uncertainty="refits = 2\nseed = 1")
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(out / "run"), "--quiet"])
     assert result.exit_code == 0, result.output
     return out / "run"
@@ -87,6 +90,7 @@ def test_success_and_prediction_rates(crop_run):
     table = pd.read_csv(crop_run / "validation.csv").set_index(["model", "scheme"])
     assert table.loc[("rf", "spatial"), "prediction_rate_auc"] == pytest.approx(
         rates["prediction_rate_spatial_auc"])
+    assert "repeats" not in rates and "repeats" not in table.columns  # one draw of folds
     assert "Success and prediction rates" in (crop_run / "report.html").read_text()
 
 
@@ -103,10 +107,82 @@ def test_samples_vector_has_crs_folds_and_out_of_fold_probabilities(crop_run, ka
         assert sorted(points[f"fold_{scheme}"].unique()) == [0, 1, 2]  # the crop's 3 folds
         oof = points[f"oof_rf_{scheme}"]
         assert oof.between(0, 1).all()
+    assert not [c for c in points.columns if c.endswith("_r1")]  # one repeat
     # the spatial folds are regions: each fold's points sit apart from the others
     centres = points.groupby("fold_spatial").apply(
         lambda g: (g.geometry.x.mean(), g.geometry.y.mean()), include_groups=False)
     assert len(set(centres)) == 3
+
+
+def test_uncertainty_map_is_the_spread_of_bootstrap_refits(crop_run):
+    """uncertainty.tif covers the mapped cells, its statistics in metrics.json are those
+    of the raster (per zone too), and its style and report section use them."""
+    metrics = json.loads((crop_run / "metrics.json").read_text())
+    spread = metrics["uncertainty"]
+    assert spread["refits"] == 2 and spread["model"] == "rf"
+    with rasterio.open(crop_run / "uncertainty.tif") as src, \
+            rasterio.open(crop_run / "susceptibility.tif") as sus, \
+            rasterio.open(crop_run / "zones.tif") as zones_src:
+        values, proba, zone = src.read(1), sus.read(1), zones_src.read(1)
+        assert "2 bootstrap refits of rf" in src.descriptions[0]
+    assert np.array_equal(np.isnan(values), np.isnan(proba))
+    mapped = np.isfinite(values)
+    assert spread["cells"] == mapped.sum()
+    assert spread["mean_std"] == pytest.approx(values[mapped].mean(), rel=1e-5)
+    assert spread["max_std"] == pytest.approx(values[mapped].max(), rel=1e-6)
+    assert abs(spread["p95_std"] - np.quantile(values[mapped], 0.95)) <= 0.0006
+    assert 0.01 < spread["mean_std"] < spread["p95_std"] < 0.5
+    for row in spread["by_zone"]:
+        inside = zone == row["level"]
+        assert row["cells"] == inside.sum()
+        assert row["mean_std"] == pytest.approx(values[inside].mean(), rel=1e-5)
+    items = [e.attrib for e in ET.parse(crop_run / "uncertainty.qml").getroot().iter("item")]
+    assert float(items[0]["value"]) == 0 and float(items[-1]["value"]) == pytest.approx(
+        spread["p99_std"])
+    assert cog_problems(crop_run / "uncertainty.tif") == []
+    html = (crop_run / "report.html").read_text()
+    assert "Uncertainty" in html and "bootstrap resample" in html
+
+
+def test_qgis_project_lists_every_layer_with_its_style(crop_run, kaghan_crop):
+    """project.qgs: relative sources that exist, the rasters' renderers equal to their
+    .qml files, samples categorised by their label, the grid's CRS and extent."""
+    root = ET.parse(crop_run / "project.qgs").getroot()
+    layers = {e.findtext("layername"): e for e in root.iter("maplayer")}
+    tree = {e.get("name"): e for e in root.iter("layer-tree-layer")}
+    assert list(tree) == list(layers)  # every listed layer is defined, in order
+    assert [n for n, e in tree.items() if e.get("checked") == "Qt::Checked"] == [
+        "samples (label)", "susceptibility zones"]
+    for name, layer in layers.items():
+        source = layer.findtext("datasource")
+        assert source.startswith("./") and (crop_run / source[2:].split("|")[0]).exists(), name
+        assert tree[name].get("source") == source
+    for name, file in (("susceptibility zones", "zones"),
+                       ("susceptibility (probability)", "susceptibility"),
+                       ("uncertainty (std over refits)", "uncertainty")):
+        qml = ET.parse(crop_run / f"{file}.qml").getroot().find("pipe/rasterrenderer")
+        drawn = layers[name].find("pipe/rasterrenderer")
+        assert ET.canonicalize(ET.tostring(drawn), strip_text=True) == ET.canonicalize(
+            ET.tostring(qml), strip_text=True), name
+    grey = layers["factors"].find("pipe/rasterrenderer")  # band 1 (elevation), not RGB
+    assert (grey.get("type"), grey.get("grayBand")) == ("singlebandgray", "1")
+    with rasterio.open(crop_run / "factors.tif") as src:
+        elevation = src.read(1, masked=True)
+    lo = float(grey.findtext("contrastEnhancement/minValue"))
+    hi = float(grey.findtext("contrastEnhancement/maxValue"))
+    assert elevation.min() - 1 <= lo < hi <= elevation.max() + 1  # from an overview
+    assert hi - lo > 0.8 * (elevation.max() - elevation.min())
+    samples = layers["samples (label)"]
+    renderer = samples.find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "label"
+    assert sorted(c.get("value") for c in renderer.iter("category")) == sorted(
+        str(v) for v in gpd.read_file(crop_run / "samples.gpkg")["label"].unique())
+    with rasterio.open(kaghan_crop / "AW3D30.tif") as dem:
+        assert root.findtext("projectCrs/spatialrefsys/authid") == f"EPSG:{dem.crs.to_epsg()}"
+        extent = [float(root.findtext(f"mapcanvas/extent/{k}"))
+                  for k in ("xmin", "ymin", "xmax", "ymax")]
+        assert extent == pytest.approx(list(dem.bounds))
+    assert root.findtext("properties/Paths/Absolute") == "false"
 
 
 def test_version_option_and_quiet_gdal_logging():
@@ -216,3 +292,56 @@ def test_init_writes_a_loadable_template(tmp_path):
     assert load_config(target).zones.levels == 4
     again = CliRunner().invoke(app, ["init", str(target)])
     assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_run_on_a_sample_table_validates_without_a_map(tmp_path):
+    """`metalsm run` on 600 real Hong Kong samples (no rasters): the study area's folds,
+    buffer and repeats reach the validation (same table as evaluate_models with those
+    settings), samples.gpkg carries the table CRS and both repeats' folds, and the
+    report says there is no map."""
+    from conftest import hk_slice
+
+    from metalsm.validation import evaluate_models
+
+    hk_slice(600, seed=1).to_csv(tmp_path / "hk.csv", index=False)
+    config = tmp_path / "hk.toml"
+    config.write_text(
+        'name = "hk-600"\n[table]\npath = "hk.csv"\nlabel_column = "label"\nx_column = "X"\n'
+        'y_column = "Y"\ncrs = "EPSG:2326"\ncategorical = ["land use", "lithology"]\n'
+        '[model]\nnames = ["fr"]\nmap_model = "fr"\n'
+        '[validation]\nn_folds = 3\nspatial_method = "grid"\nseed = 4\nrepeats = 2\n'
+        'buffer_m = 400\n')
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"validation.csv", "samples.csv", "samples.gpkg", "metrics.json", "manifest.json",
+            "report.html", "roc.png", "roc_folds.png", "folds.png"} <= names
+    assert not {"susceptibility.tif", "zones.tif", "map.png", "rates.png"} & names
+    table = pd.read_csv(out / "validation.csv").set_index("scheme")
+    samples = pd.read_csv(out / "samples.csv")
+    expected = evaluate_models(
+        ["fr"], samples[[c for c in samples if c not in ("x", "y", "label")]],
+        samples["label"], samples[["x", "y"]], ["land use", "lithology"], n_folds=3, seed=4,
+        spatial_method="grid", buffer_m=400.0, repeats=2).table.set_index("scheme")
+    for column in ("auc_mean", "auc_std", "auc_repeat_std", "pooled_auc", "n_buffered_mean"):
+        assert table[column].to_numpy() == pytest.approx(expected[column].to_numpy()), column
+    assert (table["repeats"] == 2).all() and (table["buffer_m"] == 400).all()
+    assert table.loc["spatial", "auc_repeat_std"] > 0  # grid folds re-dealt per repeat
+    assert table.loc["random", "n_buffered_mean"] > 0
+    points = gpd.read_file(out / "samples.gpkg")
+    assert points.crs.to_epsg() == 2326 and len(points) == 600
+    assert {"fold_random", "fold_spatial", "fold_spatial_r1", "oof_fr_spatial"} <= set(
+        points.columns)
+    # the second repeat's folds: drawn with seed 4 + 1, so they differ from the first's
+    np.testing.assert_array_equal(points["fold_random_r1"], random_folds(points["label"], 3, 5))
+    assert (points["fold_random_r1"] != points["fold_random"]).mean() > 0.3
+    assert "fold_random_r2" not in points
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["map"].startswith("none") and metrics["map_model"] is None
+    assert metrics["validation"]["spatial"]["fr"]["auc_repeat_std"] == pytest.approx(
+        table.loc["spatial", "auc_repeat_std"])
+    html = (out / "report.html").read_text()
+    assert "No map" in html and "no susceptibility map" in html
+    assert "repeated 2 times" in html and "400 m" in html
+    assert "Spread over 2 repeats" in html and "(± std over 2 repeats)" in html

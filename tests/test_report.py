@@ -185,7 +185,13 @@ def test_map_colours_are_the_legend_colours_on_flat_ground(tmp_path):
 
 
 def test_report_tables_are_narrow_and_free_of_absolute_paths():
-    from metalsm.report.tables import factor_table, provenance_tables, validation_table
+    from metalsm.report.tables import (
+        factor_table,
+        fold_spread,
+        provenance_tables,
+        repeat_spread_table,
+        validation_table,
+    )
 
     table = pd.DataFrame({"model": ["rf"], "scheme": ["spatial"], "pooled_auc": [0.8123],
                           **{f"{m}_{s}": [0.5] for m in ("accuracy", "precision", "recall",
@@ -195,6 +201,12 @@ def test_report_tables_are_narrow_and_free_of_absolute_paths():
     assert list(shown.columns) == ["model", "scheme", "AUC", "accuracy", "precision", "recall",
                                    "F1", "kappa", "pooled AUC", "fit (s)"]
     assert shown.loc[0, "AUC"] == "0.500 ± 0.500"
+    assert repeat_spread_table(table) is None  # one repeat: no spread table
+    repeated = table.assign(repeats=3, auc_repeat_std=0.0123, pooled_auc_repeat_std=0.004)
+    spread = repeat_spread_table(repeated)
+    assert list(spread.columns) == ["model", "scheme", "AUC", "pooled AUC"]
+    assert spread.loc[0, "AUC"] == "0.012" and spread.loc[0, "pooled AUC"] == "0.004"
+    assert fold_spread(repeated, "auc").iloc[0] == "0.500 ± 0.500 (± 0.012)"
     manifest = {"inputs_sha256": {"/data/kaghan/AW3D30.tif": "ab" * 32,
                                   "/data/kaghan/vec/faults.shp": "cd" * 32},
                 "seeds": {"sampling": 1}, "timings_s": {"predict_map": 1.234},

@@ -356,3 +356,54 @@ def test_within_group_metrics_hand_checked() -> None:
     flat = within_group_metrics(y, np.full(5, 0.3), groups)
     assert flat["within_spread"] == 0 and flat["within_auc"] == pytest.approx(0.5)
     assert np.isnan(within_group_metrics([1, 1], [0.2, 0.4], [0, 0])["within_auc"])
+
+
+def test_repeats_redraw_the_folds_and_give_the_spread_over_repeats():
+    """Three repeats on 600 real Hong Kong samples: repeat r's folds are those drawn with
+    seed + r, the table's means are over all 3 x 3 folds, and the repeat std is the std
+    of the three per-repeat means -- each checked against its own cross-validation."""
+    table = hk_slice(600, seed=3)
+    X, y, xy = factors(table), table["label"].to_numpy(dtype=int), table[["X", "Y"]]  # noqa: N806
+    area = X.sample(300, random_state=1)
+    ev = evaluate_models(["fr"], X, y, xy, CATEGORICAL, n_folds=3, seed=5, repeats=3,
+                         area=area, schemes=("random", "spatial"), spatial_method="grid")
+    assert ev.repeat_folds["random"].shape == (3, 600)
+    for r in range(3):
+        assert np.array_equal(ev.repeat_folds["random"][r], random_folds(y, 3, seed=5 + r))
+        assert np.array_equal(ev.repeat_folds["spatial"][r],
+                              spatial_folds(xy["X"], xy["Y"], 3, seed=5 + r, method="grid",
+                                            random_origin=True))
+    assert np.array_equal(ev.folds["spatial"], ev.repeat_folds["spatial"][0])
+    assert not np.array_equal(ev.repeat_folds["random"][0], ev.repeat_folds["random"][1])
+    row = ev.table.set_index("scheme").loc["spatial"]
+    by_hand = [cross_validate_model(lambda: make_model("fr", CATEGORICAL, 5), X, y, folds,
+                                    area=area)
+               for folds in ev.repeat_folds["spatial"]]
+    fold_aucs = np.concatenate([r.fold_metrics["auc"] for r in by_hand])
+    means = [r.mean["auc"] for r in by_hand]
+    assert row["repeats"] == 3
+    assert row["auc_mean"] == pytest.approx(fold_aucs.mean())
+    assert row["auc_std"] == pytest.approx(fold_aucs.std())
+    assert row["auc_repeat_std"] == pytest.approx(np.std(means))
+    assert 0 < row["auc_repeat_std"] < row["auc_std"]  # grid folds move; folds vary more
+    pooled = [roc_points(y, r.oof_proba).auc for r in by_hand]
+    assert row["pooled_auc"] == pytest.approx(np.mean(pooled))
+    assert row["pooled_auc_repeat_std"] == pytest.approx(np.std(pooled))
+    rates = [prediction_rate(r.area_share_above).auc for r in by_hand]
+    assert row["prediction_rate_auc"] == pytest.approx(np.mean(rates))
+    # pooling every repeat's ranks gives one curve whose AUC is the mean over repeats
+    assert prediction_rate(ev.area_shares("fr", "spatial")).auc == pytest.approx(np.mean(rates))
+    once = evaluate_models(["fr"], X, y, xy, CATEGORICAL, n_folds=3, seed=5,
+                           schemes=("spatial",), spatial_method="grid")
+    assert not [c for c in once.table.columns if "repeat" in c]
+    assert np.array_equal(once.folds["spatial"],  # one draw: the grid stays where it was
+                          spatial_folds(xy["X"], xy["Y"], 3, seed=5, method="grid"))
+    # what a raster run's metrics.json gives as the map model's prediction-rate spread
+    from metalsm.pipeline import _rate_repeat_spread
+
+    spread = _rate_repeat_spread(ev, "fr")
+    assert spread["repeats"] == 3
+    assert spread["prediction_rate_spatial_auc_repeat_std"] == pytest.approx(np.std(rates))
+    assert _rate_repeat_spread(once, "fr") == {}
+    with pytest.raises(MetalsmInputError, match="repeats must be an integer >= 1, got 0"):
+        evaluate_models(["fr"], X, y, xy, CATEGORICAL, n_folds=3, repeats=0)

@@ -125,7 +125,8 @@ def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples,
         sample_blocks = blocks.block_of(rows, cols)
         tasks = task_table(sample_blocks, samples, blocks, settings)
         warn_sparse_blocks(tasks, settings, blocks.labels)
-        write_block_rasters(blocks, out, samples_table=samples.table, inventory=inventory)
+        write_block_rasters(blocks, out, samples_table=samples.table, inventory=inventory,
+                            split=dict(zip(tasks["block"], tasks["split"], strict=True)))
         write_csv(out / "tasks.csv", tasks)
         dem = stack.layer("elevation") if "elevation" in stack.names else None
         figures.plot_block_map(
@@ -151,7 +152,9 @@ def _segment_table(config, settings: BlocksConfig, out: Path, progress) -> Block
         n_blocks = int(sample_blocks.max()) + 1
         tasks = task_table(sample_blocks, samples, n_blocks, settings)
         warn_sparse_blocks(tasks, settings)
-        per_sample = samples.table[["x", "y", "label"]].assign(block=sample_blocks)
+        split = tasks.set_index("block")["split"]
+        per_sample = samples.table[["x", "y", "label"]].assign(
+            block=sample_blocks, split=split.reindex(sample_blocks).to_numpy())
         write_csv(out / "blocks.csv", per_sample)
         write_csv(out / "tasks.csv", tasks)
         figures.plot_point_blocks(

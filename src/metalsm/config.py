@@ -139,6 +139,20 @@ class ValidationConfig:
     # spatial leave-out: training samples within buffer_m metres of a test sample are
     # dropped from that fold's training set (0 = no buffer)
     buffer_m: float = 0.0
+    # cross-validation repeated with folds re-drawn (seed + repeat); tables give the
+    # spread over repeats beside the spread over folds
+    repeats: int = 1
+
+
+@dataclass(frozen=True)
+class UncertaintyConfig:
+    """The uncertainty map (opt-in: the section's presence turns it on): the map model
+    refitted on ``refits`` bootstrap resamples of the samples (each class resampled
+    with replacement to its own size, refit ``i`` with model seed ``seed + i``); the
+    per-cell standard deviation of their probabilities is ``uncertainty.tif``."""
+
+    refits: int = 20
+    seed: int = 42
 
 
 @dataclass(frozen=True)
@@ -293,6 +307,7 @@ class StudyAreaConfig:
     table: TableConfig | None = None
     blocks: BlocksConfig | None = None
     meta: MetaConfig | None = None
+    uncertainty: UncertaintyConfig | None = None
     rasters: tuple[RasterInput, ...] = ()
     vectors: tuple[VectorInput, ...] = ()
     grid: GridConfig = field(default_factory=GridConfig)
@@ -316,15 +331,39 @@ _PATH_KEYS = {"path", "dem"}
 
 
 def load_config(path: str | Path) -> StudyAreaConfig:
-    """Read and validate a study-area TOML file; relative paths resolve against its folder."""
+    """Read and validate a study-area TOML file; relative paths resolve against its folder.
+
+    ``extends = "base.toml"`` (relative to the file) starts from another config: tables
+    are merged key by key, this file's values win, arrays (``[[rasters]]``, lists) are
+    replaced whole; the base's relative paths resolve against the base's folder. A base
+    may extend another; a cycle is an error naming the files. An error about a key
+    that a base file set names that file.
+    """
     path = Path(path)
+    raw, origins = _read_extended(path, ())
+    raw["source"] = str(path.resolve())
+    try:
+        config = _build(StudyAreaConfig, raw, prefix="", file=path, base=path.resolve().parent)
+        _check_consistency(config, path)
+    except MetalsmInputError as exc:
+        message = str(exc)
+        notes = [f"{key} is set in {origin}" for key, origin in origins.items()
+                 if origin != path.resolve()
+                 and (key in message if "." in key else f"'{key}'" in message)]
+        if notes:
+            raise MetalsmInputError(f"{message} ({'; '.join(notes)})") from None
+        raise
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise MetalsmInputError(f"config file not found: {path}")
     if path.is_dir():
         raise MetalsmInputError(f"config {path} is a folder; give the study-area .toml file "
                                 "(metalsm init FILE writes a template)")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise MetalsmInputError(f"config {path} is not valid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -333,10 +372,67 @@ def load_config(path: str | Path) -> StudyAreaConfig:
             "save it as UTF-8") from exc
     except OSError as exc:
         raise MetalsmInputError(f"cannot read config {path}: {exc.strerror}") from exc
-    raw["source"] = str(path.resolve())
-    config = _build(StudyAreaConfig, raw, prefix="", file=path, base=path.resolve().parent)
-    _check_consistency(config, path)
-    return config
+
+
+def _read_extended(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The raw table of ``path`` merged over the configs it extends, and for every
+    dotted key the file that set it."""
+    here = path.resolve()
+    if here in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, here))
+        raise MetalsmInputError(f"config files extend each other in a cycle: {cycle}")
+    raw = _read_toml(path)
+    parent = raw.pop("extends", None)
+    origins = dict.fromkeys(_dotted_keys(raw), here)
+    if parent is None:
+        return raw, origins
+    if not isinstance(parent, str):
+        raise MetalsmInputError(f"{path}: 'extends' must be the path of another config file "
+                                f"(a string), got {parent!r}")
+    base_path = Path(expand_data_path(parent)).expanduser()
+    if not base_path.is_absolute():
+        base_path = here.parent / base_path
+    if not base_path.is_file():
+        raise MetalsmInputError(f"{path}: extends = {parent!r}, but {base_path} is not a file")
+    base_raw, base_origins = _read_extended(base_path, (*chain, here))
+    base_raw = _absolute_paths(base_raw, base_path.resolve().parent)
+    return _deep_merge(base_raw, raw), {**base_origins, **origins}
+
+
+def _dotted_keys(raw: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        keys += _dotted_keys(value, dotted) if isinstance(value, dict) else [dotted]
+    return keys
+
+
+def _absolute_paths(raw: Any, folder: Path) -> Any:
+    """``raw`` with every path value (:data:`_PATH_KEYS`, at any depth) made absolute
+    against ``folder``: a base config's paths keep pointing where its author meant."""
+    if isinstance(raw, list):
+        return [_absolute_paths(item, folder) for item in raw]
+    if not isinstance(raw, dict):
+        return raw
+    out = {}
+    for key, value in raw.items():
+        if key in _PATH_KEYS and isinstance(value, str):
+            expanded = Path(expand_data_path(value)).expanduser()
+            out[key] = str(expanded if expanded.is_absolute() else (folder / expanded).resolve())
+        else:
+            out[key] = _absolute_paths(value, folder)
+    return out
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Tables merged key by key (``override`` wins); anything else replaced whole."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _build(cls: type, raw: Any, prefix: str, file: Path, base: Path) -> Any:
@@ -477,6 +573,17 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
         )
     if config.sampling.ratio <= 0:
         problems.append(f"{path}: sampling.ratio must be > 0, got {config.sampling.ratio}")
+    if config.uncertainty is not None:
+        if config.uncertainty.refits < 2:
+            problems.append(f"{path}: uncertainty.refits must be >= 2 (a spread needs at least "
+                            f"two refits), got {config.uncertainty.refits}")
+        if config.table is not None:
+            problems.append(f"{path}: [uncertainty] maps the spread of the susceptibility, but "
+                            "a [table] study area has no map; remove [uncertainty]")
+        elif config.model.map_model == "meta-blockwise":
+            problems.append(f"{path}: [uncertainty] refits the map model, which "
+                            "'meta-blockwise' is not (one meta-learning run per refit); map "
+                            "a classic model or remove [uncertainty]")
     _check_bands(config, path, problems)
     if config.compute.chunk_size is not None and config.compute.chunk_size < 16:
         problems.append(
@@ -515,6 +622,8 @@ def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> N
     at_least = [
         ("validation.n_folds", config.validation.n_folds, 2,
          "cross-validation needs at least 2 folds"),
+        ("validation.repeats", config.validation.repeats, 1,
+         "cross-validation runs at least once"),
         ("zones.levels", config.zones.levels, 2, "a map needs at least 2 zones"),
         ("output.window_size", config.output.window_size, 16, "windows of at least 16 cells"),
     ]
@@ -539,6 +648,10 @@ def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> N
     for key, value, low, why in at_least:
         if value < low:
             problems.append(f"{path}: {key} must be >= {low} ({why}), got {value}")
+    if not config.validation.buffer_m >= 0:
+        problems.append(f"{path}: validation.buffer_m must be >= 0 (metres of training "
+                        "samples left out around each test fold; 0 = no buffer), got "
+                        f"{config.validation.buffer_m:g}")
     if config.sampling.buffer_m < 0:
         problems.append(f"{path}: sampling.buffer_m must be >= 0 (metres kept free of "
                         f"negatives around landslides), got {config.sampling.buffer_m:g}")

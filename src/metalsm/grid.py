@@ -109,6 +109,19 @@ class Grid:
         with open_raster(path) as src:
             return cls(src.crs, src.transform, src.height, src.width)
 
+    @classmethod
+    def around(cls, coords: Any, crs: Any = None, side: int = 500) -> Grid:
+        """A grid of square cells over points ``(n, 2)`` plus a 2 % margin, ``side``
+        cells along its longer edge: the frame of map figures of a sample table."""
+        xy = np.asarray(coords, dtype=float)
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        margin = 0.02 * max(float((hi - lo).max()), 1.0)
+        lo, hi = lo - margin, hi + margin
+        cell = float((hi - lo).max()) / side
+        width, height = (int(np.ceil(v)) for v in (hi - lo) / cell)
+        return cls(CRS.from_user_input(crs) if crs else None,
+                   Affine(cell, 0, lo[0], 0, -cell, hi[1]), height, width)
+
 
 def open_raster(path: str | Path):
     """Open a raster with an error that names the file; rasters must carry a CRS."""

@@ -225,6 +225,51 @@ def predict_raster(
 
 
 @_bounded_gdal_cache
+def predict_spread_raster(
+    models: Sequence[Any],
+    factors_path: str | Path,
+    out_path: str | Path,
+    *,
+    feature_names: Sequence[str],
+    window_size: int = 512,
+    overviews: Sequence[int] = (2, 4, 8, 16),
+    progress: Callable[[int, int], Any] | None = None,
+    compute: Any = None,
+    description: str = "standard deviation of the landslide susceptibility over models",
+) -> Path:
+    """Per valid cell of ``factors.tif``, the standard deviation (``ddof=1``) of the
+    landslide probabilities of ``models`` (e.g. bootstrap refits of the map model):
+    how much the susceptibility moves when the model is refitted.
+
+    Window by window like :func:`predict_raster` (each window's factors read once and
+    predicted by every model; ``len(models)`` probabilities per cell held at once),
+    into a float32 Cloud-Optimized GeoTIFF with NaN nodata.
+    """
+    feature_names = list(feature_names)
+    if len(models) < 2:
+        raise MetalsmInputError(f"a spread needs at least 2 models, got {len(models)}")
+
+    def proba_of(model: Any, cells: np.ndarray) -> np.ndarray:
+        if getattr(model, "predict_cells", None) is not None:
+            return model.predict_cells(cells, feature_names)
+        frame = pd.DataFrame(cells, columns=feature_names)
+        return np.asarray(model.predict_proba(frame))[:, 1]
+
+    def spread_window(values: np.ndarray, _win: Window) -> tuple[np.ndarray, np.ndarray]:
+        valid = np.isfinite(values).all(axis=0)
+        if not valid.any():
+            return valid, np.empty(0)
+        cells = values[:, valid].T
+        return valid, np.stack([proba_of(m, cells) for m in models]).std(axis=0, ddof=1)
+
+    with open_raster(factors_path) as src:
+        indexes = _band_indexes(src, factors_path, feature_names, "the models")
+        return _write_probability_raster(
+            src, indexes, out_path, spread_window, description=description,
+            window_size=window_size, overviews=overviews, progress=progress, compute=compute)
+
+
+@_bounded_gdal_cache
 def _read_valid_sample(
     path: str | Path, seed: int, max_sample: int, window_size: int = 512
 ) -> tuple[np.ndarray, float, float]:

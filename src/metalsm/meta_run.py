@@ -642,7 +642,13 @@ def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
     from metalsm.blocks_run import _segment_table
     from metalsm.config import BlocksConfig
     from metalsm.manifest import build_manifest
-    from metalsm.pipeline import RunResult, collect_warnings
+    from metalsm.pipeline import (
+        RunResult,
+        collect_warnings,
+        validate,
+        validation_stage_name,
+        validation_tasks,
+    )
     from metalsm.report.html import write_report
 
     meta = _meta(config)
@@ -659,14 +665,10 @@ def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
         names = [n for n in config.model.names if n != META_MODEL]
         evaluation = None
         if names:
-            n_tasks = 2 * len(names) * config.validation.n_folds
-            with progress.stage("validation (random and spatial folds)",
-                                total=n_tasks) as advance:
-                evaluation = validation.evaluate_models(
-                    names, samples.X, samples.y, samples.coords,
-                    categorical=samples.categorical, n_folds=config.validation.n_folds,
-                    seed=config.validation.seed,
-                    spatial_method=config.validation.spatial_method, progress=advance)
+            with progress.stage(validation_stage_name(config),
+                                total=validation_tasks(config, names)) as advance:
+                # the study area's folds, buffer and repeats, as in raster runs
+                evaluation = validate(config, names, samples, advance)
                 write_csv(out / "validation.csv", evaluation.table)
         timings["validation"] = _since(t)
         result = run_meta_stage(config, stage, out, progress)

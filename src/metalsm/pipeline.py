@@ -127,22 +127,24 @@ def run_pipeline(
     the map predicted over Dask (local threads, or the cluster at ``scheduler``);
     without them the path is chosen by the estimated stack size and free memory.
 
+    A sample-table study area (``[table]``, no rasters) gets no map: its models are
+    cross-validated and reported (:func:`_run_table_validation`), and with ``[meta]``
+    the block-wise stage runs too (:func:`metalsm.meta_run.run_table_pipeline`).
+
     Every input header and ``out_dir`` are checked first (:func:`metalsm.preflight.check_run`,
     all problems at once); the run then writes into a staging folder that replaces
     ``out_dir`` only when complete, so a failed run leaves a previous run untouched.
     """
-    if config.table is not None and config.meta is None:
-        raise MetalsmInputError(
-            f"{config.source}: '{config.name}' is a sample-table study area (no rasters to map); "
-            "use `metalsm segment` for its blocks"
-        )
     with collect_warnings() as warned:
         check_run(config, out_dir)
         with staged_directory(out_dir) as stage:
-            if config.table is not None:
+            if config.table is not None and config.meta is not None:
                 from metalsm.meta_run import run_table_pipeline
 
                 result = run_table_pipeline(config, stage, show_progress=show_progress)
+            elif config.table is not None:
+                result = _run_table_validation(config, stage, warned,
+                                               show_progress=show_progress)
             else:
                 result = _run_raster_pipeline(config, stage, warned,
                                               show_progress=show_progress,
@@ -214,22 +216,10 @@ def _run_raster_pipeline(
             t = timed("blocks", t)
 
         names = tuple(n for n in config.model.names if n != "meta-blockwise")
-        n_tasks = 2 * len(names) * config.validation.n_folds
-        with progress.stage("validation (random and spatial folds)", total=n_tasks) as advance:
+        with progress.stage(validation_stage_name(config),
+                            total=validation_tasks(config, names)) as advance:
             area = area_sample(stack, samples.factor_names, config.validation.seed)
-            evaluation = validation.evaluate_models(
-                names,
-                samples.X,
-                samples.y,
-                samples.coords,
-                categorical=samples.categorical,
-                n_folds=config.validation.n_folds,
-                seed=config.validation.seed,
-                spatial_method=config.validation.spatial_method,
-                progress=advance,
-                area=area,
-                buffer_m=config.validation.buffer_m,
-            )
+            evaluation = validate(config, names, samples, advance, area=area)
             write_csv(out / "validation.csv", evaluation.table)
             write_samples_vector(out / "samples.gpkg", samples, stack.grid.crs,
                                  _sample_columns(evaluation, config.model.map_model))
@@ -282,10 +272,18 @@ def _run_raster_pipeline(
             rates = _rate_curves(out, mask, evaluation, config.model.map_model)
         t = timed("zones", t)
 
+        uncertainty = None
+        if config.uncertainty is not None:
+            uncertainty = _uncertainty_map(config, stack, samples, out, progress,
+                                           list(zones["label"]), window_size=window_size,
+                                           compute=compute)
+            t = timed("uncertainty", t)
+
         with progress.stage("figures and report"):
             metrics = _metrics(evaluation, samples, zones, config, edges, inventory)
             metrics["rates"] = {
                 **{f"{name}_auc": curve.auc for name, curve in rates.items()},
+                **_rate_repeat_spread(evaluation, config.model.map_model),
                 "prediction_rate_model": config.model.map_model,
                 "area_sample_cells": len(area),
             }
@@ -295,6 +293,9 @@ def _run_raster_pipeline(
                     out / "susceptibility.tif", out / "blocks.tif", out / "zones.tif", mask,
                     block_stage.blocks.n_blocks,
                     block_stage.tasks.loc[block_stage.tasks["split"] == "meta-test", "block"])
+            if uncertainty is not None:
+                metrics["uncertainty"] = uncertainty
+                _uncertainty_figure(out, config, stack, inventory, uncertainty)
             metrics["predictor"] = predictor
             metrics["compute"] = {"chunked": use_chunks, "why": why,
                                   "chunk_size": chunk if use_chunks else None,
@@ -303,6 +304,7 @@ def _run_raster_pipeline(
             _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates,
                      edges, samples.coords)
             write_json(out / "metrics.json", metrics)
+            _qgis_project(out, stack.grid, config)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             manifest = build_manifest(
                 config=config.to_dict(),
@@ -336,6 +338,122 @@ def _run_raster_pipeline(
     return RunResult(out, seconds, metrics, headline)
 
 
+def _run_table_validation(config: StudyAreaConfig, out: Path, warned: list[str], *,
+                          show_progress: bool) -> RunResult:
+    """A sample-table study area without ``[meta]``: cross-validation of every model,
+    samples.gpkg, ROC and fold figures, blocks when ``[blocks]`` is given, metrics,
+    manifest and a report that says why there is no map."""
+    from metalsm.blocks_run import _segment_table
+    from metalsm.grid import Grid
+    from metalsm.sample_table import read_sample_table
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    t = started
+    with RunProgress(enabled=show_progress) as progress:
+        if config.blocks is not None:
+            samples = _segment_table(config, config.blocks, out, progress).samples
+            timings["blocks"] = round(time.perf_counter() - t, 3)
+        else:
+            with progress.stage("sample table"):
+                samples = read_sample_table(config.table)
+        write_csv(out / "samples.csv", samples.table)
+        problems = fold_problems(config, samples.y, f"the sample table {config.table.path}")
+        if problems:
+            raise MetalsmInputError(problems[0])
+        t = time.perf_counter()
+        names = tuple(config.model.names)
+        with progress.stage(validation_stage_name(config),
+                            total=validation_tasks(config, names)) as advance:
+            evaluation = validate(config, names, samples, advance)
+            write_csv(out / "validation.csv", evaluation.table)
+            write_samples_vector(out / "samples.gpkg", samples, config.table.crs,
+                                 _sample_columns(evaluation, config.model.map_model))
+        timings["validation"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        with progress.stage("figures and report"):
+            validation_figures(out, evaluation, samples.y, config, samples.coords,
+                               Grid.around(samples.coords, config.table.crs))
+            metrics = {
+                "study_area": config.name,
+                "samples": {"positives": int((samples.y == 1).sum()),
+                            "negatives": int((samples.y == 0).sum()),
+                            "table": config.table.path,
+                            "dropped_incomplete_rows":
+                                int(samples.table.attrs.get("dropped_incomplete_rows", 0))},
+                "factors": list(samples.factor_names),
+                "categorical_factors": list(samples.categorical),
+                "validation": _by_scheme(evaluation.table),
+                "map_model": None,
+                "map": "none: a sample-table study area has no rasters to map",
+                "warnings": list(warned),
+            }
+            write_json(out / "metrics.json", metrics)
+            outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+            manifest = build_manifest(
+                config=config.to_dict(), inputs=[config.table.path],
+                seeds={"validation": config.validation.seed,
+                       **({"blocks": config.blocks.seed} if config.blocks else {})},
+                metrics=metrics, timings_s=timings,
+                outputs=outputs + ["manifest.json", "report.html"])
+            write_json(out / "manifest.json", manifest)
+            _table_report(out, config, metrics, evaluation, manifest)
+        timings["report"] = round(time.perf_counter() - t, 3)
+    spatial = metrics["validation"]["spatial"][config.model.map_model]
+    headline = {
+        "samples": f"{metrics['samples']['positives']} positives, "
+        f"{metrics['samples']['negatives']} negatives (no map: sample table)",
+        f"spatial AUC ({config.model.map_model})":
+            f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}",
+    }
+    return RunResult(out, time.perf_counter() - started, metrics, headline)
+
+
+def _table_report(out: Path, config: StudyAreaConfig, metrics: dict,
+                  evaluation: validation.Evaluation, manifest: dict) -> None:
+    samples = metrics["samples"]
+    dropped = samples["dropped_incomplete_rows"]
+    sections = [
+        Section("No map", text=(
+            f"`{config.name}` is a sample-table study area: {samples['positives']} landslide "
+            f"and {samples['negatives']} non-landslide samples with their factor values "
+            f"(`{Path(config.table.path).name}`"
+            + (f", {dropped} rows with a missing value dropped" if dropped else "")
+            + "), and no rasters. There is nothing to predict a map on, so this run has no "
+            "susceptibility map, zones, success rate or prediction rate (both need the "
+            "mapped area); it cross-validates the models, which is what the samples can "
+            "honestly tell.")),
+        validation_section(out, config, evaluation),
+    ]
+    if (out / "blocks.png").exists():
+        sections.append(Section("Blocks", text=(
+            "The samples segmented into blocks (`[blocks]`): `blocks.csv` gives each "
+            "sample's block, `tasks.csv` each block's samples and its meta-train or "
+            "meta-test split."), images=[("Blocks", out / "blocks.png")]))
+    sections += [
+        Section("Factors", tables=[("Factors", report_tables.factor_table(
+            metrics["factors"], metrics["categorical_factors"]))]),
+        Section("Warnings", text=(
+            f"{len(metrics['warnings'])} warning(s) during the run (also in `metrics.json`)."
+            if metrics["warnings"] else "No warnings."),
+            preformatted=[("Warnings", metrics["warnings"])] if metrics["warnings"] else []),
+        Section("Provenance",
+                text="Inputs, seeds, timings and versions (in full in `manifest.json`).",
+                tables=report_tables.provenance_tables(manifest)),
+    ]
+    write_report(out / "report.html",
+                 title=f"Landslide models, validation only — {config.name}", sections=sections)
+
+
+def _by_scheme(table: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """``validation.csv`` rows as ``{scheme: {model: {column: value}}}``."""
+    by_scheme: dict[str, dict[str, dict]] = {}
+    for row in table.to_dict("records"):
+        entry = {k: v for k, v in row.items() if k not in ("model", "scheme")}
+        by_scheme.setdefault(row["scheme"], {})[row["model"]] = entry
+    return by_scheme
+
+
 @contextlib.contextmanager
 def collect_warnings():
     """Yield a list that receives every warning logged by metalsm meanwhile (for
@@ -355,10 +473,37 @@ def collect_warnings():
         logger.removeHandler(handler)
 
 
+def validation_tasks(config: StudyAreaConfig, names) -> int:
+    """Model fits of the cross-validation (its progress bar's total)."""
+    return 2 * len(names) * config.validation.n_folds * config.validation.repeats
+
+
+def validation_stage_name(config: StudyAreaConfig) -> str:
+    repeats = config.validation.repeats
+    return "validation (random and spatial folds" + (
+        f", {repeats} repeats)" if repeats > 1 else ")")
+
+
+def validate(config: StudyAreaConfig, names, samples: Samples, progress=None, *,
+             area: pd.DataFrame | None = None) -> validation.Evaluation:
+    """Cross-validate ``names`` on ``samples`` as ``[validation]`` says (folds, spatial
+    method, buffer, repeats, seed): the one call of raster and table runs."""
+    settings = config.validation
+    return validation.evaluate_models(
+        names, samples.X, samples.y, samples.coords, categorical=samples.categorical,
+        n_folds=settings.n_folds, seed=settings.seed,
+        spatial_method=settings.spatial_method, progress=progress, area=area,
+        buffer_m=settings.buffer_m, repeats=settings.repeats)
+
+
 def _sample_columns(evaluation: validation.Evaluation, map_model: str) -> dict:
-    """Per sample: its fold under each scheme and, for the map model, the out-of-fold
-    probability (from the fold model that did not see it)."""
+    """Per sample: its fold under each scheme and repeat (``fold_<scheme>`` the first,
+    ``fold_<scheme>_r<r>`` repeat ``r``, drawn with seed + r) and, for the map model,
+    the out-of-fold probability of the first repeat (from the fold model that did not
+    see it)."""
     columns = {f"fold_{scheme}": folds for scheme, folds in evaluation.folds.items()}
+    for scheme, draws in evaluation.repeat_folds.items():
+        columns.update({f"fold_{scheme}_r{r}": draws[r] for r in range(1, len(draws))})
     for scheme in evaluation.folds:
         if (map_model, scheme) in evaluation.oof:
             columns[f"oof_{map_model}_{scheme}"] = evaluation.oof[(map_model, scheme)]
@@ -384,11 +529,107 @@ def _rate_curves(out: Path, mask: np.ndarray, evaluation: validation.Evaluation,
     of the map model's held-out landslides under each fold scheme."""
     rates = {"success_rate": mapping.success_rate(out / "susceptibility.tif", mask)}
     for scheme in ("spatial", "random"):
-        result = evaluation.results.get((map_model, scheme))
-        if result is not None and result.area_share_above is not None:
-            rates[f"prediction_rate_{scheme}"] = validation.prediction_rate(
-                result.area_share_above)
+        shares = evaluation.area_shares(map_model, scheme)  # every repeat's ranks
+        if shares is not None:
+            rates[f"prediction_rate_{scheme}"] = validation.prediction_rate(shares)
     return rates
+
+
+def _qgis_project(out: Path, grid, config: StudyAreaConfig) -> Path:
+    """project.qgs: the run's vectors and rasters in one QGIS project, styled; zones and
+    samples shown, the other layers listed."""
+    from metalsm.qgis_project import ProjectLayer, write_qgis_project
+
+    candidates = [
+        ProjectLayer("samples.gpkg", "samples (label)", layer="samples"),
+        ProjectLayer("blocks.gpkg", "block outlines", visible=False, layer="blocks"),
+        ProjectLayer("zones.tif", "susceptibility zones"),
+        ProjectLayer("susceptibility.tif", "susceptibility (probability)", visible=False),
+        ProjectLayer("uncertainty.tif", "uncertainty (std over refits)", visible=False),
+        ProjectLayer("credibility.tif", "credibility of non-landslide cells", visible=False),
+        ProjectLayer("blocks.tif", "blocks", visible=False),
+        ProjectLayer("factors.tif", "factors", visible=False),
+    ]
+    return write_qgis_project(out, [c for c in candidates if (out / c.file).exists()],
+                              grid.crs, grid.bounds, f"metalsm: {config.name}")
+
+
+def _uncertainty_map(config: StudyAreaConfig, stack, samples: Samples, out: Path, progress,
+                     zone_labels: list[str], *, window_size: int, compute) -> dict:
+    """uncertainty.tif (+ .qml): the spread of the map model's probability over bootstrap
+    refits, predicted window by window like the map; returns its statistics."""
+    from metalsm import uncertainty as spread
+    from metalsm.styles import write_uncertainty_style
+
+    settings, name = config.uncertainty, config.model.map_model
+    with progress.stage(f"uncertainty ({settings.refits} bootstrap refits of {name})",
+                        total=int(stack.valid.sum())) as advance:
+        models = spread.bootstrap_refits(name, samples, settings.refits, settings.seed,
+                                         config.model.seed)
+        path = mapping.predict_spread_raster(
+            models, out / "factors.tif", out / "uncertainty.tif",
+            feature_names=samples.factor_names, window_size=window_size,
+            overviews=config.output.overviews, progress=lambda new, _done: advance(new),
+            compute=compute,
+            description=f"standard deviation of the landslide susceptibility over "
+                        f"{settings.refits} bootstrap refits of {name}")
+        stats = spread.spread_statistics(path, out / "zones.tif", zone_labels)
+        write_uncertainty_style(path, stats.get("p99_std", 0.0))
+    return {"method": "bootstrap refits of the map model", "model": name,
+            "refits": settings.refits, "seed": settings.seed, **stats}
+
+
+def _uncertainty_figure(out: Path, config: StudyAreaConfig, stack, inventory,
+                        uncertainty: dict) -> None:
+    from matplotlib.colors import Normalize
+
+    from metalsm.styles import uncertainty_colormap
+
+    array, grid = figures.read_decimated(out / "uncertainty.tif", MAP_FIGURE_SIDE)
+    dem = None
+    if "elevation" in stack.names:
+        dem, _ = figures.read_decimated(out / "factors.tif", MAP_FIGURE_SIDE,
+                                        band=stack.names.index("elevation") + 1)
+    figures.plot_raster_map(
+        array, grid, out / "uncertainty.png", dem=dem, inventory=inventory,
+        cmap=uncertainty_colormap(), norm=Normalize(0.0, max(uncertainty["p99_std"], 1e-6)),
+        title=f"Uncertainty, {config.name}: spread of P(landslide) over "
+              f"{uncertainty['refits']} refits of {uncertainty['model']}",
+        colorbar_label="standard deviation of the probability")
+
+
+def _uncertainty_section(out: Path, uncertainty: dict) -> Section:
+    by_zone = pd.DataFrame(uncertainty["by_zone"])
+    table = pd.DataFrame({
+        "zone": by_zone["level"], "label": by_zone["label"],
+        "mean std": by_zone["mean_std"].round(3), "max std": by_zone["max_std"].round(3)})
+    text = (
+        f"The map model `{uncertainty['model']}` refitted {uncertainty['refits']} times, each on "
+        "a bootstrap resample of the samples (landslides and non-landslides each drawn with "
+        "replacement to their own count; refit i with model seed + i), and every refit "
+        "mapped: `uncertainty.tif` is the per-cell standard deviation of their "
+        "probabilities (how much the susceptibility moves when other landslides happen to "
+        f"be sampled). Over the map: mean {uncertainty['mean_std']:.3f}, 95th percentile "
+        f"{uncertainty['p95_std']:.3f}, maximum {uncertainty['max_std']:.3f}. Where the "
+        "spread is comparable to a zone's width of probability, a cell's zone is not "
+        "settled. The figure's colours stop at the 99th percentile "
+        f"({uncertainty['p99_std']:.3f}); `uncertainty.qml` uses the same range.")
+    return Section("Uncertainty", text=text,
+                   tables=[("Spread of the probability per zone", table)],
+                   images=[("Standard deviation of the probability over bootstrap refits",
+                            out / "uncertainty.png")])
+
+
+def _rate_repeat_spread(evaluation: validation.Evaluation, map_model: str) -> dict:
+    """Std over repeats of the map model's prediction-rate AUC per scheme (repeated
+    cross-validations only)."""
+    table = evaluation.table
+    if "prediction_rate_auc_repeat_std" not in table.columns:
+        return {}
+    rows = table[table["model"] == map_model].set_index("scheme")
+    return {"repeats": int(rows["repeats"].iloc[0]),
+            **{f"prediction_rate_{scheme}_auc_repeat_std":
+               float(rows.loc[scheme, "prediction_rate_auc_repeat_std"]) for scheme in rows.index}}
 
 
 def _rates_section(out: Path, rates: dict, config: StudyAreaConfig) -> Section:
@@ -402,11 +643,20 @@ def _rates_section(out: Path, rates: dict, config: StudyAreaConfig) -> Section:
             f" The **prediction rate** ranks each landslide sample on the map of the "
             f"`{config.model.map_model}` cross-validation model that did not see it, among "
             f"{rates['area_sample_cells']:,} random mapped cells: "
-            f"{rates['prediction_rate_spatial_auc']:.3f} with spatial folds (the honest "
-            f"estimate), {rates.get('prediction_rate_random_auc', float('nan')):.3f} with "
-            "random folds.")
+            f"{rates['prediction_rate_spatial_auc']:.3f}{_spread(rates, 'spatial')} with "
+            "spatial folds (the honest estimate), "
+            f"{rates.get('prediction_rate_random_auc', float('nan')):.3f}"
+            f"{_spread(rates, 'random')} with random folds.")
+        if "repeats" in rates:
+            text += (f" Each landslide is ranked once per repeat ({rates['repeats']} repeats); "
+                     "the curves pool those ranks, ± is the standard deviation over repeats.")
     return Section("Success and prediction rates", text=text,
                    images=[("Success- and prediction-rate curves", out / "rates.png")])
+
+
+def _spread(rates: dict, scheme: str) -> str:
+    value = rates.get(f"prediction_rate_{scheme}_auc_repeat_std")
+    return "" if value is None else f" ± {value:.3f}"
 
 
 def _input_paths(config: StudyAreaConfig) -> list[str]:
@@ -424,10 +674,7 @@ def _metrics(
     inventory,
 ) -> dict:
     """Everything a reader of ``metrics.json`` needs to judge the run."""
-    by_scheme: dict[str, dict[str, dict[str, float]]] = {}
-    for row in evaluation.table.to_dict("records"):
-        entry = {k: v for k, v in row.items() if k not in ("model", "scheme")}
-        by_scheme.setdefault(row["scheme"], {})[row["model"]] = entry
+    by_scheme = _by_scheme(evaluation.table)
     return {
         "study_area": config.name,
         "samples": {
@@ -457,24 +704,6 @@ MAP_FIGURE_SIDE = 3000
 
 def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
              edges, coords) -> None:
-    curves = {}
-    for (name, scheme), proba in evaluation.oof.items():
-        if scheme != "spatial":
-            continue
-        roc = validation.roc_points(y, proba)
-        curves[name] = (roc.fpr, roc.tpr, roc.auc)
-    figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
-    per_fold = {}
-    for scheme, folds in evaluation.folds.items():
-        proba = evaluation.oof.get((config.model.map_model, scheme))
-        if proba is None:
-            continue
-        per_fold[scheme] = [validation.roc_points(y[folds == k], proba[folds == k])[:2]
-                            for k in np.unique(folds) if np.unique(y[folds == k]).size == 2]
-    if per_fold:
-        figures.plot_roc_by_scheme(per_fold, out / "roc_folds.png",
-                                   title=f"ROC of {config.model.map_model}, random and spatial "
-                                   "folds")
     names = {"success_rate": "success rate (training landslides)",
              "prediction_rate_spatial": "prediction rate, spatial folds",
              "prediction_rate_random": "prediction rate, random folds"}
@@ -493,25 +722,97 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
         title=f"Landslide susceptibility, {config.name} ({config.model.map_model})",
     )
     figures.plot_zone_bars(zones, out / "zones.png")
+    validation_figures(out, evaluation, y, config, coords, grid, dem)
+
+
+def validation_figures(out: Path, evaluation: validation.Evaluation, y: np.ndarray,
+                       config: StudyAreaConfig, coords: np.ndarray, grid, dem=None) -> None:
+    """roc.png (every model, spatial folds), roc_folds.png (the map model per fold, random
+    and spatial) and folds.png (where the first repeat's folds lie, over ``grid``)."""
+    curves = {}
+    for (name, scheme), proba in evaluation.oof.items():
+        if scheme != "spatial":
+            continue
+        roc = validation.roc_points(y, proba)
+        curves[name] = (roc.fpr, roc.tpr, roc.auc)
+    figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
+    per_fold = {}
+    for scheme, folds in evaluation.folds.items():
+        proba = evaluation.oof.get((config.model.map_model, scheme))
+        if proba is None:
+            continue
+        per_fold[scheme] = [validation.roc_points(y[folds == k], proba[folds == k])[:2]
+                            for k in np.unique(folds) if np.unique(y[folds == k]).size == 2]
+    if per_fold:
+        figures.plot_roc_by_scheme(per_fold, out / "roc_folds.png",
+                                   title=f"ROC of {config.model.map_model}, random and spatial "
+                                   "folds")
     figures.plot_fold_maps(coords[:, 0], coords[:, 1], evaluation.folds, grid,
                            out / "folds.png", dem=dem, labels=y)
 
 
-def _report(out, config, metrics, evaluation, zones, manifest) -> None:
+def validation_notes(config: StudyAreaConfig) -> str:
+    """Report sentences on the buffer zone and the repeats of the cross-validation."""
+    settings = config.validation
+    text = ""
+    if settings.buffer_m > 0:
+        text += (f" Training samples within {settings.buffer_m:g} m of a fold's test samples "
+                 "were left out of its training set (buffer zone).")
+    if settings.repeats > 1:
+        text += (f" The cross-validation was repeated {settings.repeats} times, the folds of "
+                 f"both schemes re-drawn each time (seeds {settings.seed}–"
+                 f"{settings.seed + settings.repeats - 1}); values are means over every fold "
+                 "of every repeat, ± their spread over folds; the standard deviation over "
+                 "repeats of each repeat's mean (in brackets in the summary, and in a table "
+                 "of its own) is how much the estimate depends on where the folds fell.")
+    return text
+
+
+def repeat_caption(config: StudyAreaConfig) -> str:
+    repeats = config.validation.repeats
+    return f" (± std over {repeats} repeats)" if repeats > 1 else ""
+
+
+def validation_section(out: Path, config: StudyAreaConfig,
+                       evaluation: validation.Evaluation) -> Section:
+    """The report's cross-validation section: summary and full tables, ROC and fold maps."""
     table = evaluation.table
     spatial = table[table.scheme == "spatial"].set_index("model")
     random = table[table.scheme == "random"].set_index("model")
     summary = pd.DataFrame(
         {
-            "AUC spatial": spatial["auc_mean"].round(3).astype(str)
-            + " ± " + spatial["auc_std"].round(3).astype(str),
-            "AUC random": random["auc_mean"].round(3).astype(str)
-            + " ± " + random["auc_std"].round(3).astype(str),
+            "AUC spatial": report_tables.fold_spread(spatial, "auc"),
+            "AUC random": report_tables.fold_spread(random, "auc"),
             "F1 spatial": spatial["f1_mean"].round(3),
             "kappa spatial": spatial["kappa_mean"].round(3),
             "accuracy spatial": spatial["accuracy_mean"].round(3),
         }
     )
+    spread_caption = repeat_caption(config)
+    return Section(
+        "Validation",
+        text=(
+            f"{config.validation.n_folds}-fold cross-validation, once with random "
+            "stratified folds and once with spatial folds "
+            f"(`{config.validation.spatial_method}` on the sample coordinates). Random "
+            "folds put neighbouring, near-identical samples on both sides of the split; "
+            "the spatial score is the honest estimate for unseen ground."
+            + validation_notes(config)
+        ),
+        tables=[(f"Mean ± std over folds{spread_caption}", summary.reset_index()),
+                ("All metrics, mean ± std over folds (full precision in validation.csv)",
+                 report_tables.validation_table(table))]
+        + ([(f"Spread over {config.validation.repeats} repeats: standard deviation of "
+             "each repeat's mean", spread)]
+           if (spread := report_tables.repeat_spread_table(table)) is not None else []),
+        images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
+        + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
+             out / "roc_folds.png")] if (out / "roc_folds.png").exists() else [])
+        + [("Where the folds lie: samples coloured by fold", out / "folds.png")],
+    )
+
+
+def _report(out, config, metrics, evaluation, zones, manifest) -> None:
     samples = metrics["samples"]
     sections = [
         Section(
@@ -528,27 +829,10 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
             ),
             images=[("Zones over hillshade", out / "map.png")],
         ),
-        Section(
-            "Validation",
-            text=(
-                f"{config.validation.n_folds}-fold cross-validation, once with random "
-                "stratified folds and once with spatial folds "
-                f"(`{config.validation.spatial_method}` on the sample coordinates). Random "
-                "folds put neighbouring, near-identical cells on both sides of the split; "
-                "the spatial score is the honest estimate for unseen ground."
-                + (f" Training samples within {config.validation.buffer_m:g} m of a fold's "
-                   "test samples were left out of its training set (buffer zone)."
-                   if config.validation.buffer_m > 0 else "")
-            ),
-            tables=[("Mean ± std over folds", summary.reset_index()),
-                    ("All metrics, mean ± std over folds (full precision in validation.csv)",
-                     report_tables.validation_table(table))],
-            images=[("Pooled out-of-fold ROC, spatial folds", out / "roc.png")]
-            + ([(f"ROC of {config.model.map_model} per fold, random and spatial folds",
-                 out / "roc_folds.png")] if (out / "roc_folds.png").exists() else [])
-            + [("Where the folds lie: samples coloured by fold", out / "folds.png")],
-        ),
+        validation_section(out, config, evaluation),
         _rates_section(out, metrics["rates"], config),
+    ] + ([_uncertainty_section(out, metrics["uncertainty"])] if "uncertainty" in metrics
+         else []) + [
         Section(
             "Zones",
             text=(

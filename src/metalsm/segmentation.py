@@ -1035,12 +1035,14 @@ def write_blocks(
     out_dir: str | Path,
     samples_table: pd.DataFrame | None = None,
     inventory: gpd.GeoDataFrame | None = None,
+    split: Mapping[int, str] | None = None,
 ) -> dict[str, Path]:
     """Write ``blocks.tif`` (int32 block id, nodata -1) and ``blocks.gpkg`` (one polygon per
-    block: id, cells, area_km2, n_pos, n_neg[, n_landslides]).
+    block: id, cells, area_km2, n_pos, n_neg[, n_landslides][, split]).
 
     ``samples_table`` needs ``label`` and ``row``/``col`` (or ``x``/``y``) columns;
-    ``inventory`` features are counted by their representative point.
+    ``inventory`` features are counted by their representative point; ``split`` (block
+    id -> "meta-train" / "meta-test", as in ``tasks.csv``) becomes the ``split`` column.
     """
     import geopandas as gpd
     import rasterio
@@ -1089,6 +1091,8 @@ def write_blocks(
         b = blocks.block_of(rows, cols)
         n_ls = np.bincount(b[b >= 0], minlength=blocks.n_blocks)
         gdf["n_landslides"] = n_ls[gdf["id"].to_numpy()]
+    if split is not None:
+        gdf["split"] = [split.get(int(i), "") for i in gdf["id"]]
     gpkg = out_dir / "blocks.gpkg"
     with atomic_path(gpkg) as tmp:
         gdf.to_file(tmp, driver="GPKG", layer="blocks")

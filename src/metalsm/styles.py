@@ -201,3 +201,30 @@ def write_credibility_style(credibility_path: str | os.PathLike) -> Path:
     labels = [f"{s:.2f}" for s in stops]
     return write_text(style_path(credibility_path), pseudocolor_qml(
         stops, _ramp("cividis", stops.size), labels, lo=0.0, hi=1.0, discrete=False))
+
+
+#: Ramp of uncertainty.tif (light = stable, dark blue = changes most across refits),
+#: its lightest tenth left out so that low values stay visible over white.
+UNCERTAINTY_CMAP = "PuBu"
+_UNCERTAINTY_RANGE = (0.15, 1.0)
+
+
+def uncertainty_colormap():
+    """The matplotlib colormap of uncertainty.png: the .qml's ramp."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(colormaps[UNCERTAINTY_CMAP](np.linspace(*_UNCERTAINTY_RANGE, 256)),
+                          name="uncertainty")
+
+
+def write_uncertainty_style(uncertainty_path: str | os.PathLike, hi: float) -> Path:
+    """uncertainty.qml: the standard deviation from 0 to ``hi`` (e.g. its 99th
+    percentile over the map) on a light-to-dark blue ramp; higher values get the
+    darkest colour."""
+    hi = float(hi) if hi > 0 else 1.0
+    stops = np.linspace(0.0, hi, 5)
+    labels = [f"{s:.3f}" for s in stops]
+    return write_text(style_path(uncertainty_path), pseudocolor_qml(
+        stops, _ramp(UNCERTAINTY_CMAP, stops.size, *_UNCERTAINTY_RANGE), labels, lo=0.0, hi=hi,
+        discrete=False))

@@ -259,6 +259,7 @@ def spatial_folds(
     seed: int = 0,
     method: str = "kmeans",
     block_size: float | None = None,
+    random_origin: bool = False,
 ) -> np.ndarray:
     """Fold index per sample from its location, so each fold is a separate region.
 
@@ -269,7 +270,10 @@ def spatial_folds(
     ``method="grid"``: square blocks of side ``block_size`` (default: the side
     giving about ``8 * n_folds`` blocks over the bounding box); blocks are shuffled
     with ``seed`` and dealt largest-first to the fold with the fewest samples so
-    far, which balances fold sizes.
+    far, which balances fold sizes.  ``random_origin``: the grid is shifted by a
+    seeded random offset (up to one block on each axis) so that another ``seed`` also
+    moves the block edges -- without it only blocks of equal counts trade places, and
+    repeated cross-validations would see nearly the same folds.
     """
     xs = np.asarray(x, dtype=float).ravel()
     ys = np.asarray(y_coords, dtype=float).ravel()
@@ -285,12 +289,13 @@ def spatial_folds(
         km = KMeans(n_clusters=n_folds, n_init=10, random_state=seed).fit(coords)
         return km.labels_.astype(int)
     if method == "grid":
-        return _grid_folds(coords, n_folds, seed, block_size)
+        return _grid_folds(coords, n_folds, seed, block_size, random_origin)
     raise MetalsmInputError(f"unknown spatial fold method {method!r}; use 'kmeans' or 'grid'")
 
 
 def _grid_folds(
-    coords: np.ndarray, n_folds: int, seed: int, block_size: float | None
+    coords: np.ndarray, n_folds: int, seed: int, block_size: float | None,
+    random_origin: bool = False,
 ) -> np.ndarray:
     lo = coords.min(axis=0)
     extent = coords.max(axis=0) - lo
@@ -299,6 +304,9 @@ def _grid_folds(
         block_size = math.sqrt(area / (8 * n_folds))
     if not block_size > 0:
         raise MetalsmInputError(f"block_size must be > 0, got {block_size!r}")
+    rng = np.random.default_rng(seed)
+    if random_origin:
+        lo = lo - rng.uniform(0.0, block_size, size=2)
     cell = np.floor((coords - lo) / block_size).astype(np.int64)
     _, block, counts = np.unique(cell, axis=0, return_inverse=True, return_counts=True)
     block = block.ravel()
@@ -307,7 +315,6 @@ def _grid_folds(
             f"only {counts.size} occupied grid blocks for n_folds={n_folds}; "
             "use a smaller block_size"
         )
-    rng = np.random.default_rng(seed)
     order = rng.permutation(counts.size)
     order = order[np.argsort(-counts[order], kind="stable")]  # largest first, ties shuffled
     block_fold = np.empty(counts.size, dtype=int)
@@ -462,16 +469,34 @@ class Evaluation:
 
     ``table``: one row per (model, scheme) with ``<metric>_mean`` and
     ``<metric>_std`` columns (plus ``fit_seconds``) and ``pooled_auc`` (AUC of the
-    pooled out-of-fold probabilities).  ``oof``: out-of-fold landslide
-    probabilities, one per sample, keyed ``(model, scheme)``.  ``results``: the
-    full :class:`CVResult` per key.  ``folds``: the fold index per sample for each
-    scheme (shared by all models, so comparisons are paired).
+    pooled out-of-fold probabilities).  With ``repeats`` > 1 the means and the fold
+    std are over every fold of every repeat, ``pooled_auc`` and
+    ``prediction_rate_auc`` are means over repeats, and each of them gets a
+    ``<name>_repeat_std`` column: the standard deviation over repeats of the
+    per-repeat value (how much the estimate depends on the fold draw).
+    ``oof``: out-of-fold landslide probabilities, one per sample, keyed ``(model,
+    scheme)``, of the first repeat.  ``results``: the full :class:`CVResult` per key
+    (first repeat); ``repeat_results``: one per repeat.  ``folds``: the fold index per
+    sample for each scheme (first repeat, shared by all models, so comparisons are
+    paired); ``repeat_folds``: ``(repeats, n)`` per scheme, repeat ``r`` drawn with
+    ``seed + r``.
     """
 
     table: pd.DataFrame
     oof: dict[tuple[str, str], np.ndarray]
     results: dict[tuple[str, str], CVResult]
     folds: dict[str, np.ndarray]
+    repeat_results: dict[tuple[str, str], list[CVResult]] = field(default_factory=dict)
+    repeat_folds: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def area_shares(self, model: str, scheme: str) -> np.ndarray | None:
+        """Every repeat's :func:`area_share_above` of ``(model, scheme)`` end to end:
+        each landslide ranked once per repeat, so the :func:`prediction_rate` of them
+        has the mean of the per-repeat AUCs as its AUC."""
+        runs = self.repeat_results.get((model, scheme))
+        if not runs or runs[0].area_share_above is None:
+            return None
+        return np.concatenate([r.area_share_above for r in runs])
 
 
 def _progress_hook(progress: Any, total: int) -> Callable[[int], None] | None:
@@ -500,6 +525,7 @@ def evaluate_models(
     progress: Any = None,
     area: Any = None,
     buffer_m: float = 0.0,
+    repeats: int = 1,
 ) -> Evaluation:
     """Cross-validate each model under random and spatial folds.
 
@@ -507,7 +533,11 @@ def evaluate_models(
     ``prediction_rate_auc``: the area under the prediction-rate curve of the
     held-out landslides (see :func:`cross_validate_model`).  ``buffer_m`` > 0 leaves
     training samples within that distance of each test fold out (both schemes) and
-    adds a ``buffer_m`` column.
+    adds a ``buffer_m`` column.  ``repeats`` > 1 re-draws the folds of both schemes
+    with ``seed + r`` for repeat ``r`` (models keep ``seed``; grid folds get a random
+    origin per repeat) and adds the spread over repeats (see :class:`Evaluation`).
+    K-means folds of the same coordinates change little between seeds (the clustering
+    optimum is stable), so their spread over repeats is small.
 
     ``coords`` is ``(n, 2)`` (x, y) -- an array or a two-column DataFrame.
     ``model_params`` passes overrides to :func:`make_model` per model name
@@ -521,6 +551,8 @@ def evaluate_models(
     bad = [s for s in schemes if s not in SCHEMES]
     if bad or not schemes:
         raise MetalsmInputError(f"unknown scheme(s) {bad}; valid: {list(SCHEMES)}")
+    if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
+        raise MetalsmInputError(f"validation repeats must be an integer >= 1, got {repeats!r}")
     X = check_samples(X)
     y, _ = check_binary_target(y, X.shape[0])
     c = np.asarray(coords, dtype=float)
@@ -535,18 +567,22 @@ def evaluate_models(
     for name in names:  # fail fast on a bad name before any fitting
         make_model(name, categorical, seed, **model_params.get(name, {}))
 
-    folds: dict[str, np.ndarray] = {}
+    repeat_folds: dict[str, np.ndarray] = {}
     for scheme in schemes:
         if scheme == "random":
-            folds[scheme] = random_folds(y, n_folds, seed)
+            draws = [random_folds(y, n_folds, seed + r) for r in range(int(repeats))]
         else:
-            folds[scheme] = spatial_folds(c[:, 0], c[:, 1], n_folds, seed, method=spatial_method)
+            # repeated grid folds also move the grid (a random origin per repeat)
+            draws = [spatial_folds(c[:, 0], c[:, 1], n_folds, seed + r, method=spatial_method,
+                                   random_origin=repeats > 1)
+                     for r in range(int(repeats))]
+        repeat_folds[scheme] = np.stack(draws)
 
-    total = sum(np.unique(f).size for f in folds.values()) * len(names)
+    total = len(names) * sum(np.unique(draw).size for draws in repeat_folds.values()
+                             for draw in draws)
     hook = _progress_hook(progress, total)
     rows: list[dict[str, Any]] = []
-    oof: dict[tuple[str, str], np.ndarray] = {}
-    results: dict[tuple[str, str], CVResult] = {}
+    repeat_results: dict[tuple[str, str], list[CVResult]] = {}
     for name in names:
         params = model_params.get(name, {})
 
@@ -554,20 +590,48 @@ def evaluate_models(
             return make_model(name, categorical, seed, **params)
 
         for scheme in schemes:
-            res = cross_validate_model(factory, X, y, folds[scheme], on_fold=hook, area=area,
-                                       coords=c, buffer_m=buffer_m)
-            key = (name, scheme)
-            results[key] = res
-            oof[key] = res.oof_proba
-            row: dict[str, Any] = {"model": name, "scheme": scheme}
-            for metric in (*METRICS, "fit_seconds"):
-                row[f"{metric}_mean"] = res.mean[metric]
-                row[f"{metric}_std"] = res.std[metric]
-            row["pooled_auc"] = roc_points(y, res.oof_proba).auc
-            if buffer_m > 0:
-                row["buffer_m"] = buffer_m
-                row["n_buffered_mean"] = float(res.fold_metrics["n_buffered"].mean())
-            if res.area_share_above is not None:
-                row["prediction_rate_auc"] = prediction_rate(res.area_share_above).auc
-            rows.append(row)
-    return Evaluation(pd.DataFrame(rows), oof, results, folds)
+            runs = [cross_validate_model(factory, X, y, folds, on_fold=hook, area=area,
+                                         coords=c, buffer_m=buffer_m)
+                    for folds in repeat_folds[scheme]]
+            repeat_results[(name, scheme)] = runs
+            rows.append({"model": name, "scheme": scheme,
+                         **_summary_row(runs, y, buffer_m)})
+    return Evaluation(
+        pd.DataFrame(rows),
+        oof={key: runs[0].oof_proba for key, runs in repeat_results.items()},
+        results={key: runs[0] for key, runs in repeat_results.items()},
+        folds={scheme: draws[0] for scheme, draws in repeat_folds.items()},
+        repeat_results=repeat_results,
+        repeat_folds=repeat_folds,
+    )
+
+
+def _summary_row(runs: list[CVResult], y: np.ndarray, buffer_m: float) -> dict[str, Any]:
+    """One table row from the cross-validations of one (model, scheme), one per repeat:
+    mean and std over every fold, and with 2+ repeats the std over repeats."""
+    folds = pd.concat([r.fold_metrics for r in runs], ignore_index=True)
+    row: dict[str, Any] = {}
+    for metric in (*METRICS, "fit_seconds"):
+        values = folds[metric]
+        finite = values.notna().any()
+        row[f"{metric}_mean"] = float(np.nanmean(values)) if finite else float("nan")
+        row[f"{metric}_std"] = float(np.nanstd(values)) if finite else float("nan")
+    per_repeat: dict[str, list[float]] = {
+        "pooled_auc": [roc_points(y, r.oof_proba).auc for r in runs]}
+    if runs[0].area_share_above is not None:
+        per_repeat["prediction_rate_auc"] = [prediction_rate(r.area_share_above).auc
+                                             for r in runs]
+    for key, values in per_repeat.items():
+        row[key] = float(np.mean(values))
+    if buffer_m > 0:
+        row["buffer_m"] = buffer_m
+        row["n_buffered_mean"] = float(folds["n_buffered"].mean())
+    if len(runs) > 1:
+        row["repeats"] = len(runs)
+        for metric in METRICS:
+            means = [r.mean[metric] for r in runs]
+            row[f"{metric}_repeat_std"] = float(np.nanstd(means)) \
+                if np.isfinite(means).any() else float("nan")
+        for key, values in per_repeat.items():
+            row[f"{key}_repeat_std"] = float(np.std(values))
+    return row

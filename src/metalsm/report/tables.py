@@ -23,19 +23,50 @@ def _mean_std(mean: pd.Series, std: pd.Series) -> pd.Series:
     return mean.map("{:.3f}".format) + " ± " + std.map("{:.3f}".format)
 
 
+def _with_repeat_spread(text: pd.Series, table: pd.DataFrame, column: str) -> pd.Series:
+    """``text`` followed by "(± s)", s the std over repeats of ``column``, when the
+    cross-validation was repeated."""
+    spread = f"{column}_repeat_std"
+    if spread not in table.columns:
+        return text
+    return text + table[spread].map(" (± {:.3f})".format)
+
+
+def fold_spread(table: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` of ``validation.csv`` as "mean ± std over folds", followed by
+    "(± std over repeats)" for a repeated cross-validation."""
+    return _with_repeat_spread(_mean_std(table[f"{metric}_mean"], table[f"{metric}_std"]),
+                               table, metric)
+
+
 def validation_table(table: pd.DataFrame) -> pd.DataFrame:
     """Every metric of ``validation.csv`` as one "mean ± std over folds" column, so all
-    of them fit the page; pooled and prediction-rate AUCs and fit time after them."""
+    of them fit the page; pooled and prediction-rate AUCs and fit time after them (the
+    spread over repeats has its own table, :func:`repeat_spread_table`)."""
     out = table[["model", "scheme"]].copy()
     for metric, heading in _FOLD_METRICS.items():
         if f"{metric}_mean" in table.columns:
             out[heading] = _mean_std(table[f"{metric}_mean"], table[f"{metric}_std"])
-    if "pooled_auc" in table.columns:
-        out["pooled AUC"] = table["pooled_auc"].round(3)
-    if "prediction_rate_auc" in table.columns:
-        out["prediction-rate AUC"] = table["prediction_rate_auc"].round(3)
+    for column, heading in (("pooled_auc", "pooled AUC"),
+                            ("prediction_rate_auc", "prediction-rate AUC")):
+        if column in table.columns:
+            out[heading] = table[column].map("{:.3f}".format)
     if "fit_seconds_mean" in table.columns:
         out["fit (s)"] = table["fit_seconds_mean"].round(2)
+    return out
+
+
+def repeat_spread_table(table: pd.DataFrame) -> pd.DataFrame | None:
+    """For a repeated cross-validation, the std over repeats of each repeat's mean of
+    every metric (``<metric>_repeat_std`` of ``validation.csv``); None otherwise."""
+    if "repeats" not in table.columns:
+        return None
+    out = table[["model", "scheme"]].copy()
+    headings = {**_FOLD_METRICS, "pooled_auc": "pooled AUC",
+                "prediction_rate_auc": "prediction-rate AUC"}
+    for metric, heading in headings.items():
+        if f"{metric}_repeat_std" in table.columns:
+            out[heading] = table[f"{metric}_repeat_std"].map("{:.3f}".format)
     return out
 
 
