@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from metalsm import mapping, validation
+from metalsm import mapping
 from metalsm.atomic import atomic_path, write_csv, write_json
 from metalsm.blocks_run import BlockStage
 from metalsm.config import MetaConfig, StudyAreaConfig
