@@ -10,12 +10,11 @@ from conftest import write_config
 from metalsm import terrain
 from metalsm.compute import compute_context
 from metalsm.config import load_config
-from metalsm.grid import read_aligned
+from metalsm.grid import read_aligned, reference_grid
 from metalsm.stack import (
     FactorStack,
     FileFactorStack,
     read_dem,
-    reference_grid,
     write_factors,
 )
 

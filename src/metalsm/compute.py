@@ -214,7 +214,7 @@ def compute_context(scheduler: Any = None, *, num_workers: int | None = None,
 
 def estimated_stack_bytes(config) -> int:
     """Bytes of the in-memory factor stack of ``config`` (float32, one band per factor)."""
-    from metalsm.stack import reference_grid
+    from metalsm.grid import reference_grid
 
     grid = reference_grid(config)
     n_factors = len(config.terrain.factors) + len(config.rasters) + len(config.vectors)

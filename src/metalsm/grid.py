@@ -18,7 +18,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
-from rasterio.warp import reproject, transform
+from rasterio.warp import calculate_default_transform, reproject, transform
 from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
@@ -112,6 +112,22 @@ class Grid:
             with open_raster(source) as src:
                 return cls.from_raster(src)
         return cls(source.crs, source.transform, source.height, source.width)
+
+
+def reference_grid(config: Any) -> Grid:
+    """The DEM's grid of a study-area config, reprojected and/or resampled when ``[grid]``
+    asks for it: the grid every layer is aligned to."""
+    dem_grid = Grid.from_raster(config.dem)
+    crs = CRS.from_user_input(config.grid.crs) if config.grid.crs else dem_grid.crs
+    if config.grid.resolution is None and crs == dem_grid.crs:
+        return dem_grid
+    resolution = config.grid.resolution or None
+    left, bottom, right, top = dem_grid.bounds
+    kwargs = {"resolution": resolution} if resolution else {}
+    transform, width, height = calculate_default_transform(
+        dem_grid.crs, crs, dem_grid.width, dem_grid.height, left, bottom, right, top, **kwargs
+    )
+    return Grid(crs, transform, int(height), int(width))
 
 
 def open_raster(path: str | Path):

@@ -99,7 +99,7 @@ def _is_run_dir(folder: Path) -> bool:
 
 
 def _raster_area_problems(config: StudyAreaConfig) -> list[str]:
-    from metalsm.stack import reference_grid
+    from metalsm.grid import reference_grid
 
     problems: list[str] = []
     rasters = [("dem", config.dem)]

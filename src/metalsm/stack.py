@@ -21,8 +21,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import rasterio
-from rasterio.crs import CRS
-from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
 from metalsm.cog import windowed_geotiff
@@ -37,6 +35,7 @@ from metalsm.grid import (
     read_cells,
     read_class_names,
     read_window,
+    reference_grid,
 )
 
 log = logging.getLogger(__name__)
@@ -169,21 +168,6 @@ def stack_metadata(src: rasterio.DatasetReader) -> tuple[tuple[str, ...], dict[s
     raw = json.loads(src.tags().get(_CATEGORICAL_TAG, "{}"))
     class_names = {k: {int(code): n for code, n in v.items()} for k, v in raw.items()}
     return names, class_names
-
-
-def reference_grid(config: StudyAreaConfig) -> Grid:
-    """The DEM's grid, reprojected and/or resampled when ``[grid]`` asks for it."""
-    dem_grid = Grid.from_raster(config.dem)
-    crs = CRS.from_user_input(config.grid.crs) if config.grid.crs else dem_grid.crs
-    if config.grid.resolution is None and crs == dem_grid.crs:
-        return dem_grid
-    resolution = config.grid.resolution or None
-    left, bottom, right, top = dem_grid.bounds
-    kwargs = {"resolution": resolution} if resolution else {}
-    transform, width, height = calculate_default_transform(
-        dem_grid.crs, crs, dem_grid.width, dem_grid.height, left, bottom, right, top, **kwargs
-    )
-    return Grid(crs, transform, int(height), int(width))
 
 
 def read_dem(path: str, grid: Grid) -> np.ndarray:
