@@ -33,6 +33,19 @@ from metalsm.segmentation import write_blocks as write_block_rasters
 from metalsm.stack import FactorStack, FileFactorStack, open_stack
 from metalsm.tasks import block_task_table, split_blocks
 
+__all__ = [
+    "BlockStage",
+    "block_statistics",
+    "factor_weights",
+    "prepare_blocks",
+    "segment_stack",
+    "segment_study_area",
+    "segment_table",
+    "task_table",
+    "warn_sparse_blocks",
+    "with_blocks",
+]
+
 log = logging.getLogger(__name__)
 
 

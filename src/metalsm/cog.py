@@ -25,6 +25,16 @@ from metalsm.atomic import atomic_path
 if TYPE_CHECKING:
     from metalsm.grid import Grid
 
+__all__ = [
+    "COG_BLOCK_SIZE",
+    "GDAL_CACHE_MB",
+    "WindowWriter",
+    "atomic_cog",
+    "cog_problems",
+    "gdal_cache",
+    "windowed_geotiff",
+]
+
 OverviewResampling = Literal["average", "mode", "nearest"]
 
 #: GDAL block cache (MB) of every windowed reader and writer unless GDAL_CACHEMAX is set:

@@ -23,6 +23,24 @@ from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
 
+__all__ = [
+    "Grid",
+    "Layer",
+    "halo",
+    "iter_windows",
+    "nodata_to_nan",
+    "open_raster",
+    "read_aligned",
+    "read_aligned_window",
+    "read_cells",
+    "read_class_names",
+    "read_window",
+    "reference_grid",
+    "resampling_onto",
+    "source_cell_size_on",
+    "strips",
+]
+
 
 @dataclass(frozen=True)
 class Grid:

@@ -12,6 +12,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "RunResult",
+    "build_manifest",
+    "collect_warnings",
+    "file_checksums",
+    "package_versions",
+]
+
 
 @dataclass
 class RunResult:

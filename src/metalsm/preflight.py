@@ -19,6 +19,14 @@ from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.inventory import RASTER_SUFFIXES
 
+__all__ = [
+    "check_run",
+    "first_line",
+    "fold_problems",
+    "input_files",
+    "output_problems",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -25,6 +25,18 @@ if TYPE_CHECKING:
     from metalsm.sample_table import Samples
     from metalsm.stack import FactorStack
 
+__all__ = [
+    "CredibilityBandWarning",
+    "NEGATIVE_SAMPLERS",
+    "NegativeRequest",
+    "band_mask",
+    "credibility_negatives",
+    "draw_negatives",
+    "draw_samples",
+    "random_negatives",
+    "sample_table",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -59,6 +59,24 @@ if TYPE_CHECKING:
 
     from metalsm.stack import FactorStack
 
+__all__ = [
+    "Blocks",
+    "CoarseBlocks",
+    "coarse_factor",
+    "initial_centres",
+    "normalize_factors",
+    "point_neighbour_edges",
+    "read_coarse_stack",
+    "segment_coarse",
+    "segment_on_coarse_grid",
+    "segment_points",
+    "segment_raster",
+    "slic_fast",
+    "slic_reference",
+    "weights_from_data",
+    "write_blocks",
+]
+
 _PERCENTILE_SAMPLE = 2_000_000
 _ROWS_PER_CHUNK = 32
 

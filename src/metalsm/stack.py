@@ -38,6 +38,19 @@ from metalsm.grid import (
     reference_grid,
 )
 
+__all__ = [
+    "FactorStack",
+    "FileFactorStack",
+    "LayerSource",
+    "build_factor_stack",
+    "open_stack",
+    "read_dem",
+    "stack_metadata",
+    "stack_writer",
+    "write_factor_stack",
+    "write_factors",
+]
+
 log = logging.getLogger(__name__)
 
 _CATEGORICAL_TAG = "METALSM_CATEGORICAL"

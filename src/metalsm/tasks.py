@@ -26,6 +26,14 @@ from metalsm.errors import MetalsmInputError
 if TYPE_CHECKING:
     from metalsm.segmentation import Blocks
 
+__all__ = [
+    "block_task_table",
+    "sample_task_batch",
+    "split_blocks",
+    "split_by_area",
+    "support_query",
+]
+
 
 def block_task_table(
     block_ids_of_samples: np.ndarray,

@@ -43,6 +43,38 @@ from scipy import ndimage
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid
 
+__all__ = [
+    "D8_COL_OFFSETS",
+    "D8_NODATA",
+    "D8_ROW_OFFSETS",
+    "FLOW_FACTORS",
+    "MIN_TWI_SLOPE_DEG",
+    "TERRAIN_FACTORS",
+    "aspect",
+    "aspect_from_gradient",
+    "check_drainage",
+    "check_factor_names",
+    "curvatures",
+    "d8_flow_directions",
+    "derive_terrain",
+    "distance_to_mask",
+    "drainage_network",
+    "extended_grid",
+    "fill_depressions",
+    "flow_accumulation",
+    "flow_accumulation_counts",
+    "flow_routing_counts",
+    "horn_gradient",
+    "log_spi",
+    "no_feature_error",
+    "rasterize_vector_distance",
+    "slope_degrees",
+    "slope_from_gradient",
+    "spi",
+    "twi",
+    "window_factors",
+]
+
 log = logging.getLogger(__name__)
 
 TERRAIN_FACTORS: tuple[str, ...] = (
