@@ -83,7 +83,11 @@ def _read_dem(dem_path: str | Path, grid: Grid, window: Window) -> np.ndarray:
     return read_aligned_window(dem_path, grid, window, name="dem", categorical=False)
 
 
-def _write_profile() -> dict:
+def _write_profile(compress: bool = True) -> dict:
+    """Layer files: deflate-compressed when they may not fit in memory (windows), plain
+    when a whole-grid (one-window) run reads them straight back."""
+    if not compress:
+        return {"compress": "none", "BIGTIFF": "IF_SAFER"}
     return {"predictor": 3, "BIGTIFF": "IF_SAFER", "num_threads": "ALL_CPUS"}
 
 
@@ -100,6 +104,7 @@ def write_terrain_factors(
     drainage_threshold_cells: float = 500,
     progress: RunProgress | None = None,
     compute: Compute | None = None,
+    compress: bool = True,
 ) -> dict[str, Path]:
     """Write the requested terrain factors of the DEM at ``dem_path`` as GeoTIFFs in ``out_dir``.
 
@@ -112,6 +117,7 @@ def write_terrain_factors(
     ``compute`` runs the windows (default: serially here; a ``distributed`` cluster's
     workers must be able to read ``dem_path``); this process writes them. Flow
     routing and the distance transform stay in this process (they are global).
+    ``compress=False`` writes plain GeoTIFFs (for a whole-grid run).
     """
     requested = terrain.check_factor_names(factors)
     chunk_size = _check_chunk_size(chunk_size)
@@ -149,7 +155,7 @@ def write_terrain_factors(
             with ExitStack() as stack, _stage(progress, "terrain factors", len(windows)) as adv:
                 writers = {name: stack.enter_context(windowed_geotiff(
                     paths[name], grid, descriptions=[name], cog=False,
-                    lock=compute.lock(str(paths[name])), **_write_profile()))
+                    lock=compute.lock(str(paths[name])), **_write_profile(compress)))
                     for name in window_names}
                 for window, values in compute.map_windows(task, windows):
                     for name, value in values.items():
@@ -164,7 +170,7 @@ def write_terrain_factors(
             _distance_raster(
                 channels, grid, paths["distance_to_drainage"], chunk_size,
                 row_pad=0, col_pad=0, ext_shape=grid.shape, dem_path=dem_path,
-                progress=progress, what="distance to drainage",
+                progress=progress, what="distance to drainage", compress=compress,
             )
     return {name: paths[name] for name in requested}
 
@@ -318,6 +324,7 @@ def _distance_raster(
     dem_path: str | Path | None = None,
     progress: RunProgress | None = None,
     what: str = "distance",
+    compress: bool = True,
 ) -> bool:
     """Write the distance (m) from each cell of ``grid`` to the True cells of a mask.
 
@@ -354,7 +361,7 @@ def _distance_raster(
             return False
         with ExitStack() as stack, _stage(progress, f"{what}: row pass", len(row_strips)) as adv:
             out = stack.enter_context(windowed_geotiff(path, grid, descriptions=[path.stem],
-                                                       cog=False, **_write_profile()))
+                                                       cog=False, **_write_profile(compress)))
             f = stack.enter_context(open(scratch, "rb"))
             for r0, r1 in row_strips:
                 g = np.empty((r1 - r0, w_ext), dtype=np.uint32)
@@ -386,6 +393,7 @@ def vector_distance_raster(
     layer_name: str | None = None,
     dem_path: str | Path | None = None,
     progress: RunProgress | None = None,
+    compress: bool = True,
 ) -> Path:
     """Write the distance (m) from each cell of ``grid`` to the nearest vector feature.
 
@@ -418,7 +426,7 @@ def vector_distance_raster(
         found = _distance_raster(
             burned, grid, out_path, chunk_size, row_pad=pad_top, col_pad=pad_left,
             ext_shape=ext_shape, dem_path=dem_path, progress=progress,
-            what=f"distance to {layer_name or out_path.stem}",
+            what=f"distance to {layer_name or out_path.stem}", compress=compress,
         )
     if not found:
         raise terrain.no_feature_error(geoms, grid, source)

@@ -324,7 +324,7 @@ def run_credibility(config, out_dir: str | Path, *, chunk_size: int | None = Non
     chunk = plan.chunk_size if plan.chunked else None
     with staged_directory(out_dir) as out, plan.compute() as compute:  # replaced when complete
         stack = open_stack(config, out / ".factors.tif", compute, chunked=plan.chunked,
-                           chunk_size=chunk)
+                           chunk_size=chunk, output=False)
         inventory = read_inventory(
             config.inventory.path, stack.grid, crs=config.inventory.crs,
             x_column=config.inventory.x_column, y_column=config.inventory.y_column,

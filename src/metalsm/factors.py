@@ -630,7 +630,8 @@ def run_factor_analysis(config, out_dir: str | Path, *, chunk_size: int | None =
     plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
     with staged_directory(out_dir) as stage, plan.compute() as compute:  # replaced when complete
         stack = open_stack(config, stage / ".factors.tif", compute, chunked=plan.chunked,
-                           chunk_size=plan.chunk_size if plan.chunked else None)
+                           chunk_size=plan.chunk_size if plan.chunked else None,
+                           output=False)
         inventory = read_inventory(
             config.inventory.path, stack.grid, crs=config.inventory.crs,
             x_column=config.inventory.x_column, y_column=config.inventory.y_column,

@@ -165,14 +165,17 @@ class FileFactorStack:
 
 
 def stack_writer(path: str | Path, grid: Grid, names: Sequence[str],
-                 class_names: dict[str, dict[int, str]], lock: Any = None):
+                 class_names: dict[str, dict[int, str]], lock: Any = None, *, cog: bool = True,
+                 compress: bool = True):
     """The windowed writer of ``factors.tif``: float32, pixel-interleaved, one band per
     factor named by its description, the categorical factors' class names in a tag;
-    nearest-neighbour overviews (categorical codes must not be averaged)."""
+    nearest-neighbour overviews (categorical codes must not be averaged). ``cog=False``:
+    a plain tiled GeoTIFF, for a stack only this process reads back."""
     return windowed_geotiff(
         path, grid, count=len(names), descriptions=names,
         tags={_CATEGORICAL_TAG: json.dumps(class_names)}, overview_resampling="nearest",
-        lock=lock, interleave="pixel", predictor=3, NUM_THREADS="ALL_CPUS")
+        lock=lock, cog=cog, interleave="pixel",
+        **({"predictor": 3, "NUM_THREADS": "ALL_CPUS"} if compress else {"compress": "none"}))
 
 
 def stack_metadata(src: rasterio.DatasetReader) -> tuple[tuple[str, ...], dict[str, dict]]:
@@ -212,9 +215,12 @@ def write_factor_stack(
     chunk_size: int | None = None,
     class_names: dict[str, dict[int, str]] | None = None,
     progress: Callable[[int], Any] | None = None,
+    cog: bool = True,
+    compress: bool = True,
 ) -> Path:
     """Align every layer window by window (``chunk_size``; None: one window) and write
-    ``factors.tif`` atomically.
+    ``factors.tif`` atomically: a COG, or ``cog=False`` a plain GeoTIFF; the file
+    written before the COG copy is deflate-compressed only when ``compress``.
 
     Raises :class:`MetalsmInputError` naming the layer when a layer has no valid
     cell, or when no cell has a value in every layer.
@@ -234,7 +240,7 @@ def write_factor_stack(
 
     windows = iter_windows(grid.shape, chunk_size or max(grid.shape))
     with stack_writer(out_path, grid, names, class_names or {},
-                      compute.lock(str(out_path))) as out:
+                      compute.lock(str(out_path)), cog=cog, compress=compress) as out:
         for win, values in compute.map_windows(task, windows):
             ok = np.isfinite(values)
             finite += ok.reshape(len(names), -1).sum(axis=1)
@@ -264,8 +270,10 @@ def write_factors(
     *,
     chunk_size: int | None = None,
     progress: Callable[[str], None] | None = None,
+    cog: bool = True,
 ) -> Path:
-    """``factors.tif`` of ``config``, window by window (``chunk_size``; None: one window).
+    """``factors.tif`` of ``config``, window by window (``chunk_size``; None: one window);
+    ``cog=False`` for a stack that is not an output (a plain GeoTIFF, no overviews).
 
     Terrain factors and vector distances are written one GeoTIFF per layer by
     :mod:`metalsm.chunked_terrain` into a ``.layers`` folder beside the output
@@ -286,8 +294,10 @@ def write_factors(
         threshold = max(1, round(config.terrain.drainage_threshold_km2 * 1e6 / grid.cell_area))
         factors = tuple(dict.fromkeys(config.terrain.factors))
         step("deriving terrain factors")
+        compress = chunk_size is not None  # one window: the layers are read straight back
         paths = write_terrain_factors(dem, grid, factors, work, chunk_size=max(3, chunk),
-                                      drainage_threshold_cells=threshold, compute=compute)
+                                      drainage_threshold_cells=threshold, compute=compute,
+                                      compress=compress)
         sources = [LayerSource(n, str(paths[n]), origin=str(config.dem)) for n in factors]
         class_names: dict[str, dict[int, str]] = {}
         for raster in config.rasters:
@@ -301,11 +311,11 @@ def write_factors(
             step(f"distance to {vector.name}")
             path = vector_distance_raster(vector.path, grid, work / f"distance_{vector.name}.tif",
                                           chunk_size=max(3, chunk), layer_name=vector.name,
-                                          dem_path=dem)
+                                          dem_path=dem, compress=compress)
             sources.append(LayerSource(vector.name, str(path), origin=str(vector.path)))
         step("writing factors.tif")
         return write_factor_stack(sources, grid, out_path, compute, chunk_size=chunk,
-                                  class_names=class_names)
+                                  class_names=class_names, cog=cog, compress=compress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -322,13 +332,17 @@ def _check_dem_has_data(dem: str, grid: Grid, chunk: int) -> None:
 
 def open_stack(config: StudyAreaConfig, out_path: str | Path, compute: Compute | None = None,
                *, chunked: bool = False, chunk_size: int | None = None,
-               progress: Callable[[str], None] | None = None) -> FactorStack | FileFactorStack:
+               progress: Callable[[str], None] | None = None,
+               output: bool = True) -> FactorStack | FileFactorStack:
     """Write ``factors.tif`` of ``config`` at ``out_path`` and open it: on disk when
-    ``chunked`` (windows of ``chunk_size``), else in memory (one window)."""
+    ``chunked`` (windows of ``chunk_size``), else in memory (one window). ``output``:
+    the file is a run output (a COG) rather than a scratch file the caller removes."""
+    if not chunked:
+        compute, chunk_size = None, None
+    write_factors(config, out_path, compute, chunk_size=chunk_size, progress=progress,
+                  cog=output)
     if chunked:
-        write_factors(config, out_path, compute, chunk_size=chunk_size, progress=progress)
         return FileFactorStack(out_path, chunk_size or 1024)
-    write_factors(config, out_path, progress=progress)
     return FactorStack.read(out_path)
 
 
@@ -339,4 +353,4 @@ def build_factor_stack(
     """The factor stack of ``config`` in memory: :func:`write_factors` with one window
     into a temporary folder, read back."""
     with tempfile.TemporaryDirectory(prefix=".metalsm-stack-") as tmp:
-        return open_stack(config, Path(tmp) / "factors.tif", progress=progress)
+        return open_stack(config, Path(tmp) / "factors.tif", progress=progress, output=False)
