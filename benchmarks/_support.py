@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from metalsm.mapping import iter_windows
+from metalsm.grid import iter_windows
 
 
 def status_mb(field: str) -> float:
@@ -40,7 +40,7 @@ def mirror_tile(source: Path, target: Path, height: int, width: int,
     profile.update(height=height, width=width, tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate", BIGTIFF="IF_SAFER")
     with rasterio.open(target, "w", **profile) as dst:
-        for win in iter_windows(height, width, chunk):
+        for win in iter_windows((height, width), chunk):
             rows = _mirror(np.arange(win.row_off, win.row_off + win.height), h)
             cols = _mirror(np.arange(win.col_off, win.col_off + win.width), w)
             dst.write(data[np.ix_(rows, cols)], 1, window=win)

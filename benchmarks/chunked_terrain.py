@@ -51,16 +51,18 @@ class StageTimer:
 def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: list[str],
           scheduler: str) -> None:
     """Run the derivation in this (fresh) process and print timings and peak memory."""
-    from metalsm.chunked_terrain import derive_terrain_chunked
+    from metalsm.chunked_terrain import write_terrain_factors
+    from metalsm.compute import compute_context
     from metalsm.grid import Grid
 
     grid = Grid.from_raster(dem)
     baseline = status_mb("VmRSS")  # interpreter + numpy/numba/rasterio imports
     timer = StageTimer()
     start = time.perf_counter()
-    derive_terrain_chunked(dem, grid, factors, out_dir, chunk_size=chunk_size,
-                           drainage_threshold_cells=threshold, progress=timer,
-                           scheduler=scheduler)
+    with compute_context("serial" if scheduler == "sync" else "threads") as compute:
+        write_terrain_factors(dem, grid, factors, out_dir, chunk_size=chunk_size,
+                              drainage_threshold_cells=threshold, progress=timer,
+                              compute=compute)
     wall = time.perf_counter() - start
     cells = grid.height * grid.width
     print(json.dumps({

@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 import rasterio
 
-from metalsm.mapping import iter_windows, predict_raster
+from metalsm.grid import iter_windows
+from metalsm.mapping import predict_raster
 from metalsm.models import _trees
 from metalsm.models.classic import make_model
 from metalsm.stack import stack_metadata
@@ -66,7 +67,7 @@ def read_cells(factors: Path, names: list[str], n_cells: int, size: int) -> list
     windows, total = [], 0
     with rasterio.open(factors) as src:
         bands = [list(src.descriptions).index(n) + 1 for n in names]
-        for win in iter_windows(src.height, src.width, size):
+        for win in iter_windows(src.shape, size):
             values = src.read(bands, window=win, out_dtype=np.float64)
             valid = np.isfinite(values).all(axis=0)
             cells = values[:, valid].T[: n_cells - total]

@@ -12,11 +12,11 @@ inventory points replicated into every tile, mirrored like the rasters.
 Stages (wall time, cells/s and peak RSS of this process and all its children,
 i.e. LocalCluster workers, sampled every 0.1 s by a thread):
 
-* ``derive``: 9 terrain factors by :func:`metalsm.chunked_terrain.derive_terrain_chunked`
+* ``derive``: 9 terrain factors by :func:`metalsm.chunked_terrain.write_terrain_factors`
   (once; it does not use Dask);
 * per scheduler (``threads``: Dask's local threaded scheduler; ``localcluster``: a
   ``distributed.LocalCluster`` of 2 worker processes, addressed like a remote cluster):
-  ``stack`` (11-band factors.tif, :func:`metalsm.chunked.write_factor_stack`),
+  ``stack`` (11-band factors.tif, :func:`metalsm.stack.write_factor_stack`),
   ``segmentation`` (weighted SLIC on a coarse grid of <= ``--coarse-cells`` cells,
   block ids carried back to blocks.tif), ``samples`` (replicated landslide cells, at
   most ``--max-positives``, and as many random valid non-landslide cells, read window
@@ -135,29 +135,31 @@ def mirrored_landslides(kaghan: Path, size: int) -> tuple[np.ndarray, np.ndarray
 
 def run_scheduler(name: str, compute, args, inputs: dict, grid: Grid, landslides,
                   work: Path, results: list, memory: PeakMemory) -> dict:
-    from metalsm import chunked
+    from metalsm import segmentation
     from metalsm.blocks_run import BlockStage, task_table
     from metalsm.config import BlocksConfig, MetaConfig, OutputConfig, StudyAreaConfig
+    from metalsm.grid import read_cells
     from metalsm.meta_run import adapt_all_blocks, fit_intermediate, meta_data, write_blockwise_map
     from metalsm.sample_table import Samples
+    from metalsm.stack import LayerSource, write_factor_stack
 
     out = work / name
     out.mkdir(parents=True, exist_ok=True)
     cells = grid.height * grid.width
     chunk = args.chunk_size
-    sources = [chunked.LayerSource(n, path=str(inputs[n])) for n in TERRAIN]
-    sources += [chunked.LayerSource(n, path=str(inputs[n]), categorical=True) for n in THEMATIC]
+    sources = [LayerSource(n, str(inputs[n])) for n in TERRAIN]
+    sources += [LayerSource(n, str(inputs[n]), True) for n in THEMATIC]
     class_names = {n: {} for n in THEMATIC}
     names = tuple(s.name for s in sources)
 
     with stage(results, memory, name, "stack", cells):
-        chunked.write_factor_stack(sources, grid, out / "factors.tif", compute,
-                                   chunk_size=chunk, class_names=class_names)
+        write_factor_stack(sources, grid, out / "factors.tif", compute,
+                           chunk_size=chunk, class_names=class_names)
     settings = BlocksConfig(n_blocks=args.blocks, compactness=0.5, iterations=3, seed=7)
     with stage(results, memory, name, "segmentation", cells):
-        factor = chunked.coarse_factor(grid, max_cells=args.coarse_cells)
-        coarse = chunked.segment_coarse(out / "factors.tif", settings, out / "blocks.tif",
-                                        compute, factor=factor, chunk_size=chunk)
+        factor = segmentation.coarse_factor(grid, max_cells=args.coarse_cells)
+        coarse = segmentation.segment_coarse(out / "factors.tif", settings, out / "blocks.tif",
+                                             compute, factor=factor, chunk_size=chunk)
     with stage(results, memory, name, "samples", cells):
         rng = np.random.default_rng(7)
         rows, cols = landslides
@@ -169,7 +171,7 @@ def run_scheduler(name: str, compute, args, inputs: dict, grid: Grid, landslides
         nrows, ncols = np.divmod(flat[~is_slide], grid.width)
         all_rows, all_cols = np.r_[rows, nrows], np.r_[cols, ncols]
         label = np.r_[np.ones(rows.size, np.int8), np.zeros(nrows.size, np.int8)]
-        values = chunked.read_cells(out / "factors.tif", all_rows, all_cols, chunk_size=chunk)
+        values = read_cells(out / "factors.tif", all_rows, all_cols, chunk_size=chunk)
         blocks = coarse.block_of(all_rows, all_cols)
         ok = np.isfinite(values).all(axis=1) & (blocks >= 0)
         neg_ok = np.flatnonzero(ok & (label == 0))[: int((ok & (label == 1)).sum())]
@@ -234,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep intermediates and outputs")
     args = parser.parse_args(argv)
 
-    from metalsm import chunked
-    from metalsm.chunked_terrain import derive_terrain_chunked
+    from metalsm.chunked_terrain import write_terrain_factors
+    from metalsm.compute import compute_context
     from metalsm.datasets import study_area
 
     kaghan = study_area("kaghan")
@@ -255,13 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     grid = Grid.from_raster(dem)
     with stage(results, memory, "-", "derive", cells):
         threshold = max(1, round(0.5e6 / grid.cell_area))
-        inputs.update(derive_terrain_chunked(dem, grid, TERRAIN, work / "terrain",
-                                             chunk_size=args.chunk_size,
-                                             drainage_threshold_cells=threshold))
+        with compute_context(None) as compute:
+            inputs.update(write_terrain_factors(dem, grid, TERRAIN, work / "terrain",
+                                                chunk_size=args.chunk_size,
+                                                drainage_threshold_cells=threshold,
+                                                compute=compute))
     summaries = []
     for name in args.schedulers:
         if name == "threads":
-            with chunked.compute_context(None) as compute:
+            with compute_context(None) as compute:
                 summaries.append(run_scheduler(name, compute, args, inputs, grid, landslides,
                                                work, results, memory))
         else:
@@ -271,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             with LocalCluster(n_workers=args.workers, threads_per_worker=threads,
                               processes=True, dashboard_address=None,
                               memory_limit="1.5GB") as cluster:
-                with chunked.compute_context(cluster.scheduler_address) as compute:
+                with compute_context(cluster.scheduler_address) as compute:
                     summaries.append(run_scheduler(name, compute, args, inputs, grid,
                                                    landslides, work, results, memory))
     memory.stop()

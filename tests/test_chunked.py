@@ -16,14 +16,16 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
-from metalsm import chunked, mapping
+from metalsm import mapping, segmentation
 from metalsm.cli import app
 from metalsm.cog import cog_problems
+from metalsm.compute import choose_plan, compute_context
 from metalsm.config import BlocksConfig, load_config
-from metalsm.credibility import credibility_map
+from metalsm.credibility import credibility_map, fit_membership, write_credibility
 from metalsm.errors import MetalsmInputError
+from metalsm.grid import iter_windows, read_aligned_window, read_cells
 from metalsm.pipeline import run_pipeline
-from metalsm.stack import FactorStack
+from metalsm.stack import FactorStack, FileFactorStack
 
 FAST = {"model": 'names = ["lr"]\nmap_model = "lr"\nseed = 7',
         "validation": 'n_folds = 2\nspatial_method = "kmeans"\nseed = 7',
@@ -84,7 +86,7 @@ def test_prediction_through_a_local_cluster_equals_serial(runs, tmp_path):
                                     feature_names=names, window_size=100)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        with chunked.compute_context(cluster.scheduler_address) as compute:
+        with compute_context(cluster.scheduler_address) as compute:
             assert compute.scheduler == "distributed"
             done = []
             remote = mapping.predict_raster(
@@ -138,7 +140,7 @@ def test_blockwise_prediction_on_dask_threads_equals_serial(runs, tmp_path):
         dst.write(ids, 1)
     args = (_BlockModels(), _Encoder(names), memory / "factors.tif", tmp_path / "blocks.tif")
     serial = mapping.predict_blockwise_raster(*args, tmp_path / "s.tif", window_size=64)
-    with chunked.compute_context(None, num_workers=2) as compute:
+    with compute_context(None, num_workers=2) as compute:
         threaded = mapping.predict_blockwise_raster(*args, tmp_path / "t.tif", window_size=64,
                                                     compute=compute)
     a, b = _read(serial)[0], _read(threaded)[0]
@@ -155,13 +157,13 @@ def test_chunked_credibility_equals_in_memory(runs, tmp_path):
     positives = (pos["row"].to_numpy(), pos["col"].to_numpy())
     expected, model = credibility_map(stack, positives, config.credibility,
                                       config.factor_selection)
-    with chunked.compute_context(None, num_workers=2) as compute:
-        fitted = chunked.fit_membership_chunked(memory / "factors.tif", positives, compute,
-                                                config.credibility, config.factor_selection,
-                                                chunk_size=100)
-        path = chunked.write_credibility_chunked(memory / "factors.tif", fitted,
-                                                 tmp_path / "credibility.tif", compute,
-                                                 chunk_size=100)
+    on_disk = FileFactorStack(memory / "factors.tif", chunk_size=100)
+    with compute_context(None, num_workers=2) as compute:
+        fitted = fit_membership(on_disk, positives, config.credibility,
+                                config.factor_selection, compute=compute, chunk_size=100)
+        mapped, _ = credibility_map(on_disk, positives, model=fitted, compute=compute,
+                                    chunk_size=100)
+    path = write_credibility(mapped, on_disk.grid, tmp_path / "credibility.tif")
     pd.testing.assert_frame_equal(model.fr_tables, fitted.fr_tables)
     for got in (_read(path)[0][0], _read(runs[2] / "credibility.tif")[0][0]):
         np.testing.assert_array_equal(np.isnan(expected), np.isnan(got))
@@ -171,10 +173,10 @@ def test_chunked_credibility_equals_in_memory(runs, tmp_path):
 def test_segmentation_on_a_coarse_grid(runs, tmp_path):
     _, memory, _ = runs
     settings = BlocksConfig(n_blocks=8, compactness=0.5, iterations=3)
-    with chunked.compute_context(None, num_workers=2) as compute:
-        result = chunked.segment_coarse(memory / "factors.tif", settings,
-                                        tmp_path / "blocks.tif", compute, factor=4,
-                                        chunk_size=100)
+    with compute_context(None, num_workers=2) as compute:
+        result = segmentation.segment_coarse(memory / "factors.tif", settings,
+                                             tmp_path / "blocks.tif", compute, factor=4,
+                                             chunk_size=100)
     labels = _read(result.path)[0][0]
     valid = np.isfinite(_read(memory / "factors.tif")[0]).all(axis=0)
     n = result.blocks.n_blocks
@@ -189,25 +191,25 @@ def test_segmentation_on_a_coarse_grid(runs, tmp_path):
     rows, cols = samples["row"].to_numpy(), samples["col"].to_numpy()
     np.testing.assert_array_equal(result.block_of(rows, cols)[labels[rows, cols] >= 0],
                                   labels[rows, cols][labels[rows, cols] >= 0])
-    read = chunked.read_cells(result.path, rows, cols, chunk_size=64)[:, 0]
+    read = read_cells(result.path, rows, cols, chunk_size=64)[:, 0]
     np.testing.assert_array_equal(read, labels[rows, cols])
 
 
 def test_choice_of_path(runs, tmp_path):
     config_path, _, _ = runs
     config = load_config(config_path)
-    assert chunked.choose_chunked(config)[0] is False  # the crop fits in memory
-    assert chunked.choose_chunked(config, chunk_size=256)[0] is True
-    assert chunked.choose_chunked(config, scheduler="tcp://10.0.0.1:8786")[0] is True
+    assert choose_plan(config).chunked is False  # the crop fits in memory
+    assert choose_plan(config, chunk_size=256).chunked is True
+    assert choose_plan(config, scheduler="tcp://10.0.0.1:8786").chunked is True
     text = config_path.read_text() + "\n[compute]\nmemory_limit_gb = 0.001\n"
     (tmp_path / "small.toml").write_text(text)
-    chosen, why = chunked.choose_chunked(load_config(tmp_path / "small.toml"))
-    assert chosen and "available" in why
+    plan = choose_plan(load_config(tmp_path / "small.toml"))
+    assert plan.chunked and "available" in plan.why
     (tmp_path / "bad.toml").write_text(config_path.read_text() + "\n[compute]\nchunk_size = 4\n")
     with pytest.raises(MetalsmInputError, match="compute.chunk_size"):
         load_config(tmp_path / "bad.toml")
     with pytest.raises(MetalsmInputError, match="scheduler"):
-        with chunked.compute_context("not an address"):
+        with compute_context("not an address"):
             pass
 
 
@@ -217,7 +219,7 @@ def test_coarse_segmentation_gives_full_grid_blocks_for_a_run(runs, tmp_path):
     _, memory, _ = runs
     shutil.copyfile(memory / "factors.tif", tmp_path / "factors.tif")
     settings = BlocksConfig(n_blocks=6, iterations=3, coarse_resolution_m=90.0)
-    blocks = chunked.segment_on_coarse_grid(tmp_path / "factors.tif", settings)
+    blocks = segmentation.segment_on_coarse_grid(tmp_path / "factors.tif", settings)
     labels = _read(tmp_path / "blocks.tif")[0][0]
     assert blocks.labels.shape == labels.shape == blocks.grid.shape
     np.testing.assert_array_equal(blocks.labels, labels)
@@ -232,7 +234,7 @@ def test_file_factor_stack_reads_what_the_in_memory_stack_holds(runs):
     in-memory stack's, with a window size that cuts the grid unevenly."""
     _, memory, _ = runs
     in_memory = FactorStack.read(memory / "factors.tif")
-    on_disk = chunked.FileFactorStack(memory / "factors.tif", chunk_size=37)
+    on_disk = FileFactorStack(memory / "factors.tif", chunk_size=37)
     assert on_disk.names == in_memory.names and on_disk.categorical == in_memory.categorical
     np.testing.assert_array_equal(on_disk.valid, in_memory.valid)
     np.testing.assert_array_equal(on_disk.layer("slope"), in_memory.layer("slope"))
@@ -254,10 +256,10 @@ def test_chunked_alignment_of_a_geographic_categorical_raster(kaghan_crop,
         original = src.read(1)
         nodata = src.nodata
     windowed = np.full(grid.shape, np.nan, dtype=np.float32)
-    for win in chunked.iter_windows(grid.height, grid.width, 64):
+    for win in iter_windows(grid.shape, 64):
         rows = slice(int(win.row_off), int(win.row_off + win.height))
         cols = slice(int(win.col_off), int(win.col_off + win.width))
-        windowed[rows, cols] = chunked.read_aligned_window(
+        windowed[rows, cols] = read_aligned_window(
             landcover_geographic, grid, win, name="landcover", categorical=True)
     both = np.isfinite(windowed) & (original != nodata)
     assert both.mean() > 0.95

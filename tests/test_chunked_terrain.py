@@ -16,6 +16,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from metalsm import chunked_terrain, terrain
+from metalsm.compute import compute_context
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid
 from metalsm.stack import read_dem
@@ -79,7 +80,7 @@ def test_full_kaghan_dem_flow_factors_equal_in_memory(kaghan, tmp_path):
         read_dem(str(path), grid), grid, FLOW_FACTORS, drainage_threshold_cells=300
     )
     progress = RecordingProgress()
-    out = chunked_terrain.derive_terrain_chunked(
+    out = chunked_terrain.write_terrain_factors(
         path, grid, FLOW_FACTORS, tmp_path, chunk_size=197,
         drainage_threshold_cells=300, progress=progress,
     )
@@ -104,7 +105,7 @@ def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monke
              "elevation", "twi", "log_flow_accumulation", "flow_accumulation",
              "distance_to_drainage"]
     expected = terrain.derive_terrain(dem, grid, names, drainage_threshold_cells=50)
-    out = chunked_terrain.derive_terrain_chunked(
+    out = chunked_terrain.write_terrain_factors(
         holed_dem, grid, names, tmp_path, chunk_size=31, drainage_threshold_cells=50
     )
     assert_same(out, expected)
@@ -114,7 +115,7 @@ def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monke
 def test_only_local_factors_need_no_flow_routing(holed_dem, tmp_path):
     grid = Grid.from_raster(holed_dem)
     progress = RecordingProgress()
-    out = chunked_terrain.derive_terrain_chunked(
+    out = chunked_terrain.write_terrain_factors(
         holed_dem, grid, "slope", tmp_path, chunk_size=64, progress=progress
     )
     assert list(out) == ["slope"]
@@ -124,15 +125,15 @@ def test_only_local_factors_need_no_flow_routing(holed_dem, tmp_path):
 def test_errors_name_the_value(holed_dem, tmp_path):
     grid = Grid.from_raster(holed_dem)
     with pytest.raises(MetalsmInputError, match="roughness"):
-        chunked_terrain.derive_terrain_chunked(holed_dem, grid, ["roughness"], tmp_path)
+        chunked_terrain.write_terrain_factors(holed_dem, grid, ["roughness"], tmp_path)
     with pytest.raises(MetalsmInputError, match="chunk_size.*got 2"):
-        chunked_terrain.derive_terrain_chunked(holed_dem, grid, ["slope"], tmp_path, chunk_size=2)
+        chunked_terrain.write_terrain_factors(holed_dem, grid, ["slope"], tmp_path, chunk_size=2)
     with pytest.raises(MetalsmInputError, match="drainage threshold of 1000000"):
-        chunked_terrain.derive_terrain_chunked(
+        chunked_terrain.write_terrain_factors(
             holed_dem, grid, ["distance_to_drainage"], tmp_path, drainage_threshold_cells=1e6
         )
     with pytest.raises(MetalsmInputError, match="nope.tif"):
-        chunked_terrain.derive_terrain_chunked(tmp_path / "nope.tif", grid, ["slope"], tmp_path)
+        chunked_terrain.write_terrain_factors(tmp_path / "nope.tif", grid, ["slope"], tmp_path)
     assert not (tmp_path / "distance_to_drainage.tif").exists()
 
 
@@ -203,7 +204,7 @@ def test_vector_distance_on_real_faults_equals_in_memory(kaghan, holed_dem, tmp_
     grid = Grid.from_raster(holed_dem)
     faults = kaghan / "Confirmed_faults.shp"
     expected = terrain.rasterize_vector_distance(faults, grid, layer_name="faults")
-    out = chunked_terrain.vector_distance_chunked(
+    out = chunked_terrain.vector_distance_raster(
         faults, grid, tmp_path / "faults.tif", chunk_size=130, layer_name="faults",
         dem_path=holed_dem,
     )
@@ -220,11 +221,11 @@ def test_vector_distance_errors_name_the_file(tmp_path, holed_dem):
 
     grid = Grid.from_raster(holed_dem)
     with pytest.raises(MetalsmInputError, match="nope.shp"):
-        chunked_terrain.vector_distance_chunked(tmp_path / "nope.shp", grid, tmp_path / "x.tif")
+        chunked_terrain.vector_distance_raster(tmp_path / "nope.shp", grid, tmp_path / "x.tif")
     far = tmp_path / "far.gpkg"
     gpd.GeoDataFrame(geometry=[LineString([(0, 0), (10, 10)])], crs=grid.crs).to_file(far)
     with pytest.raises(MetalsmInputError, match="far.gpkg"):
-        chunked_terrain.vector_distance_chunked(far, grid, tmp_path / "x.tif", chunk_size=64)
+        chunked_terrain.vector_distance_raster(far, grid, tmp_path / "x.tif", chunk_size=64)
     assert not (tmp_path / "x.tif").exists()
 
 
@@ -233,15 +234,14 @@ def test_dask_schedulers_give_the_same_files(holed_dem, tmp_path):
 
     grid = Grid.from_raster(holed_dem)
     names = ["slope", "twi", "profile_curvature"]
-    reference = chunked_terrain.derive_terrain_chunked(
-        holed_dem, grid, names, tmp_path / "sync", chunk_size=64, drainage_threshold_cells=50,
-        scheduler="sync",
+    reference = chunked_terrain.write_terrain_factors(
+        holed_dem, grid, names, tmp_path / "serial", chunk_size=64, drainage_threshold_cells=50,
     )
     with Client(processes=False, n_workers=2, threads_per_worker=1,
-                dashboard_address=":0") as client:
-        out = chunked_terrain.derive_terrain_chunked(
+                dashboard_address=":0") as client, compute_context(client) as compute:
+        out = chunked_terrain.write_terrain_factors(
             holed_dem, grid, names, tmp_path / "cluster", chunk_size=64,
-            drainage_threshold_cells=50, scheduler=client,
+            drainage_threshold_cells=50, compute=compute,
         )
     for name in names:
         np.testing.assert_array_equal(read(out[name]), read(reference[name]), err_msg=name)
@@ -254,7 +254,7 @@ def test_dem_off_the_grid_is_warped_window_by_window(kaghan, tmp_path):
     expected = terrain.derive_terrain(
         read_dem(str(path), grid), grid, names, drainage_threshold_cells=50
     )
-    out = chunked_terrain.derive_terrain_chunked(
-        path, grid, names, tmp_path, chunk_size=64, drainage_threshold_cells=50, scheduler="sync"
+    out = chunked_terrain.write_terrain_factors(
+        path, grid, names, tmp_path, chunk_size=64, drainage_threshold_cells=50
     )
     assert_same(out, expected)

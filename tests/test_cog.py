@@ -60,3 +60,37 @@ def test_a_failed_write_leaves_nothing(tmp_path):
         _write(tmp, np.ones((1, *grid.shape), np.float32), grid)
         raise RuntimeError("broke")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_windowed_writer_takes_windows_in_any_order_and_leaves_a_cog(tmp_path):
+    from rasterio.windows import Window
+
+    from metalsm.cog import windowed_geotiff
+
+    grid = _grid((600, 700))
+    values = np.arange(600 * 700, dtype=np.float32).reshape(600, 700)
+    values[:10] = np.nan
+    windows = [Window(c, r, min(256, 700 - c), min(256, 600 - r))
+               for r in range(0, 600, 256) for c in range(0, 700, 256)]
+    path = tmp_path / "out.tif"
+    with windowed_geotiff(path, grid, descriptions=["values"], tags={"METALSM_X": "1"},
+                          overviews=(2, 4), predictor=3) as out:
+        for win in reversed(windows):  # completion order is not window order
+            out.write(values[win.toslices()], win)
+        assert not path.exists()  # only the temporary file while writing
+    assert cog_problems(path) == []
+    with rasterio.open(path) as src:
+        np.testing.assert_array_equal(src.read(1), values)
+        assert src.descriptions == ("values",) and src.tags()["METALSM_X"] == "1"
+        assert src.overviews(1) == [2, 4]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+def test_windowed_writer_leaves_nothing_when_the_block_fails(tmp_path):
+    from metalsm.cog import windowed_geotiff
+
+    path = tmp_path / "out.tif"
+    with pytest.raises(RuntimeError, match="window failed"):
+        with windowed_geotiff(path, _grid((300, 300)), dtype="int32", nodata=-1, cog=False):
+            raise RuntimeError("window failed")
+    assert list(tmp_path.iterdir()) == []

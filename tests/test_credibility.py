@@ -18,12 +18,12 @@ from metalsm.credibility import credibility_map
 from metalsm.errors import MetalsmInputError
 from metalsm.experiments.credibility import spatial_holdout
 from metalsm.inventory import landslide_mask, positive_cells, read_inventory
-from metalsm.pipeline import draw_samples
 from metalsm.sampling import (
     CredibilityBandWarning,
     NegativeRequest,
     band_mask,
     draw_negatives,
+    draw_samples,
 )
 from metalsm.stack import build_factor_stack
 

@@ -3,7 +3,9 @@ import pytest
 import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import (
@@ -139,3 +141,59 @@ def test_categorical_raster_in_degrees_is_aligned_by_nearest_not_mode(kaghan_cro
     with rasterio.open(kaghan_crop / "Landcover.tif") as src:
         coarse = Grid(grid.crs, grid.transform * rasterio.Affine.scale(4), 65, 75)
         assert resampling_onto(src, coarse, categorical=True) is Resampling.mode
+
+
+# ------------------------------------------------------------------------------ windows
+
+
+def test_windows_cover_the_grid_row_major_with_smaller_edges():
+    from metalsm.grid import iter_windows, strips
+
+    windows = [(w.row_off, w.col_off, w.height, w.width) for w in iter_windows((5, 7), 3)]
+    assert windows == [(0, 0, 3, 3), (0, 3, 3, 3), (0, 6, 3, 1),
+                       (3, 0, 2, 3), (3, 3, 2, 3), (3, 6, 2, 1)]
+    assert [(w.row_off, w.height, w.width) for w in iter_windows((5, 7), (2, 7))] == [
+        (0, 2, 7), (2, 2, 7), (4, 1, 7)]
+    # one window: the whole grid
+    assert [(w.height, w.width) for w in iter_windows((5, 7), 7)] == [(5, 7)]
+    # strips of about 15 cells, whole multiples of 2 rows
+    assert [(w.row_off, w.height) for w in strips((5, 7), 15, 2)] == [(0, 2), (2, 2), (4, 1)]
+    with pytest.raises(MetalsmInputError, match="positive integer, got 0"):
+        list(iter_windows((5, 7), 0))
+
+
+def test_halo_grows_a_window_by_one_cell_clipped_at_the_grid_edge():
+    from metalsm.grid import halo
+
+    inner, crop = halo(Window(3, 2, 4, 3), (10, 8))  # col 3, row 2, 4 wide, 3 high
+    assert (inner.row_off, inner.col_off, inner.height, inner.width) == (1, 2, 5, 6)
+    assert crop == (slice(1, 4), slice(1, 5))
+    corner, crop = halo(Window(0, 0, 3, 3), (10, 8))  # the grid corner: no halo above/left
+    assert (corner.row_off, corner.col_off, corner.height, corner.width) == (0, 0, 4, 4)
+    assert crop == (slice(0, 3), slice(0, 3))
+    edge, crop = halo(Window(5, 7, 3, 3), (10, 8))  # bottom-right corner
+    assert (edge.row_off, edge.col_off, edge.height, edge.width) == (6, 4, 4, 4)
+    assert crop == (slice(1, 4), slice(1, 4))
+    values = np.arange(80.0).reshape(10, 8)
+    np.testing.assert_array_equal(values[inner.toslices()][halo(Window(3, 2, 4, 3), (10, 8))[1]],
+                                  values[2:5, 3:7])
+
+
+def test_one_cleanup_turns_declared_nodata_sentinels_and_infinities_into_nan(tmp_path):
+    from metalsm.grid import nodata_to_nan, read_cells, read_window
+
+    values = np.array([[1.0, -9999.0, np.inf], [-3.4e38, 2.5, np.nan]], dtype=np.float32)
+    cleaned = nodata_to_nan(values.copy(), -9999.0)
+    np.testing.assert_array_equal(np.isnan(cleaned), [[False, True, True], [True, False, True]])
+    assert cleaned[0, 0] == 1.0 and cleaned[1, 1] == 2.5
+    grid = Grid(CRS.from_epsg(32643), rasterio.Affine(30, 0, 0, 0, -30, 0), 2, 3)
+    path = tmp_path / "sentinels.tif"
+    with rasterio.open(path, "w", **grid.profile(dtype="float32", nodata=-9999.0)) as dst:
+        dst.write(values, 1)
+    with rasterio.open(path) as src:
+        for dtype in (np.float32, np.float64):
+            read = read_window(src, Window(1, 0, 2, 2), 1, dtype)
+            assert read.dtype == dtype
+            np.testing.assert_array_equal(np.isnan(read), [[True, True], [False, True]])
+    cells = read_cells(path, np.array([1, 0, 1]), np.array([1, 0, 0]), chunk_size=1)
+    np.testing.assert_array_equal(cells[:, 0], [2.5, 1.0, np.nan])

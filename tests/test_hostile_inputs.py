@@ -35,9 +35,9 @@ from metalsm.config import TableConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid
 from metalsm.inventory import landslide_mask, read_inventory
-from metalsm.pipeline import draw_samples
 from metalsm.preflight import check_run
 from metalsm.sample_table import Samples, read_sample_table, warn_constant_factors
+from metalsm.sampling import draw_samples
 from metalsm.stack import build_factor_stack
 
 WINDOW = Window(col_off=150, row_off=550, width=200, height=200)

@@ -19,7 +19,7 @@ _API = {
     "load_config": ("metalsm.config", "load_config"),
     "StudyAreaConfig": ("metalsm.config", "StudyAreaConfig"),
     "run": ("metalsm.pipeline", "run_pipeline"),
-    "RunResult": ("metalsm.pipeline", "RunResult"),
+    "RunResult": ("metalsm.manifest", "RunResult"),
     "Samples": ("metalsm.sample_table", "Samples"),
     "MetalsmInputError": ("metalsm.errors", "MetalsmInputError"),
     "MODEL_NAMES": ("metalsm.models.classic", "MODEL_NAMES"),

@@ -18,6 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "RUN_MARKER",
+    "atomic_path",
+    "staged_directory",
+    "write_csv",
+    "write_json",
+    "write_text",
+]
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

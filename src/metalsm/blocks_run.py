@@ -21,10 +21,30 @@ from metalsm.inventory import landslide_mask, read_inventory
 from metalsm.progress import RunProgress
 from metalsm.report import figures
 from metalsm.sample_table import Samples, read_sample_table
-from metalsm.segmentation import Blocks, segment_points, segment_raster, weights_from_data
+from metalsm.sampling import draw_samples
+from metalsm.segmentation import (
+    Blocks,
+    segment_on_coarse_grid,
+    segment_points,
+    segment_raster,
+    weights_from_data,
+)
 from metalsm.segmentation import write_blocks as write_block_rasters
-from metalsm.stack import FactorStack, build_factor_stack
+from metalsm.stack import FactorStack, FileFactorStack, open_stack
 from metalsm.tasks import block_task_table, split_blocks
+
+__all__ = [
+    "BlockStage",
+    "block_statistics",
+    "factor_weights",
+    "prepare_blocks",
+    "segment_stack",
+    "segment_study_area",
+    "segment_table",
+    "task_table",
+    "warn_sparse_blocks",
+    "with_blocks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,53 +87,65 @@ def segment_study_area(
     out_dir: str | Path,
     *,
     show_progress: bool = True,
+    chunk_size: int | None = None,
+    scheduler: str | None = None,
 ) -> BlockStage:
     """Segment the study area of ``config`` (its ``[blocks]``) and write the block outputs.
 
     Rasters: ``factors.tif``, ``blocks.tif``, ``blocks.gpkg``, ``blocks.png``; tables:
-    ``blocks.csv`` (block per sample) and ``blocks.png``; both: ``tasks.csv``.
+    ``blocks.csv`` (block per sample) and ``blocks.png``; both: ``tasks.csv``. The
+    stack is held in memory or on disk as :func:`metalsm.compute.choose_plan` decides.
     """
+    from metalsm.compute import choose_plan
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with RunProgress(enabled=show_progress) as progress:
-        return prepare_blocks(config, out, progress)[0]
+    plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
+    with plan.compute() as compute, RunProgress(enabled=show_progress) as progress:
+        return prepare_blocks(config, out, progress, compute=compute,
+                              chunk_size=plan.chunk_size if plan.chunked else None)[0]
 
 
 def prepare_blocks(
-    config: StudyAreaConfig, out: Path, progress: RunProgress
-) -> tuple[BlockStage, FactorStack | None]:
+    config: StudyAreaConfig, out: Path, progress: RunProgress, *, compute=None,
+    chunk_size: int | None = None,
+) -> tuple[BlockStage, FactorStack | FileFactorStack | None]:
     """Samples and blocks of a study area; rasters also give their factor stack.
 
     The stack is written to ``out/factors.tif`` so that maps can be made from it
-    window by window later.
+    window by window later; with a ``chunk_size`` it stays on disk there.
     """
-    from metalsm.pipeline import draw_samples
-
     if config.table is not None:
-        return _segment_table(config, config.blocks or BlocksConfig(), out, progress), None
+        return segment_table(config, config.blocks or BlocksConfig(), out, progress), None
     n_steps = 2 + len(config.rasters) + len(config.vectors)
     with progress.stage("factor stack", total=n_steps) as advance:
-        stack = build_factor_stack(config, progress=lambda note: advance(1, note))
-        stack.write(out / "factors.tif")
+        stack = open_stack(config, out / "factors.tif", compute, chunked=chunk_size is not None,
+                           chunk_size=chunk_size, progress=lambda note: advance(1, note))
     with progress.stage("samples"):
         inventory = read_inventory(config.inventory.path, stack.grid, crs=config.inventory.crs,
                                    x_column=config.inventory.x_column,
                                    y_column=config.inventory.y_column)
-        samples = draw_samples(config, stack, inventory, landslide_mask(inventory, stack.grid))
-    return segment_stack(config, stack, samples, inventory, out, progress), stack
+        samples = draw_samples(config, stack, inventory, landslide_mask(inventory, stack.grid),
+                               compute=compute, chunk_size=chunk_size)
+    return segment_stack(config, stack, samples, inventory, out, progress, compute=compute,
+                         chunk_size=chunk_size), stack
 
 
-def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples, inventory,
-                  out: Path, progress: RunProgress) -> BlockStage:
-    """Segment a factor stack whose samples are already drawn; write the block outputs."""
+def segment_stack(config: StudyAreaConfig, stack: FactorStack | FileFactorStack,
+                  samples: Samples, inventory, out: Path, progress: RunProgress, *,
+                  compute=None, chunk_size: int | None = None) -> BlockStage:
+    """Segment a factor stack whose samples are already drawn; write the block outputs.
+
+    SLIC is global: on the stack in memory, or, when ``[blocks] coarse_resolution_m``
+    asks for it or the stack stays on disk (a ``chunk_size``), on a decimated
+    ``factors.tif`` (:func:`metalsm.segmentation.segment_on_coarse_grid`).
+    """
     settings = config.blocks or BlocksConfig()
     with progress.stage(f"segmentation into ~{settings.n_blocks} blocks"):
         weights = factor_weights(settings, samples, stack)
-        from metalsm.chunked import FileFactorStack, segment_on_coarse_grid
-
-        # a decimated factors.tif when asked, or when the stack is not in memory
-        if settings.coarse_resolution_m is not None or isinstance(stack, FileFactorStack):
-            blocks = segment_on_coarse_grid(out / "factors.tif", settings, weights)
+        if settings.coarse_resolution_m is not None or chunk_size is not None:
+            blocks = segment_on_coarse_grid(out / "factors.tif", settings, weights,
+                                            compute=compute, chunk_size=chunk_size or 1024)
         else:
             blocks = segment_raster(stack, settings.n_blocks, settings.compactness,
                                     weights=weights, iterations=settings.iterations,
@@ -137,7 +169,7 @@ def segment_stack(config: StudyAreaConfig, stack: FactorStack, samples: Samples,
     return BlockStage(samples, sample_blocks, tasks, blocks, weights)
 
 
-def _segment_table(config, settings: BlocksConfig, out: Path, progress) -> BlockStage:
+def segment_table(config, settings: BlocksConfig, out: Path, progress) -> BlockStage:
     with progress.stage("sample table"):
         samples = read_sample_table(config.table)
     with progress.stage(f"segmentation into ~{settings.n_blocks} blocks"):

@@ -1,17 +1,18 @@
-"""Terrain factors and distances for grids larger than memory, window by window.
+"""Terrain factors and distances window by window, for grids of any size.
 
-The chunked results equal :func:`metalsm.terrain.derive_terrain` cell for cell;
-only memory differs. Three kinds of work, three strategies:
+The results equal :func:`metalsm.terrain.derive_terrain` cell for cell; only memory
+differs. A whole-grid run is the same code with one window. Three kinds of work,
+three strategies:
 
 * **3x3 factors** (elevation, slope, aspect, curvatures) are local: each window
-  is read with a one-cell halo (clipped at the grid edge, so the real edge keeps
-  the in-memory edge handling), computed with the very same ``terrain`` functions
-  and cropped, band by band inside a window (:data:`BAND_CELLS`). Memory: ~25 MB
-  of temporaries per window in flight, :data:`WINDOW_BATCH` windows of results,
-  and a GDAL block cache bounded to :data:`GDAL_CACHE_MB`; none of it grows with
-  the grid. With a Dask ``scheduler`` the windows run in parallel (threads or a
-  ``distributed`` cluster) and are written by the calling process only.
-* **Flow routing** (fill, D8, accumulation) is global: a halo cannot make it
+  is read with a one-cell halo (:func:`metalsm.grid.halo`, clipped at the grid edge,
+  so the real edge keeps the in-memory edge handling), computed by the one factor
+  table :func:`metalsm.terrain.window_factors` and cropped, band by band inside a
+  window (:data:`BAND_CELLS`). Memory: ~25 MB of temporaries per window in flight and
+  a bounded GDAL block cache; none of it grows with the grid. The windows run on a
+  :class:`metalsm.compute.Compute` (serial, threads or a ``distributed`` cluster) and
+  are written by the calling process only.
+* **Flow routing** (fill, D8, accumulation) is **global**: a halo cannot make it
   correct across chunk edges. It runs once over compact whole-grid arrays through
   :func:`metalsm.terrain.flow_routing_counts`, the function ``derive_terrain``
   uses too. Bytes per cell (float32 DEM): 4 (DEM) + 1 (closed flag) while
@@ -20,9 +21,9 @@ only memory differs. Three kinds of work, three strategies:
   in-degree) + 4 (uint32 counts) = **6 bytes per cell at the peak**, then 4
   (the counts) kept while the factor windows are written. 400 M cells: ~2.4 GB.
   TWI, SPI, log accumulation read the counts and a windowed slope.
-* **Euclidean distances** (to drainage, to vector features) use an exact
-  separable squared-EDT written here: a 1-D pass down column strips (result, the
-  distance in rows, kept on disk as uint32 in a temporary file next to the
+* **Euclidean distances** (to drainage, to vector features) are **global** too, by
+  an exact separable squared-EDT written here: a 1-D pass down column strips (result,
+  the distance in rows, kept on disk as uint32 in a temporary file next to the
   output) then the lower envelope of parabolas (Felzenszwalb & Huttenlocher,
   2012) along row strips of ``max(chunk_size**2, EDT_STRIP_CELLS)`` cells. Memory: one strip
   (~25 bytes per strip cell); disk: 4 bytes per cell (of the grid extended by
@@ -36,39 +37,28 @@ nodata (as ``factors.tif``), one per factor, written atomically.
 
 from __future__ import annotations
 
-import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
 from numba import njit
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from metalsm import terrain
-from metalsm.atomic import atomic_path
+from metalsm.cog import gdal_cache, windowed_geotiff
+from metalsm.compute import Compute
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid, open_raster
+from metalsm.grid import Grid, halo, iter_windows, open_raster, read_aligned_window
 from metalsm.progress import RunProgress
 
-_FLOW = ("flow_accumulation", "log_flow_accumulation", "twi", "spi", "distance_to_drainage")
-
-
-# ------------------------------------------------------------------------------- windows
-
-
-def iter_windows(shape: tuple[int, int], chunk_size: int) -> Iterator[Window]:
-    """Row-major ``chunk_size`` x ``chunk_size`` windows covering ``shape`` (edges smaller)."""
-    h, w = shape
-    for r in range(0, h, chunk_size):
-        for c in range(0, w, chunk_size):
-            yield Window(c, r, min(chunk_size, w - c), min(chunk_size, h - r))
+__all__ = [
+    "squared_edt",
+    "vector_distance_raster",
+    "write_terrain_factors",
+]
 
 
 def _check_chunk_size(chunk_size: int) -> int:
@@ -88,69 +78,23 @@ def _stage(progress: RunProgress | None, description: str, total: int):
             yield advance
 
 
-# ---------------------------------------------------------------------------- DEM reading
+def _read_dem(dem_path: str | Path, grid: Grid, window: Window) -> np.ndarray:
+    """The DEM on ``grid``'s ``window`` (bilinear when off the grid), NaN for no data."""
+    return read_aligned_window(dem_path, grid, window, name="dem", categorical=False)
 
 
-@contextmanager
-def _open_dem_on_grid(dem_path: str | Path, grid: Grid):
-    """The DEM as a dataset on ``grid``: itself, or a bilinear WarpedVRT onto the grid.
-
-    Chunked results equal the in-memory ones exactly when the DEM already lies on
-    the grid (the usual case); a warped DEM is resampled per window by GDAL.
-    """
-    with open_raster(dem_path) as src:
-        if grid.holds(src):
-            yield src
-        else:
-            with WarpedVRT(
-                src, crs=grid.crs, transform=grid.transform, width=grid.width,
-                height=grid.height, resampling=Resampling.bilinear, src_nodata=src.nodata,
-                nodata=np.nan, dtype="float32",
-            ) as vrt:
-                yield vrt
-
-
-def _read_dem(src, window: Window) -> np.ndarray:
-    """float32 DEM window with NaN for no data, as :func:`metalsm.stack.read_dem` reads it."""
-    dem = src.read(1, window=window, masked=True).astype(np.float32).filled(np.nan)
-    dem[~np.isfinite(dem) | (np.abs(dem) > 1e30)] = np.nan
-    return dem
-
-
-def _halo(window: Window, shape: tuple[int, int], depth: int = 1) -> tuple[Window, tuple]:
-    """``window`` grown by ``depth`` cells (clipped to the grid) and the crop back to it."""
-    h, w = shape
-    r0 = max(0, window.row_off - depth)
-    c0 = max(0, window.col_off - depth)
-    r1 = min(h, window.row_off + window.height + depth)
-    c1 = min(w, window.col_off + window.width + depth)
-    crop = (slice(window.row_off - r0, window.row_off - r0 + window.height),
-            slice(window.col_off - c0, window.col_off - c0 + window.width))
-    return Window(c0, r0, c1 - c0, r1 - r0), crop
-
-
-#: GDAL block cache (MB) while writing, unless GDAL_CACHEMAX is set: GDAL's default
-#: is 5% of physical memory (6 GB on a 128 GB node), all of it dirty output blocks.
-GDAL_CACHE_MB = 256
-
-
-def _gdal_env() -> rasterio.Env:
-    """A rasterio environment with a bounded block cache, so memory stays flat."""
-    if "GDAL_CACHEMAX" in os.environ:
-        return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)  # rasterio takes bytes
-
-
-def _output_profile(grid: Grid) -> dict:
-    profile = grid.profile(dtype="float32", nodata=np.nan)
-    profile.update(predictor=3, BIGTIFF="IF_SAFER", num_threads="ALL_CPUS")
-    return profile
+def _write_profile(compress: bool = True) -> dict:
+    """Layer files: deflate-compressed when they may not fit in memory (windows), plain
+    when a whole-grid (one-window) run reads them straight back."""
+    if not compress:
+        return {"compress": "none", "BIGTIFF": "IF_SAFER"}
+    return {"predictor": 3, "BIGTIFF": "IF_SAFER", "num_threads": "ALL_CPUS"}
 
 
 # ------------------------------------------------------------------------- terrain factors
 
 
-def derive_terrain_chunked(
+def write_terrain_factors(
     dem_path: str | Path,
     grid: Grid,
     factors: Iterable[str],
@@ -159,7 +103,8 @@ def derive_terrain_chunked(
     chunk_size: int = 1024,
     drainage_threshold_cells: float = 500,
     progress: RunProgress | None = None,
-    scheduler: Any = None,
+    compute: Compute | None = None,
+    compress: bool = True,
 ) -> dict[str, Path]:
     """Write the requested terrain factors of the DEM at ``dem_path`` as GeoTIFFs in ``out_dir``.
 
@@ -169,113 +114,65 @@ def derive_terrain_chunked(
     province-scale DEMs fit on a laptop. Returns ``{factor: out_dir / f"{factor}.tif"}``
     in request order.
 
-    ``scheduler`` computes the windows with Dask: ``None`` or ``"threads"`` (local
-    threads), ``"sync"``, or a ``dask.distributed.Client`` (its workers must be able
-    to read ``dem_path``). Windows go out in small batches and are written here, by
-    this process only, so no file lock is needed. Flow routing and the distance
-    transform stay in this process (they are global, not per window).
+    ``compute`` runs the windows (default: serially here; a ``distributed`` cluster's
+    workers must be able to read ``dem_path``); this process writes them. Flow
+    routing and the distance transform stay in this process (they are global).
+    ``compress=False`` writes plain GeoTIFFs (for a whole-grid run).
     """
-    if isinstance(factors, str):
-        factors = [factors]
-    requested = list(dict.fromkeys(factors))
-    unknown = [n for n in requested if n not in terrain.TERRAIN_FACTORS]
-    if unknown:
-        raise MetalsmInputError(
-            f"unknown terrain factor(s) {unknown}; valid names are: "
-            f"{', '.join(terrain.TERRAIN_FACTORS)}"
-        )
+    requested = terrain.check_factor_names(factors)
     chunk_size = _check_chunk_size(chunk_size)
     terrain._check_cell_size(grid.cell_size)
-    if "distance_to_drainage" in requested and not drainage_threshold_cells > 0:
-        raise MetalsmInputError(
-            f"drainage threshold must be a positive number of cells, got {drainage_threshold_cells}"
-        )
+    terrain.check_drainage(requested, drainage_threshold_cells)
+    open_raster(dem_path).close()  # a named error for a missing file before any work
+    compute = compute or Compute()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / f"{name}.tif" for name in requested}
     windows = list(iter_windows(grid.shape, chunk_size))
 
-    with _gdal_env(), _open_dem_on_grid(dem_path, grid) as src:
-        acc = None
-        if any(n in _FLOW for n in requested):
+    with gdal_cache():
+        counts = None
+        if any(n in terrain.FLOW_FACTORS for n in requested):
 
             def load_dem() -> np.ndarray:
                 dem = np.empty(grid.shape, dtype=np.float32)
                 for window in windows:
-                    rows, cols = window.toslices()
-                    dem[rows, cols] = _read_dem(src, window)
+                    dem[window.toslices()] = _read_dem(dem_path, grid, window)
                 return dem
 
             with _stage(progress, "flow routing (fill, D8, accumulation)", 1) as advance:
-                acc = terrain.flow_routing_counts(load_dem)
+                counts = terrain.flow_routing_counts(load_dem)
                 advance()
-            if "distance_to_drainage" in requested and acc.max() < drainage_threshold_cells:
-                raise MetalsmInputError(
-                    f"no cell reaches the drainage threshold of {drainage_threshold_cells} "
-                    f"cells (max accumulation {acc.max():.0f}); "
-                    "lower terrain.drainage_threshold_km2"
-                )
-        window_factors = [n for n in requested if n != "distance_to_drainage"]
-        with ExitStack() as stack:
-            datasets = {}
-            for name in window_factors:
-                tmp = stack.enter_context(atomic_path(paths[name]))
-                datasets[name] = stack.enter_context(
-                    rasterio.open(tmp, "w", **_output_profile(grid))
-                )
-                datasets[name].set_band_description(1, name)
-            n_windows = len(windows) if window_factors else 0
-            with _stage(progress, "terrain factors", n_windows) as advance:
-                batches = _window_results(
-                    dem_path, grid, windows if window_factors else [], window_factors, acc,
-                    scheduler,
-                )
-                for window, values in batches:
+            terrain.check_drainage(requested, drainage_threshold_cells, counts)
+        window_names = [n for n in requested if n != "distance_to_drainage"]
+        if window_names:
+            dem_file = str(dem_path)
+
+            def task(window: Window) -> dict[str, np.ndarray]:
+                return _factor_window(dem_file, grid, window, window_names,
+                                      None if counts is None else counts[window.toslices()])
+
+            with ExitStack() as stack, _stage(progress, "terrain factors", len(windows)) as adv:
+                writers = {name: stack.enter_context(windowed_geotiff(
+                    paths[name], grid, descriptions=[name], cog=False,
+                    lock=compute.lock(str(paths[name])), **_write_profile(compress)))
+                    for name in window_names}
+                for window, values in compute.map_windows(task, windows):
                     for name, value in values.items():
-                        datasets[name].write(value, 1, window=window)
-                    advance()
-            for ds in datasets.values():
-                ds.close()
+                        writers[name].write(value, window)
+                    adv()
         if "distance_to_drainage" in requested:
             threshold = drainage_threshold_cells
 
             def channels(c0: int, c1: int) -> np.ndarray:
-                return acc[:, c0:c1] >= threshold  # no-data cells count 0: never channels
+                return counts[:, c0:c1] >= threshold  # no-data cells count 0: never channels
 
             _distance_raster(
                 channels, grid, paths["distance_to_drainage"], chunk_size,
-                row_pad=0, col_pad=0, ext_shape=grid.shape, nodata_src=src,
-                progress=progress, what="distance to drainage",
+                row_pad=0, col_pad=0, ext_shape=grid.shape, dem_path=dem_path,
+                progress=progress, what="distance to drainage", compress=compress,
             )
     return {name: paths[name] for name in requested}
-
-
-#: Windows computed at once by a Dask scheduler (results are held until written):
-#: with 11 factors and 1024-cell chunks, ~4 x 70 MB.
-WINDOW_BATCH = 4
-
-
-def _window_results(
-    dem_path: str | Path,
-    grid: Grid,
-    windows: list[Window],
-    names: list[str],
-    acc: np.ndarray | None,
-    scheduler: Any,
-) -> Iterator[tuple[Window, dict[str, np.ndarray]]]:
-    """(window, factors) in window order, computed in batches of :data:`WINDOW_BATCH`."""
-    import dask
-
-    for i in range(0, len(windows), WINDOW_BATCH):
-        batch = windows[i : i + WINDOW_BATCH]
-        tasks = [
-            dask.delayed(_factor_window, pure=False)(
-                str(dem_path), grid, window, names,
-                None if acc is None else acc[window.toslices()],
-            )
-            for window in batch
-        ]
-        yield from zip(batch, dask.compute(*tasks, scheduler=scheduler or "threads"), strict=True)
 
 
 #: Cells per band inside a window: the 3x3 functions make ~25 float64 temporaries
@@ -293,68 +190,15 @@ def _factor_window(
     """
     out = {name: np.empty((window.height, window.width), np.float32) for name in names}
     band = max(1, BAND_CELLS // window.width)
-    with _gdal_env(), _open_dem_on_grid(dem_path, grid) as src:
-        for r in range(0, window.height, band):
-            rows = slice(r, min(window.height, r + band))
-            sub = Window(window.col_off, window.row_off + r, window.width, rows.stop - r)
-            values = _factor_band(
-                src, grid, sub, names, None if counts is None else counts[rows]
-            )
-            for name, value in values.items():
-                out[name][rows] = value
-    return out
-
-
-def _factor_band(
-    src, grid: Grid, window: Window, names: list[str], counts: np.ndarray | None
-) -> dict[str, np.ndarray]:
-    cell_size = grid.cell_size
-    big, crop = _halo(window, grid.shape)
-    block = _read_dem(src, big)
-    z = block[crop].astype(np.float64)
-    nodata = np.isnan(z)
-    cache: dict[str, np.ndarray] = {}
-
-    def local(key: str) -> np.ndarray:
-        if key not in cache:
-            if key in ("slope", "sin", "cos") and "gradient" not in cache:
-                dzdx, dzdy = terrain.horn_gradient(block, cell_size)  # once for slope, aspect
-                cache["gradient"] = (dzdx[crop], dzdy[crop])
-            if key == "slope":
-                cache["slope"] = terrain.slope_from_gradient(*cache["gradient"])
-            elif key in ("sin", "cos"):
-                cache["sin"], cache["cos"] = terrain.aspect_from_gradient(*cache["gradient"])
-            else:
-                plan, profile = terrain.curvatures(block, cell_size)
-                cache["plan"], cache["profile"] = plan[crop], profile[crop]
-        return cache[key]
-
-    out = {}
-    for name in names:
-        with np.errstate(divide="ignore", invalid="ignore"):  # no-data cells count 0
-            if name == "elevation":
-                value = z
-            elif name == "slope":
-                value = local("slope")
-            elif name == "aspect_sin":
-                value = local("sin")
-            elif name == "aspect_cos":
-                value = local("cos")
-            elif name == "plan_curvature":
-                value = local("plan")
-            elif name == "profile_curvature":
-                value = local("profile")
-            elif name == "flow_accumulation":
-                value = counts
-            elif name == "log_flow_accumulation":
-                value = np.log10(counts.astype(np.float64))
-            elif name == "twi":
-                value = terrain.twi(counts, local("slope"), cell_size)
-            else:  # spi
-                value = terrain.log_spi(counts, local("slope"), cell_size)
-        result = np.asarray(value, dtype=np.float32).copy()
-        result[nodata] = np.nan
-        out[name] = result
+    for r in range(0, window.height, band):
+        rows = slice(r, min(window.height, r + band))
+        sub = Window(window.col_off, window.row_off + r, window.width, rows.stop - r)
+        big, crop = halo(sub, grid.shape)
+        values = terrain.window_factors(_read_dem(dem_path, grid, big), crop, names,
+                                        None if counts is None else counts[rows],
+                                        grid.cell_size)
+        for name, value in values.items():
+            out[name][rows] = value
     return out
 
 
@@ -477,9 +321,10 @@ def _distance_raster(
     row_pad: int,
     col_pad: int,
     ext_shape: tuple[int, int],
-    nodata_src=None,
+    dem_path: str | Path | None = None,
     progress: RunProgress | None = None,
     what: str = "distance",
+    compress: bool = True,
 ) -> bool:
     """Write the distance (m) from each cell of ``grid`` to the True cells of a mask.
 
@@ -488,7 +333,7 @@ def _distance_raster(
     ``c0 .. c1`` over the full extended height. Column strips -> uint32 1-D
     distances of the grid's rows in a temporary file beside ``path`` (one contiguous
     block per strip) -> row strips of the grid -> lower envelope -> GeoTIFF.
-    Cells that are no data in ``nodata_src`` come out NaN. Returns whether the mask
+    Cells where the DEM at ``dem_path`` has no data come out NaN. Returns whether the mask
     had any True cell (nothing is written when it had none).
     """
     h, w = grid.shape
@@ -515,33 +360,31 @@ def _distance_raster(
         if not found:
             return False
         with ExitStack() as stack, _stage(progress, f"{what}: row pass", len(row_strips)) as adv:
-            tmp = stack.enter_context(atomic_path(path))
-            dst = stack.enter_context(rasterio.open(tmp, "w", **_output_profile(grid)))
-            dst.set_band_description(1, path.stem)
-            with open(scratch, "rb") as f:
-                for r0, r1 in row_strips:
-                    g = np.empty((r1 - r0, w_ext), dtype=np.uint32)
-                    for (c0, c1), offset in zip(col_strips, offsets, strict=True):
-                        width = c1 - c0
-                        f.seek(offset + r0 * width * 4)
-                        g[:, c0:c1] = np.fromfile(f, np.uint32, (r1 - r0) * width).reshape(
-                            r1 - r0, width
-                        )
-                    d2 = _row_envelope(g, col_pad, col_pad + w)
-                    distance = (np.sqrt(d2) * cell_size).astype(np.float32)
-                    window = Window(0, r0, w, r1 - r0)
-                    if nodata_src is not None:
-                        distance[np.isnan(_read_dem(nodata_src, window))] = np.nan
-                    dst.write(distance, 1, window=window)
-                    adv()
-            dst.close()
+            out = stack.enter_context(windowed_geotiff(path, grid, descriptions=[path.stem],
+                                                       cog=False, **_write_profile(compress)))
+            f = stack.enter_context(open(scratch, "rb"))
+            for r0, r1 in row_strips:
+                g = np.empty((r1 - r0, w_ext), dtype=np.uint32)
+                for (c0, c1), offset in zip(col_strips, offsets, strict=True):
+                    width = c1 - c0
+                    f.seek(offset + r0 * width * 4)
+                    g[:, c0:c1] = np.fromfile(f, np.uint32, (r1 - r0) * width).reshape(
+                        r1 - r0, width
+                    )
+                d2 = _row_envelope(g, col_pad, col_pad + w)
+                distance = (np.sqrt(d2) * cell_size).astype(np.float32)
+                window = Window(0, r0, w, r1 - r0)
+                if dem_path is not None:
+                    distance[np.isnan(_read_dem(dem_path, grid, window))] = np.nan
+                out.write(distance, window)
+                adv()
     return True
 
 
 # ------------------------------------------------------------------------ vector distance
 
 
-def vector_distance_chunked(
+def vector_distance_raster(
     path_or_gdf,
     grid: Grid,
     out_path: str | Path,
@@ -550,12 +393,13 @@ def vector_distance_chunked(
     layer_name: str | None = None,
     dem_path: str | Path | None = None,
     progress: RunProgress | None = None,
+    compress: bool = True,
 ) -> Path:
     """Write the distance (m) from each cell of ``grid`` to the nearest vector feature.
 
     Same values as :func:`metalsm.terrain.rasterize_vector_distance` (features
     burned with ``all_touched``, counted up to one grid diagonal outside the grid),
-    but rasterized strip by strip and measured with the chunked EDT, so memory
+    but rasterized strip by strip and measured with the strip-wise EDT, so memory
     stays at a few strips. With ``dem_path``, cells where the DEM has no data are
     NaN (as in the factor stack). Raises :class:`MetalsmInputError` as the
     in-memory version does.
@@ -564,13 +408,7 @@ def vector_distance_chunked(
 
     chunk_size = _check_chunk_size(chunk_size)
     geoms, source = terrain._read_vector_features(path_or_gdf, grid, layer_name)
-    h, w = grid.shape
-    pad_left, pad_right, pad_top, pad_bottom = terrain._vector_pads(geoms, grid)
-    t = grid.transform
-    if t.b != 0 or t.d != 0:
-        raise MetalsmInputError(f"grid must be north-up (no rotation) to rasterize {source}")
-    transform = t @ Affine.translation(-pad_left, -pad_top)
-    ext_shape = (h + pad_top + pad_bottom, w + pad_left + pad_right)
+    transform, ext_shape, pad_top, pad_left = terrain.extended_grid(geoms, grid, source)
     shapes = [(geom, 1) for geom in geoms]
 
     def burned(c0: int, c1: int) -> np.ndarray:
@@ -584,28 +422,12 @@ def vector_distance_chunked(
         ).astype(bool)
 
     out_path = Path(out_path)
-    with _gdal_env(), ExitStack() as stack:
-        nodata_src = None
-        if dem_path is not None:
-            nodata_src = stack.enter_context(_open_dem_on_grid(dem_path, grid))
+    with gdal_cache():
         found = _distance_raster(
             burned, grid, out_path, chunk_size, row_pad=pad_top, col_pad=pad_left,
-            ext_shape=ext_shape, nodata_src=nodata_src, progress=progress,
-            what=f"distance to {layer_name or out_path.stem}",
+            ext_shape=ext_shape, dem_path=dem_path, progress=progress,
+            what=f"distance to {layer_name or out_path.stem}", compress=compress,
         )
     if not found:
-        fx0, fy0, fx1, fy1 = geoms.total_bounds
-        raise MetalsmInputError(
-            f"no feature of {source} lies on or within one grid diagonal of the study grid "
-            f"(features span {tuple(round(v) for v in (fx0, fy0, fx1, fy1))}, "
-            f"grid spans {tuple(round(v) for v in grid.bounds)} in {grid.crs})"
-        )
+        raise terrain.no_feature_error(geoms, grid, source)
     return out_path
-
-
-__all__ = [
-    "derive_terrain_chunked",
-    "iter_windows",
-    "squared_edt",
-    "vector_distance_chunked",
-]

@@ -159,17 +159,21 @@ def init(
     console.print(f"wrote {path}; edit the paths, then: metalsm run {path} --out RUN_DIR")
 
 
+ChunkSize = Annotated[int | None, typer.Option(
+    "--chunk-size", min=16,
+    help="Force chunked (out-of-core) processing in N x N-cell windows.")]
+Scheduler = Annotated[str | None, typer.Option(
+    "--scheduler", help="Dask scheduler address (tcp://host:8786) of a running cluster, "
+    "or 'threads'.")]
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
     out: OutDir,
     quiet: Quiet = False,
-    chunk_size: Annotated[int | None, typer.Option(
-        "--chunk-size", min=16,
-        help="Force chunked (out-of-core) processing in N x N-cell windows.")] = None,
-    scheduler: Annotated[str | None, typer.Option(
-        "--scheduler", help="Dask scheduler address (tcp://host:8786) of a running cluster, "
-        "or 'threads'.")] = None,
+    chunk_size: ChunkSize = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Run the full pipeline: factor stack, samples, models, validation, map, report."""
     _run(config, out, quiet, chunk_size, scheduler)
@@ -188,12 +192,14 @@ def factors(
     config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
     out: OutDir,
     quiet: Quiet = False,
+    chunk_size: ChunkSize = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Frequency ratio tables, MIC, collinearity and the factor selection."""
     from metalsm.factors import run_factor_analysis
 
-    analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(cfg, out),
-                               staged=True)
+    analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(
+        cfg, out, chunk_size=chunk_size, scheduler=scheduler), staged=True)
     console.print(f"[green]done[/] — outputs in [bold]{out}[/]")
     console.print(f"  selected factors: {', '.join(analysis.selected)}")
     for path in paths.values():
@@ -205,11 +211,14 @@ def credibility(
     config: Annotated[Path, typer.Argument(help="Study-area TOML configuration.")],
     out: OutDir,
     quiet: Quiet = False,
+    chunk_size: ChunkSize = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Credibility of every cell as a non-landslide sample (credibility.tif, credibility.png)."""
     from metalsm.credibility import run_credibility
 
-    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(cfg, out), staged=True)
+    paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(
+        cfg, out, chunk_size=chunk_size, scheduler=scheduler), staged=True)
     console.print(f"[green]done[/] — credibility map in {seconds:.1f} s, outputs in [bold]{out}[/]")
     for path in paths.values():
         console.print(f"  {path}")
@@ -270,13 +279,15 @@ def segment(
     ] = None,
     iterations: Annotated[int | None, typer.Option(help="SLIC iterations (default 5).")] = None,
     quiet: Quiet = False,
+    chunk_size: ChunkSize = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Segment the study area into blocks (weighted SLIC); write blocks, tasks and a map."""
     from metalsm.blocks_run import block_statistics, segment_study_area, with_blocks
 
     stage = _guarded(config, quiet, lambda cfg: segment_study_area(
-        with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet),
-        adds_to=out)
+        with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet,
+        chunk_size=chunk_size, scheduler=scheduler), adds_to=out)
     stats = block_statistics(stage.tasks)
     console.print(
         f"[green]done[/]: {stats['blocks']} blocks, samples per block "

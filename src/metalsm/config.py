@@ -170,7 +170,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Out-of-core / distributed execution (:mod:`metalsm.chunked`).
+    """Out-of-core / distributed execution (:mod:`metalsm.compute`).
 
     ``chunk_size`` (cells per window edge) forces the chunked path; ``scheduler`` is
     ``threads`` or a ``dask.distributed`` scheduler address; without either, runs go

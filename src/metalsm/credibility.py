@@ -29,34 +29,39 @@ How it is computed here (:func:`fit_membership`, :func:`credibility_map`):
 
 Only the training landslide cells passed to :func:`fit_membership` influence
 the result (the classes and the area shares come from unlabelled cells), so
-held-out landslides cannot leak into negative sampling. The map is computed in
-row chunks, so memory beyond the stack itself is bounded by the chunk size.
+held-out landslides cannot leak into negative sampling. Fit and map run window by
+window over the stack (in memory: one window; on disk: windows of ``chunk_size`` on
+a :class:`metalsm.compute.Compute`): the class histograms are sums over windows and
+the rescaling extremes a min/max over windows, so the results do not depend on the
+windows.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import rasterio
 from matplotlib.colors import Normalize
 
 from metalsm.atomic import write_csv
-from metalsm.cog import atomic_cog
+from metalsm.cog import windowed_geotiff
+from metalsm.compute import Compute
 from metalsm.config import CredibilityConfig, FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.factors import FactorClasses, differentiation, fr_table, stack_classes
-from metalsm.grid import Grid
-from metalsm.stack import FactorStack
+from metalsm.factors import FactorClasses, differentiation, fr_table_from_counts, stack_classes
+from metalsm.grid import Grid, iter_windows, strips
+from metalsm.stack import FactorStack, FileFactorStack
 from metalsm.styles import write_credibility_style
 
 log = logging.getLogger(__name__)
 
-CHUNK_CELLS = 1 << 20  # cells per chunk while mapping (about 4 MB per float32 layer)
+#: Valid cells kept (all factors) to fit the FR class edges of a stack read in several
+#: windows (a stack in memory, one window, uses all of them).
+CLASS_SAMPLE_CELLS = 4_000_000
 
 __all__ = [
     "MembershipModel",
@@ -105,12 +110,6 @@ class MembershipModel:
         return 1.0 - self.membership_of(values)
 
 
-def _chunks(shape: tuple[int, int]) -> Iterator[slice]:
-    rows = max(1, CHUNK_CELLS // max(shape[1], 1))
-    for r in range(0, shape[0], rows):
-        yield slice(r, min(shape[0], r + rows))
-
-
 def membership_from_fr_tables(tables: list[pd.DataFrame], classes: tuple,
                               settings: CredibilityConfig) -> MembershipModel:
     """The membership model (not yet rescaled) from one FR table per factor:
@@ -133,82 +132,152 @@ def membership_from_fr_tables(tables: list[pd.DataFrame], classes: tuple,
                            settings.combine, fr_tables)
 
 
+def _windows(stack, chunk_size: int | None):
+    return list(iter_windows(stack.grid.shape, chunk_size or max(stack.grid.shape)))
+
+
 def fit_membership(
-    stack: FactorStack,
+    stack: FactorStack | FileFactorStack,
     positives: tuple[np.ndarray, np.ndarray],
     settings: CredibilityConfig | None = None,
     classes_settings: FactorSelectionConfig | None = None,
+    *,
+    compute: Compute | None = None,
+    chunk_size: int | None = None,
+    class_sample: int | None = None,
 ) -> MembershipModel:
-    """Fit the membership from the **training** landslide cells ``positives`` (rows, cols)."""
+    """Fit the membership from the **training** landslide cells ``positives`` (rows, cols).
+
+    Window by window (``chunk_size``; None: one window). The FR class edges come from
+    the valid cells in row-major order: all of them in one window, else up to
+    ``class_sample`` cells (default :data:`CLASS_SAMPLE_CELLS`: all cells of most
+    study areas, so the result equals the one-window one; a seeded subsample beyond).
+    """
     settings = settings or CredibilityConfig()
     classes_settings = classes_settings or FactorSelectionConfig()
-    factors = tuple(settings.factors) or stack.names
-    unknown = [f for f in factors if f not in stack.names]
+    compute = compute or Compute()
+    names = stack.names
+    factors = tuple(settings.factors) or names
+    unknown = [f for f in factors if f not in names]
     if unknown:
         raise MetalsmInputError(
             f"credibility.factors names {unknown} not in the factor stack; "
-            f"factors: {', '.join(stack.names)}"
+            f"factors: {', '.join(names)}"
         )
     rows, cols = (np.asarray(a, dtype=np.int64) for a in positives)
-    valid = stack.valid
-    slide = np.zeros(stack.grid.shape, dtype=bool)
-    slide[rows, cols] = True
-    slide &= valid
-    if not slide.any():
+    if not np.isfinite(stack.sample(rows, cols).to_numpy()).all(axis=1).any():
         raise MetalsmInputError("no training landslide cell lies on a valid cell of the stack")
-    classes = stack_classes(stack, classes_settings, factors)
-    slide_valid = slide[valid]
+    limit = class_sample or (CLASS_SAMPLE_CELLS if chunk_size else None)
+    classes = stack_classes(_valid_sample(stack, compute, chunk_size, limit,
+                                          classes_settings.seed), classes_settings, factors)
+    f_idx = [names.index(f) for f in factors]
+
+    def histograms(win):
+        values = stack.read_window(win)
+        valid = np.isfinite(values).all(axis=0)
+        slide = np.zeros(valid.shape, dtype=bool)
+        r0, c0 = int(win.row_off), int(win.col_off)
+        inside = ((rows >= r0) & (rows < r0 + win.height) & (cols >= c0)
+                  & (cols < c0 + win.width))
+        slide[rows[inside] - r0, cols[inside] - c0] = True
+        slide &= valid
+        out = []
+        for name, i in zip(factors, f_idx, strict=True):
+            cls = classes[name]
+            idx = cls.index(values[i][valid])
+            ok = idx >= 0
+            out.append((np.bincount(idx[ok], minlength=cls.n_classes),
+                        np.bincount(idx[ok & slide[valid]], minlength=cls.n_classes)))
+        return out
+
+    area = [0] * len(factors)
+    slides = [0] * len(factors)
+    for _, hist in compute.map_windows(histograms, _windows(stack, chunk_size)):
+        for k, (a, s) in enumerate(hist):
+            area[k] = area[k] + a
+            slides[k] = slides[k] + s
     model = membership_from_fr_tables(
-        [fr_table(classes[name], stack.layer(name)[valid], slide_valid) for name in factors],
+        [fr_table_from_counts(classes[name], area[k], slides[k])
+         for k, name in enumerate(factors)],
         tuple(classes[f] for f in factors), settings)
-    if settings.rescale:
-        model = _rescaled(model, stack)
-    return model
+    if not settings.rescale:
+        return model
 
+    def extremes(win):
+        mu = model.raw_membership(stack.read_window(win)[f_idx])
+        mu = mu[np.isfinite(mu)]
+        return (float(mu.min()), float(mu.max())) if mu.size else (math.inf, -math.inf)
 
-def _rescaled(model: MembershipModel, stack: FactorStack) -> MembershipModel:
-    index = [stack.names.index(f) for f in model.factors]
-    lo, hi = np.inf, -np.inf
-    for rows in _chunks(stack.grid.shape):
-        mu = model.raw_membership(stack.values[index, rows])
-        if np.isfinite(mu).any():
-            lo, hi = min(lo, float(np.nanmin(mu))), max(hi, float(np.nanmax(mu)))
+    lo, hi = math.inf, -math.inf
+    for _, (a, b) in compute.map_windows(extremes, _windows(stack, chunk_size)):
+        lo, hi = min(lo, a), max(hi, b)
     if not hi > lo:
         return model
     return MembershipModel(model.factors, model.classes, model.membership, model.weights,
                            model.combine, model.fr_tables, (lo, hi))
 
 
+def _valid_sample(stack, compute: Compute, chunk_size: int | None, max_cells: int | None,
+                  seed: int) -> FactorStack:
+    """The valid cells in row-major order (a seeded subsample beyond ``max_cells``), as
+    a one-row FactorStack: what :func:`metalsm.factors.stack_classes` needs for the FR
+    class edges, in the same order as ``values[:, valid]`` of the whole stack."""
+    grid = stack.grid
+    rate = min(1.0, max_cells / (grid.height * grid.width)) if max_cells else 1.0
+
+    def task(win):
+        values = stack.read_window(win).reshape(len(stack.names), -1)
+        keep = np.isfinite(values).all(axis=0)
+        if rate < 1.0:
+            rng = np.random.default_rng([seed, int(win.row_off), int(win.col_off)])
+            keep &= rng.random(keep.size) < rate
+        return values[:, keep]
+
+    windows = strips(grid.shape, chunk_size * chunk_size) if chunk_size else _windows(stack, None)
+    parts = [v for _, v in sorted(compute.map_windows(task, windows),
+                                  key=lambda item: item[0].row_off)]
+    values = np.concatenate(parts, axis=1)[:, None, :]
+    sample_grid = Grid(grid.crs, grid.transform, 1, values.shape[2])
+    return FactorStack(sample_grid, stack.names, values, stack.class_names)
+
+
 def credibility_map(
-    stack: FactorStack,
+    stack: FactorStack | FileFactorStack,
     positives: tuple[np.ndarray, np.ndarray],
     settings: CredibilityConfig | None = None,
     classes_settings: FactorSelectionConfig | None = None,
     *,
     model: MembershipModel | None = None,
+    compute: Compute | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[np.ndarray, MembershipModel]:
-    """Credibility of every cell (float32, NaN where the stack is invalid) and its model.
+    """Credibility of every cell (float32, NaN where the stack is invalid) and its model,
+    window by window (``chunk_size``; None: one window).
 
     ``positives``: the training landslide cells; pass a fitted ``model`` to reuse it.
     """
+    compute = compute or Compute()
     if model is None:
-        model = fit_membership(stack, positives, settings, classes_settings)
+        model = fit_membership(stack, positives, settings, classes_settings,
+                               compute=compute, chunk_size=chunk_size)
     index = [stack.names.index(f) for f in model.factors]
-    valid = stack.valid
+
+    def task(win):
+        values = stack.read_window(win)
+        cred = model.credibility_of(values[index])
+        return np.where(np.isfinite(values).all(axis=0), cred, np.nan).astype(np.float32)
+
     out = np.full(stack.grid.shape, np.nan, dtype=np.float32)
-    for rows in _chunks(stack.grid.shape):
-        cred = model.credibility_of(stack.values[index, rows])
-        out[rows] = np.where(valid[rows], cred, np.nan)
+    for win, cred in compute.map_windows(task, _windows(stack, chunk_size)):
+        out[win.toslices()] = cred
     return out, model
 
 
 def write_credibility(credibility: np.ndarray, grid: Grid, path: str | Path) -> Path:
     """``credibility.tif``: float32 COG, NaN nodata, same grid as the stack, written atomically."""
-    profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3)
-    with atomic_cog(path, overview_resampling="average") as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(credibility.astype(np.float32, copy=False), 1)
-            dst.set_band_description(1, "credibility as a non-landslide sample (0-1)")
+    with windowed_geotiff(path, grid, descriptions=["credibility as a non-landslide sample (0-1)"],
+                          predictor=3) as out:
+        out.write(credibility.astype(np.float32, copy=False))
     write_credibility_style(path)
     return Path(path)
 
@@ -232,36 +301,44 @@ def plot_credibility(
     )
 
 
-def run_credibility(config, out_dir: str | Path) -> tuple[dict[str, Path], float]:
+def run_credibility(config, out_dir: str | Path, *, chunk_size: int | None = None,
+                    scheduler: str | None = None) -> tuple[dict[str, Path], float]:
     """``metalsm credibility``: the credibility map of ``config``'s study area.
 
     Fitted on every positive cell of the inventory (rule ``inventory.rule``);
     writes ``credibility.tif``, ``credibility.png`` and ``membership.csv`` (the
-    per-class FR, membership and factor weight). Returns the paths and the
-    seconds the map took (fit + map, stack building excluded).
+    per-class FR, membership and factor weight). The stack is held in memory or on
+    disk as :func:`metalsm.compute.choose_plan` decides (``chunk_size``, ``scheduler``).
+    Returns the paths and the seconds the map took (fit + map, stack building excluded).
     """
     import time
 
     from metalsm.atomic import staged_directory
+    from metalsm.compute import choose_plan
     from metalsm.inventory import positive_cells, read_inventory
     from metalsm.preflight import check_run
-    from metalsm.stack import build_factor_stack
+    from metalsm.stack import open_stack
 
     check_run(config, out_dir, needs_rasters=True, command="credibility")
-    stack = build_factor_stack(config)
-    inventory = read_inventory(
-        config.inventory.path, stack.grid, crs=config.inventory.crs,
-        x_column=config.inventory.x_column, y_column=config.inventory.y_column,
-    )
-    dem = stack.layer("elevation") if "elevation" in stack.names else None
-    positives = positive_cells(
-        inventory, stack.grid, stack.valid, rule=config.inventory.rule, dem=dem,
-        cells_per_polygon=config.inventory.cells_per_polygon, seed=config.sampling.seed,
-    )
-    start = time.perf_counter()
-    cred, model = credibility_map(stack, positives, config.credibility, config.factor_selection)
-    seconds = time.perf_counter() - start
-    with staged_directory(out_dir) as out:  # out_dir is replaced only when complete
+    plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
+    chunk = plan.chunk_size if plan.chunked else None
+    with staged_directory(out_dir) as out, plan.compute() as compute:  # replaced when complete
+        stack = open_stack(config, out / ".factors.tif", compute, chunked=plan.chunked,
+                           chunk_size=chunk, output=False)
+        inventory = read_inventory(
+            config.inventory.path, stack.grid, crs=config.inventory.crs,
+            x_column=config.inventory.x_column, y_column=config.inventory.y_column,
+        )
+        dem = stack.layer("elevation") if "elevation" in stack.names else None
+        positives = positive_cells(
+            inventory, stack.grid, stack.valid, rule=config.inventory.rule, dem=dem,
+            cells_per_polygon=config.inventory.cells_per_polygon, seed=config.sampling.seed,
+        )
+        start = time.perf_counter()
+        cred, model = credibility_map(stack, positives, config.credibility,
+                                      config.factor_selection, compute=compute, chunk_size=chunk)
+        seconds = time.perf_counter() - start
+        (out / ".factors.tif").unlink()
         paths = {"credibility": write_credibility(cred, stack.grid, out / "credibility.tif")}
         paths["figure"] = plot_credibility(cred, stack.grid, out / "credibility.png", dem=dem,
                                            inventory=inventory,

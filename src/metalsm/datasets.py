@@ -11,6 +11,13 @@ from pathlib import Path
 
 from metalsm.errors import MetalsmInputError
 
+__all__ = [
+    "EXAMPLES_DIR",
+    "data_root",
+    "expand_data_path",
+    "study_area",
+]
+
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = _REPO_ROOT / "examples"
 

@@ -614,22 +614,30 @@ def plot_correlation(pearson: pd.DataFrame, spearman: pd.DataFrame, path: str | 
     return save_figure(fig, path)
 
 
-def run_factor_analysis(config, out_dir: str | Path) -> tuple[FactorAnalysis, dict[str, Path]]:
+def run_factor_analysis(config, out_dir: str | Path, *, chunk_size: int | None = None,
+                        scheduler: str | None = None) -> tuple[FactorAnalysis, dict[str, Path]]:
     """``metalsm factors``: build the stack of ``config``, analyse it against the inventory
-    mask (every cell touched by a landslide), write the tables and figures into ``out_dir``."""
+    mask (every cell touched by a landslide), write the tables and figures into ``out_dir``.
+    The stack is held in memory or on disk (read a layer at a time) as
+    :func:`metalsm.compute.choose_plan` decides (``chunk_size``, ``scheduler``)."""
     from metalsm.atomic import staged_directory
+    from metalsm.compute import choose_plan
     from metalsm.inventory import landslide_mask, read_inventory
     from metalsm.preflight import check_run
-    from metalsm.stack import build_factor_stack
+    from metalsm.stack import open_stack
 
     check_run(config, out_dir, needs_rasters=True, command="factors")
-    stack = build_factor_stack(config)
-    inventory = read_inventory(
-        config.inventory.path, stack.grid, crs=config.inventory.crs,
-        x_column=config.inventory.x_column, y_column=config.inventory.y_column,
-    )
-    analysis = analyze_factors(stack, landslide_mask(inventory, stack.grid),
-                               config.factor_selection)
-    with staged_directory(out_dir) as stage:  # out_dir is replaced only when complete
+    plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
+    with staged_directory(out_dir) as stage, plan.compute() as compute:  # replaced when complete
+        stack = open_stack(config, stage / ".factors.tif", compute, chunked=plan.chunked,
+                           chunk_size=plan.chunk_size if plan.chunked else None,
+                           output=False)
+        inventory = read_inventory(
+            config.inventory.path, stack.grid, crs=config.inventory.crs,
+            x_column=config.inventory.x_column, y_column=config.inventory.y_column,
+        )
+        analysis = analyze_factors(stack, landslide_mask(inventory, stack.grid),
+                                   config.factor_selection)
+        (stage / ".factors.tif").unlink()
         paths = write_factor_outputs(analysis, stage)
     return analysis, {k: Path(out_dir) / p.relative_to(stage) for k, p in paths.items()}

@@ -16,6 +16,15 @@ from rasterio.features import rasterize
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid
 
+__all__ = [
+    "MIN_POSITIVES",
+    "RASTER_SUFFIXES",
+    "landslide_mask",
+    "positive_cells",
+    "raster_patches",
+    "read_inventory",
+]
+
 log = logging.getLogger(__name__)
 
 MIN_POSITIVES = 10

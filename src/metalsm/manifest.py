@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import platform
 import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+__all__ = [
+    "RunResult",
+    "build_manifest",
+    "collect_warnings",
+    "file_checksums",
+    "package_versions",
+]
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports: where, how long, its metrics and a few headline lines."""
+
+    out_dir: Path
+    seconds: float
+    metrics: dict
+    headline: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def collect_warnings():
+    """Yield a list that receives every warning logged by metalsm meanwhile (for
+    ``metrics.json`` and the report: what the console showed, kept with the run)."""
+    warned: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warned.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logger = logging.getLogger("metalsm")
+    logger.addHandler(handler)
+    try:
+        yield warned
+    finally:
+        logger.removeHandler(handler)
+
 
 _PACKAGES = (
     "metalsm", "numpy", "scipy", "pandas", "rasterio", "geopandas", "pyogrio", "shapely",

@@ -6,25 +6,22 @@ stays bounded by the window size, not by the size of the study area.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.errors import EnvError
 from rasterio.windows import Window
 
 from metalsm import styles
-from metalsm.cog import atomic_cog
+from metalsm.cog import gdal_cache, windowed_geotiff
+from metalsm.compute import Compute
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid, open_raster
+from metalsm.grid import Grid, iter_windows, open_raster, read_window
 from metalsm.stack import stack_metadata
 
 ZoneMethod = Literal["quantile", "natural_breaks", "equal_interval"]
@@ -39,45 +36,10 @@ DEFAULT_LABELS: dict[int, tuple[str, ...]] = {
 }
 
 _ZONES_TAG = "METALSM_ZONE_EDGES"
-#: GDAL block cache (MB) used while mapping unless the user set GDAL_CACHEMAX. GDAL's
-#: default (5 % of RAM) lets resident memory grow with the raster up to gigabytes.
-GDAL_CACHE_MB = 256
 #: Threads GDAL uses to deflate the probability raster's tiles (NUM_THREADS creation option).
 GDAL_WRITE_THREADS = 2
 _JENKS_MAX_SAMPLE = 3000
 _BREAKS_MAX_SAMPLE = 1_000_000
-
-
-def iter_windows(height: int, width: int, size: int) -> Iterator[Window]:
-    """Row-major ``size`` x ``size`` windows covering the grid (edge windows are smaller)."""
-    if size < 1:
-        raise MetalsmInputError(f"window_size must be a positive integer, got {size}")
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
-
-
-def _bounded_gdal_cache(func: Callable) -> Callable:
-    """Run ``func`` with a bounded GDAL block cache, so memory stays flat as rasters grow."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        if "GDAL_CACHEMAX" in os.environ:
-            return func(*args, **kwargs)
-        try:
-            if "GDAL_CACHEMAX" in rasterio.env.getenv():
-                return func(*args, **kwargs)
-        except EnvError:
-            pass
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
-            return func(*args, **kwargs)
-
-    return wrapper
-
-
-def _overview_factors(grid: Grid, overviews: Sequence[int]) -> list[int]:
-    """Requested overview factors that still leave at least one pixel."""
-    return sorted({int(f) for f in overviews if 1 < int(f) <= max(grid.height, grid.width)})
 
 
 def _band_indexes(src: Any, factors_path: str | Path, feature_names: Sequence[str],
@@ -94,7 +56,7 @@ def _band_indexes(src: Any, factors_path: str | Path, feature_names: Sequence[st
 
 
 def _write_probability_raster(
-    src: Any,
+    path: str | Path,
     indexes: Sequence[int],
     out_path: str | Path,
     predict_window: Callable[[np.ndarray, Window], tuple[np.ndarray, np.ndarray]],
@@ -103,71 +65,47 @@ def _write_probability_raster(
     window_size: int,
     overviews: Sequence[int],
     progress: Callable[[int, int], Any] | None,
-    compute: Any = None,
+    compute: Compute | None = None,
 ) -> Path:
-    """Read the ``indexes`` bands of ``src`` window by window and write probabilities.
+    """Read the ``indexes`` bands of ``path`` window by window and write probabilities.
 
     ``predict_window(values, window)`` gets the window's bands (float64, NaN = no
     data) and returns the mask of cells it predicted and their probabilities.
     Output: float32 Cloud-Optimized GeoTIFF on the source grid, NaN nodata, average
     overviews, written atomically (a failure leaves no output behind).
 
-    ``compute`` (a :class:`metalsm.chunked.Compute`) runs the windows on Dask (local
-    threads or a cluster; each task opens ``src.name`` itself) and this process
-    writes them under its lock; without it the windows run here, one after another.
+    ``compute`` (a :class:`metalsm.compute.Compute`; default serial, here) runs the
+    windows (each task opens ``path`` itself) and this process writes them.
     """
-    nodata = src.nodata
-    grid = Grid(src.crs, src.transform, src.height, src.width)
-    # GDAL compresses the tiles on GDAL_WRITE_THREADS threads: same pixels, half the write time
-    profile = grid.profile(dtype="float32", nodata=np.nan, predictor=3,
-                           num_threads=GDAL_WRITE_THREADS)
+    compute = compute or Compute()
+    path = os.path.abspath(path)  # the workers may run in another folder
+    grid = Grid.from_raster(path)
+
+    def task(win: Window) -> tuple[np.ndarray, int]:
+        """One window: the float32 probabilities (NaN where not predicted) and their count."""
+        with open_raster(path) as src:
+            # float64: unscaled factors (elevation in m) lose digits in float32
+            values = read_window(src, win, indexes, np.float64)
+        valid, proba = predict_window(values, win)
+        out = np.full(valid.shape, np.nan, dtype=np.float32)
+        out[valid] = proba
+        return out, int(valid.sum())
+
     done = 0
-    windows = iter_windows(grid.height, grid.width, window_size)
-    if compute is None:
-        results = ((win, _predict_one(src, indexes, nodata, predict_window, win))
-                   for win in windows)
-    else:
-        path = os.path.abspath(src.name)  # the workers may run in another folder
-
-        def task(win: Window) -> tuple[np.ndarray, int]:
-            with rasterio.open(path) as own:
-                return _predict_one(own, indexes, nodata, predict_window, win)
-
-        results = compute.map_windows(task, windows)
-    with atomic_cog(out_path, overview_resampling="average") as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            for win, (out, n_new) in results:
-                if compute is None:
-                    dst.write(out, 1, window=win)
-                else:
-                    with compute.lock(str(out_path)):
-                        dst.write(out, 1, window=win)
-                done += n_new
-                if progress is not None:
-                    progress(n_new, done)
-            factors = _overview_factors(grid, overviews)
-            if factors:
-                dst.build_overviews(factors, Resampling.average)
-                dst.update_tags(ns="rio_overview", resampling="average")
-            dst.set_band_description(1, description)
+    # GDAL compresses the tiles on GDAL_WRITE_THREADS threads: same pixels, half the write time
+    with windowed_geotiff(out_path, grid, descriptions=[description], overviews=overviews,
+                          lock=compute.lock(str(out_path)), predictor=3,
+                          num_threads=GDAL_WRITE_THREADS) as dst:
+        for win, (out, n_new) in compute.map_windows(task, iter_windows(grid.shape,
+                                                                         window_size)):
+            dst.write(out, win)
+            done += n_new
+            if progress is not None:
+                progress(n_new, done)
     return Path(out_path)
 
 
-def _predict_one(src: Any, indexes: Sequence[int], nodata: Any,
-                 predict_window: Callable[[np.ndarray, Window], tuple[np.ndarray, np.ndarray]],
-                 win: Window) -> tuple[np.ndarray, int]:
-    """One window: the float32 probabilities (NaN where not predicted) and the count predicted."""
-    # float64: unscaled factors (elevation in m) lose digits in float32
-    values = src.read(indexes, window=win, out_dtype=np.float64)
-    if nodata is not None and not np.isnan(nodata):
-        values[values == nodata] = np.nan
-    valid, proba = predict_window(values, win)
-    out = np.full(valid.shape, np.nan, dtype=np.float32)
-    out[valid] = proba
-    return out, int(valid.sum())
-
-
-@_bounded_gdal_cache
+@gdal_cache()
 def predict_raster(
     model: Any,
     factors_path: str | Path,
@@ -217,14 +155,14 @@ def predict_raster(
 
     with open_raster(factors_path) as src:
         indexes = _band_indexes(src, factors_path, feature_names, "the model")
-        return _write_probability_raster(
-            src, indexes, out_path, predict_window,
-            description="landslide susceptibility (probability)",
-            window_size=window_size, overviews=overviews, progress=progress, compute=compute,
-        )
+    return _write_probability_raster(
+        factors_path, indexes, out_path, predict_window,
+        description="landslide susceptibility (probability)",
+        window_size=window_size, overviews=overviews, progress=progress, compute=compute,
+    )
 
 
-@_bounded_gdal_cache
+@gdal_cache()
 def predict_spread_raster(
     models: Sequence[Any],
     factors_path: str | Path,
@@ -269,7 +207,7 @@ def predict_spread_raster(
             window_size=window_size, overviews=overviews, progress=progress, compute=compute)
 
 
-@_bounded_gdal_cache
+@gdal_cache()
 def _read_valid_sample(
     path: str | Path, seed: int, max_sample: int, window_size: int = 512
 ) -> tuple[np.ndarray, float, float]:
@@ -283,13 +221,9 @@ def _read_valid_sample(
     lo, hi = math.inf, -math.inf
     with open_raster(path) as src:
         rate = min(1.0, max_sample / (src.height * src.width))
-        nodata = src.nodata
-        for win in iter_windows(src.height, src.width, window_size):
-            values = src.read(1, window=win, out_dtype=np.float64).ravel()
-            keep = np.isfinite(values)
-            if nodata is not None and not np.isnan(nodata):
-                keep &= values != nodata
-            values = values[keep]
+        for win in iter_windows(src.shape, window_size):
+            values = read_window(src, win, 1, np.float64).ravel()
+            values = values[np.isfinite(values)]
             if not values.size:
                 continue
             lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
@@ -412,7 +346,7 @@ def classify_values(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return zones
 
 
-@_bounded_gdal_cache
+@gdal_cache()
 def classify_raster(
     susceptibility_path: str | Path,
     zones_path: str | Path,
@@ -437,25 +371,15 @@ def classify_raster(
         raise MetalsmInputError(f"at most 255 zones fit a uint8 raster, got {edges.size - 1}")
     labels = _zone_labels(edges.size - 1, labels, zones_path)
     colours = styles.zone_colours(edges.size - 1)
-    with open_raster(susceptibility_path) as src:
-        grid = Grid(src.crs, src.transform, src.height, src.width)
-        nodata = src.nodata
-        profile = grid.profile(dtype="uint8", nodata=0)
-        with atomic_cog(zones_path, overview_resampling="mode") as tmp:
-            with rasterio.open(tmp, "w", **profile) as dst:
-                for win in iter_windows(grid.height, grid.width, window_size):
-                    values = src.read(1, window=win)
-                    if nodata is not None and not np.isnan(nodata):
-                        values = np.where(values == nodata, np.nan, values)
-                    dst.write(classify_values(values, edges), 1, window=win)
-                factors = _overview_factors(grid, overviews)
-                if factors:
-                    dst.build_overviews(factors, Resampling.mode)
-                    dst.update_tags(ns="rio_overview", resampling="mode")
-                dst.update_tags(**{_ZONES_TAG: json.dumps(edges.tolist())})
-                dst.set_band_description(1, "susceptibility zone (1 = lowest)")
-                dst.write_colormap(1, {0: (0, 0, 0, 0), **{
-                    level: (*rgb, 255) for level, rgb in enumerate(colours, start=1)}})
+    colormap = {0: (0, 0, 0, 0), **{level: (*rgb, 255)
+                                    for level, rgb in enumerate(colours, start=1)}}
+    with open_raster(susceptibility_path) as src, windowed_geotiff(
+            zones_path, Grid.from_raster(src), dtype="uint8", nodata=0,
+            descriptions=["susceptibility zone (1 = lowest)"],
+            tags={_ZONES_TAG: json.dumps(edges.tolist())}, overview_resampling="mode",
+            overviews=overviews, colormap=colormap) as dst:
+        for win in iter_windows(src.shape, window_size):
+            dst.write(classify_values(read_window(src, win, 1), edges), win)
     styles.write_zone_styles(zones_path, susceptibility_path, edges, labels)
     return Path(zones_path)
 
@@ -472,7 +396,7 @@ def _zone_labels(levels: int, labels: Sequence[str] | None, zones_path: str | Pa
     return labels
 
 
-@_bounded_gdal_cache
+@gdal_cache()
 def zone_table(
     zones_path: str | Path,
     landslide_mask: np.ndarray | None,
@@ -493,7 +417,7 @@ def zone_table(
     (``susceptibility_min``/``_max``) come from the raster's tag when it has one.
     """
     with open_raster(zones_path) as src:
-        grid = Grid(src.crs, src.transform, src.height, src.width)
+        grid = Grid.from_raster(src)
         tag = src.tags().get(_ZONES_TAG)
         edges = np.asarray(json.loads(tag), dtype=np.float64) if tag else None
         levels = edges.size - 1 if edges is not None else None
@@ -512,7 +436,7 @@ def zone_table(
         cells = np.zeros(n_bins, dtype=np.int64)
         slides = np.zeros(n_bins, dtype=np.int64)
         points = np.zeros(n_bins, dtype=np.int64)
-        for win in iter_windows(grid.height, grid.width, window_size):
+        for win in iter_windows(grid.shape, window_size):
             zones = src.read(1, window=win).astype(np.int64)
             if src.nodata is not None and src.nodata != 0:
                 zones[zones == src.nodata] = 0
@@ -590,7 +514,7 @@ def block_map_statistics(
         top = len(json.loads(zon.tags()[_ZONES_TAG])) - 1
         area = np.zeros(2)  # held-out cells: all zoned, in the top zone
         slides = np.zeros(2)
-        for win in iter_windows(sus.height, sus.width, window_size):
+        for win in iter_windows(sus.shape, window_size):
             p = sus.read(1, window=win, masked=True).filled(np.nan).astype(np.float64)
             ids = blk.read(1, window=win).astype(np.int64)
             zones = zon.read(1, window=win).astype(np.int64)
@@ -627,7 +551,7 @@ def block_map_statistics(
 SUCCESS_RATE_BINS = 10_000
 
 
-@_bounded_gdal_cache
+@gdal_cache()
 def success_rate(susceptibility_path: str | Path, landslide_mask: np.ndarray, *,
                  window_size: int = 512, bins: int = SUCCESS_RATE_BINS) -> Any:
     """The success-rate curve of a probability map: its cells ranked from the most
@@ -646,7 +570,7 @@ def success_rate(susceptibility_path: str | Path, landslide_mask: np.ndarray, *,
         if landslide_mask.shape != src.shape:
             raise MetalsmInputError(f"landslide mask has shape {landslide_mask.shape}, but "
                                     f"{susceptibility_path} is {src.shape}")
-        for win in iter_windows(src.height, src.width, window_size):
+        for win in iter_windows(src.shape, window_size):
             values = src.read(1, window=win)
             valid = np.isfinite(values)
             cls = np.clip((values[valid] * bins).astype(np.int64), 0, bins - 1)
@@ -664,7 +588,7 @@ def _share(counts: np.ndarray) -> np.ndarray:
     return counts / total
 
 
-@_bounded_gdal_cache
+@gdal_cache()
 def predict_blockwise_raster(
     block_models: Any,
     encoder: Any,
@@ -694,27 +618,19 @@ def predict_blockwise_raster(
                 f"block raster {blocks_path} {bsrc.shape} is not on the grid of "
                 f"{factors_path} {src.shape}"
             )
+    blocks_file = os.path.abspath(blocks_path)
 
-        if compute is None:
-            def read_ids(win: Window) -> np.ndarray:
-                return bsrc.read(1, window=win)
-        else:
-            blocks_file = os.path.abspath(blocks_path)
+    def predict_window(values: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray]:
+        with open_raster(blocks_file) as own:  # a task: its own file handle
+            ids = own.read(1, window=win).astype(np.int64)
+        valid = np.isfinite(values).all(axis=0) & (ids >= 0)
+        if not valid.any():
+            return valid, np.empty(0)
+        features = encoder.transform(values[:, valid].T)
+        return valid, block_models.predict_proba(features, ids[valid])
 
-            def read_ids(win: Window) -> np.ndarray:  # a Dask task: its own file handle
-                with rasterio.open(blocks_file) as own:
-                    return own.read(1, window=win)
-
-        def predict_window(values: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray]:
-            ids = read_ids(win).astype(np.int64)
-            valid = np.isfinite(values).all(axis=0) & (ids >= 0)
-            if not valid.any():
-                return valid, np.empty(0)
-            features = encoder.transform(values[:, valid].T)
-            return valid, block_models.predict_proba(features, ids[valid])
-
-        return _write_probability_raster(
-            src, indexes, out_path, predict_window,
-            description="landslide susceptibility (probability, block-wise)",
-            window_size=window_size, overviews=overviews, progress=progress, compute=compute,
-        )
+    return _write_probability_raster(
+        factors_path, indexes, out_path, predict_window,
+        description="landslide susceptibility (probability, block-wise)",
+        window_size=window_size, overviews=overviews, progress=progress, compute=compute,
+    )

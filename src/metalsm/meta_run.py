@@ -446,7 +446,7 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
 
     Writes ``kshot.csv``, ``block_models.csv`` and ``models/`` into ``out``; with a
     ``factors_path`` (rasters) also ``susceptibility.tif`` from ``out/blocks.tif``
-    (over Dask with a ``compute`` from :func:`metalsm.chunked.compute_context`).
+    (over Dask with a ``compute`` from :func:`metalsm.compute.compute_context`).
     """
     meta = _meta(config)
     timings: dict[str, float] = {}
@@ -639,17 +639,11 @@ def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
                        show_progress: bool = True) -> Any:
     """A sample-table study area end to end: blocks, tasks, classic validation, the
     meta-learned models and their K-shot table, metrics.json and the report (no rasters)."""
-    from metalsm.blocks_run import _segment_table
+    from metalsm.blocks_run import segment_table
     from metalsm.config import BlocksConfig
-    from metalsm.manifest import build_manifest
-    from metalsm.pipeline import (
-        RunResult,
-        collect_warnings,
-        validate,
-        validation_stage_name,
-        validation_tasks,
-    )
+    from metalsm.manifest import RunResult, build_manifest, collect_warnings
     from metalsm.report.html import write_report
+    from metalsm.validation import validate, validation_stage_name, validation_tasks
 
     meta = _meta(config)
     out = Path(out_dir)
@@ -658,7 +652,7 @@ def run_table_pipeline(config: StudyAreaConfig, out_dir: str | Path, *,
     timings: dict[str, float] = {}
     with RunProgress(enabled=show_progress) as progress, collect_warnings() as warned:
         t = time.perf_counter()
-        stage = _segment_table(config, config.blocks or BlocksConfig(), out, progress)
+        stage = segment_table(config, config.blocks or BlocksConfig(), out, progress)
         timings["blocks"] = _since(t)
         samples = stage.samples
         t = time.perf_counter()
@@ -825,7 +819,7 @@ def write_blockwise_map(config: StudyAreaConfig, block_models: BlockModels,
                         compute: Any = None) -> dict[str, Path]:
     """susceptibility.tif from out/factors.tif + out/blocks.tif, then zones.tif/zones.csv.
 
-    ``compute`` (:func:`metalsm.chunked.compute_context`): predict the windows over Dask.
+    ``compute`` (:func:`metalsm.compute.compute_context`): predict the windows over Dask.
     """
     sus = mapping.predict_blockwise_raster(
         block_models, encoder, out / "factors.tif", out / "blocks.tif",

@@ -6,10 +6,8 @@ together, times them, and writes the run directory and its manifest.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,101 +17,19 @@ from metalsm import mapping, validation
 from metalsm.atomic import staged_directory, write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.inventory import landslide_mask, positive_cells, read_inventory
-from metalsm.manifest import build_manifest
+from metalsm.inventory import landslide_mask, read_inventory
+from metalsm.manifest import RunResult, build_manifest, collect_warnings
 from metalsm.models.classic import make_model
 from metalsm.preflight import check_run, fold_problems
 from metalsm.progress import RunProgress
 from metalsm.report import figures
 from metalsm.report import tables as report_tables
 from metalsm.report.html import Section, write_report
-from metalsm.sample_table import Samples, warn_constant_factors, write_samples_vector
-from metalsm.sampling import NegativeRequest, draw_negatives, sample_table
-from metalsm.stack import FactorStack, build_factor_stack
+from metalsm.sample_table import Samples, write_samples_vector
+from metalsm.sampling import draw_samples
+from metalsm.stack import open_stack
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunResult:
-    out_dir: Path
-    seconds: float
-    metrics: dict
-    headline: dict[str, str] = field(default_factory=dict)
-
-
-def draw_samples(
-    config: StudyAreaConfig, stack: FactorStack, inventory, mask: np.ndarray,
-    *, compute=None, out_dir: Path | None = None, chunk_size: int = 1024,
-) -> Samples:
-    """Positives from the inventory by the configured rule; negatives by the configured sampler.
-
-    ``sampling.method = "credibility"``: the credibility map is fitted on these
-    positives (all inventory cells of the run) as ``[credibility]`` says, and
-    negatives come from ``sampling.credibility_band``. The cross-validation of a
-    run then sees negatives chosen with knowledge of every landslide; the honest
-    band comparison with held-out landslides is ``metalsm experiment credibility``.
-    With a ``compute`` (chunked runs) the credibility is fitted and mapped window by
-    window over ``out_dir/factors.tif`` into ``out_dir/credibility.tif``.
-    """
-    valid = stack.valid
-    dem = stack.layer("elevation") if "elevation" in stack.names else None
-    pos = positive_cells(
-        inventory,
-        stack.grid,
-        valid,
-        rule=config.inventory.rule,
-        dem=dem,
-        cells_per_polygon=config.inventory.cells_per_polygon,
-        seed=config.sampling.seed,
-        on_invalid=lambda rows, cols: _warn_positives_on_no_data(stack, rows, cols),
-    )
-    request = NegativeRequest(
-        valid=valid,
-        landslide_mask=mask,
-        n=int(round(pos[0].size * config.sampling.ratio)),
-        cell_size=stack.grid.cell_size,
-        buffer_m=config.sampling.buffer_m,
-        slope=stack.layer("slope") if "slope" in stack.names else None,
-        min_slope_deg=config.sampling.min_slope_deg,
-        credibility=_credibility(config, stack, pos, compute, out_dir, chunk_size),
-        credibility_band=tuple(config.sampling.credibility_band),
-        strict=config.sampling.strict,
-    )
-    neg = draw_negatives(config.sampling.method, request, config.sampling.seed)
-    table = sample_table(stack, pos, neg)
-    samples = Samples(table, stack.names, stack.categorical)
-    warn_constant_factors(samples)
-    return samples
-
-
-def _warn_positives_on_no_data(stack, rows: np.ndarray, cols: np.ndarray) -> None:
-    missing = stack.sample(rows, cols).isna().sum()
-    per_layer = ", ".join(f"{name} {int(n)}" for name, n in missing.items() if n)
-    log.warning("%d landslide cell(s) fall where a factor has no data and are not used as "
-                "positives (cells without data, per layer: %s)", rows.size, per_layer)
-
-
-def _credibility(config: StudyAreaConfig, stack: FactorStack, pos, compute=None,
-                 out_dir: Path | None = None, chunk_size: int = 1024) -> np.ndarray | None:
-    if config.sampling.method != "credibility":
-        return None
-    if compute is not None and out_dir is not None:
-        import rasterio
-
-        from metalsm import chunked
-
-        factors = out_dir / "factors.tif"
-        model = chunked.fit_membership_chunked(factors, pos, compute, config.credibility,
-                                               config.factor_selection, chunk_size=chunk_size)
-        path = chunked.write_credibility_chunked(factors, model, out_dir / "credibility.tif",
-                                                 compute, chunk_size=chunk_size)
-        with rasterio.open(path) as src:
-            return src.read(1)
-    from metalsm.credibility import credibility_map
-
-    credibility, _ = credibility_map(stack, pos, config.credibility, config.factor_selection)
-    return credibility
 
 
 def run_pipeline(
@@ -122,10 +38,11 @@ def run_pipeline(
 ) -> RunResult:
     """Run every stage of ``config`` and write all outputs into ``out_dir``.
 
-    ``chunk_size``/``scheduler`` (or ``[compute]``) take the chunked path of
-    :mod:`metalsm.chunked`: ``factors.tif`` aligned and written window by window and
-    the map predicted over Dask (local threads, or the cluster at ``scheduler``);
-    without them the path is chosen by the estimated stack size and free memory.
+    ``chunk_size``/``scheduler`` (or ``[compute]``) keep the factor stack on disk:
+    ``factors.tif`` aligned and written in windows of ``chunk_size`` and every
+    windowed stage run over Dask (local threads, or the cluster at ``scheduler``);
+    without them the path is chosen by the estimated stack size and free memory
+    (:func:`metalsm.compute.choose_plan`).
 
     A sample-table study area (``[table]``, no rasters) gets no map: its models are
     cross-validated and reported (:func:`_run_table_validation`), and with ``[meta]``
@@ -165,31 +82,19 @@ def _run_raster_pipeline(
         timings[name] = round(now - since, 3)
         return now
 
-    from metalsm import chunked
+    from metalsm.compute import choose_plan
 
-    use_chunks, why = chunked.choose_chunked(config, chunk_size=chunk_size, scheduler=scheduler)
-    chunk = chunk_size or config.compute.chunk_size or 1024
-    # prediction windows: never larger than [output] window_size (features of a window
-    # take ~0.5 kB per cell), smaller when the chunks are
-    window_size = min(chunk, config.output.window_size) if use_chunks \
-        else config.output.window_size
-    with contextlib.ExitStack() as resources, RunProgress(enabled=show_progress) as progress:
-        compute = None
-        if use_chunks:
-            log.info("chunked processing (%s), windows of %d cells", why, chunk)
-            compute = resources.enter_context(
-                chunked.compute_context(scheduler or config.compute.scheduler))
+    plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
+    chunk = plan.chunk_size if plan.chunked else None
+    window_size = plan.window_size(config.output.window_size)
+    with plan.compute() as compute, RunProgress(enabled=show_progress) as progress:
+        if plan.chunked:
+            log.info("chunked processing (%s), windows of %d cells", plan.why, chunk)
         t = time.perf_counter()
         n_steps = 2 + len(config.rasters) + len(config.vectors)
         with progress.stage("factor stack", total=n_steps) as advance:
-            if compute is not None:
-                chunked.build_factor_stack_chunked(
-                    config, out / "factors.tif", compute, chunk_size=chunk,
-                    progress=lambda note: advance(1, note))
-                stack = chunked.FileFactorStack(out / "factors.tif", chunk)  # stays on disk
-            else:
-                stack = build_factor_stack(config, progress=lambda note: advance(1, note))
-                stack.write(out / "factors.tif")
+            stack = open_stack(config, out / "factors.tif", compute, chunked=plan.chunked,
+                               chunk_size=chunk, progress=lambda note: advance(1, note))
         t = timed("factor_stack", t)
 
         with progress.stage("samples") as advance:
@@ -202,7 +107,8 @@ def _run_raster_pipeline(
             )
             mask = landslide_mask(inventory, stack.grid)
             samples = draw_samples(config, stack, inventory, mask, compute=compute,
-                                   out_dir=out, chunk_size=chunk)
+                                   chunk_size=chunk, credibility_path=(
+                                       out / "credibility.tif" if plan.chunked else None))
             write_csv(out / "samples.csv", samples.table)
         problems = fold_problems(config, samples.y, "the samples drawn from the inventory")
         if problems:
@@ -212,14 +118,15 @@ def _run_raster_pipeline(
         if config.blocks is not None:
             from metalsm.blocks_run import segment_stack
 
-            block_stage = segment_stack(config, stack, samples, inventory, out, progress)
+            block_stage = segment_stack(config, stack, samples, inventory, out, progress,
+                                        compute=compute, chunk_size=chunk)
             t = timed("blocks", t)
 
         names = tuple(n for n in config.model.names if n != "meta-blockwise")
-        with progress.stage(validation_stage_name(config),
-                            total=validation_tasks(config, names)) as advance:
+        with progress.stage(validation.validation_stage_name(config),
+                            total=validation.validation_tasks(config, names)) as advance:
             area = area_sample(stack, samples.factor_names, config.validation.seed)
-            evaluation = validate(config, names, samples, advance, area=area)
+            evaluation = validation.validate(config, names, samples, advance, area=area)
             write_csv(out / "validation.csv", evaluation.table)
             write_samples_vector(out / "samples.gpkg", samples, stack.grid.crs,
                                  _sample_columns(evaluation, config.model.map_model))
@@ -297,9 +204,8 @@ def _run_raster_pipeline(
                 metrics["uncertainty"] = uncertainty
                 _uncertainty_figure(out, config, stack, inventory, uncertainty)
             metrics["predictor"] = predictor
-            metrics["compute"] = {"chunked": use_chunks, "why": why,
-                                  "chunk_size": chunk if use_chunks else None,
-                                  "scheduler": compute.scheduler if compute else None}
+            metrics["compute"] = {"chunked": plan.chunked, "why": plan.why, "chunk_size": chunk,
+                                  "scheduler": compute.scheduler if plan.chunked else None}
             metrics["warnings"] = list(warned)
             _figures(out, stack, inventory, evaluation, samples.y, zones, labels, config, rates,
                      edges, samples.coords)
@@ -363,9 +269,9 @@ def _run_table_validation(config: StudyAreaConfig, out: Path, warned: list[str],
             raise MetalsmInputError(problems[0])
         t = time.perf_counter()
         names = tuple(config.model.names)
-        with progress.stage(validation_stage_name(config),
-                            total=validation_tasks(config, names)) as advance:
-            evaluation = validate(config, names, samples, advance)
+        with progress.stage(validation.validation_stage_name(config),
+                            total=validation.validation_tasks(config, names)) as advance:
+            evaluation = validation.validate(config, names, samples, advance)
             write_csv(out / "validation.csv", evaluation.table)
             write_samples_vector(out / "samples.gpkg", samples, config.table.crs,
                                  _sample_columns(evaluation, config.model.map_model))
@@ -452,48 +358,6 @@ def _by_scheme(table: pd.DataFrame) -> dict[str, dict[str, dict]]:
         entry = {k: v for k, v in row.items() if k not in ("model", "scheme")}
         by_scheme.setdefault(row["scheme"], {})[row["model"]] = entry
     return by_scheme
-
-
-@contextlib.contextmanager
-def collect_warnings():
-    """Yield a list that receives every warning logged by metalsm meanwhile (for
-    ``metrics.json`` and the report: what the console showed, kept with the run)."""
-    warned: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            warned.append(record.getMessage())
-
-    handler = Collect(level=logging.WARNING)
-    logger = logging.getLogger("metalsm")
-    logger.addHandler(handler)
-    try:
-        yield warned
-    finally:
-        logger.removeHandler(handler)
-
-
-def validation_tasks(config: StudyAreaConfig, names) -> int:
-    """Model fits of the cross-validation (its progress bar's total)."""
-    return 2 * len(names) * config.validation.n_folds * config.validation.repeats
-
-
-def validation_stage_name(config: StudyAreaConfig) -> str:
-    repeats = config.validation.repeats
-    return "validation (random and spatial folds" + (
-        f", {repeats} repeats)" if repeats > 1 else ")")
-
-
-def validate(config: StudyAreaConfig, names, samples: Samples, progress=None, *,
-             area: pd.DataFrame | None = None) -> validation.Evaluation:
-    """Cross-validate ``names`` on ``samples`` as ``[validation]`` says (folds, spatial
-    method, buffer, repeats, seed): the one call of raster and table runs."""
-    settings = config.validation
-    return validation.evaluate_models(
-        names, samples.X, samples.y, samples.coords, categorical=samples.categorical,
-        n_folds=settings.n_folds, seed=settings.seed,
-        spatial_method=settings.spatial_method, progress=progress, area=area,
-        buffer_m=settings.buffer_m, repeats=settings.repeats)
 
 
 def _sample_columns(evaluation: validation.Evaluation, map_model: str) -> dict:

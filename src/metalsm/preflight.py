@@ -19,6 +19,14 @@ from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.inventory import RASTER_SUFFIXES
 
+__all__ = [
+    "check_run",
+    "first_line",
+    "fold_problems",
+    "input_files",
+    "output_problems",
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -99,7 +107,7 @@ def _is_run_dir(folder: Path) -> bool:
 
 
 def _raster_area_problems(config: StudyAreaConfig) -> list[str]:
-    from metalsm.stack import reference_grid
+    from metalsm.grid import reference_grid
 
     problems: list[str] = []
     rasters = [("dem", config.dem)]

@@ -15,6 +15,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+__all__ = [
+    "RunProgress",
+]
+
 
 class RunProgress:
     """Stage spinners and counted bars on a rich console."""

@@ -17,6 +17,14 @@ import pandas as pd
 from metalsm.config import TableConfig
 from metalsm.errors import MetalsmInputError
 
+__all__ = [
+    "Samples",
+    "read_sample_table",
+    "read_table_frame",
+    "warn_constant_factors",
+    "write_samples_vector",
+]
+
 log = logging.getLogger(__name__)
 
 

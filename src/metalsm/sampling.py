@@ -11,6 +11,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +21,21 @@ from metalsm.chunked_terrain import squared_edt
 from metalsm.errors import MetalsmInputError
 
 if TYPE_CHECKING:
+    from metalsm.config import StudyAreaConfig
+    from metalsm.sample_table import Samples
     from metalsm.stack import FactorStack
+
+__all__ = [
+    "CredibilityBandWarning",
+    "NEGATIVE_SAMPLERS",
+    "NegativeRequest",
+    "band_mask",
+    "credibility_negatives",
+    "draw_negatives",
+    "draw_samples",
+    "random_negatives",
+    "sample_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +169,71 @@ def sample_table(
     x, y = stack.grid.xy(rows, cols)
     table = pd.DataFrame({"row": rows, "col": cols, "x": x, "y": y, "label": label})
     return pd.concat([table, stack.sample(rows, cols)], axis=1)
+
+
+# --------------------------------------------------------------------------- a study area's samples
+
+
+def draw_samples(
+    config: StudyAreaConfig, stack, inventory, mask: np.ndarray, *, compute=None,
+    chunk_size: int | None = None, credibility_path: Path | None = None,
+) -> Samples:
+    """Positives from the inventory by the configured rule; negatives by the configured sampler.
+
+    ``stack`` is a :class:`metalsm.stack.FactorStack` or ``FileFactorStack``.
+    ``sampling.method = "credibility"``: the credibility map is fitted on these
+    positives (all inventory cells of the run) as ``[credibility]`` says, window by
+    window (``compute``, ``chunk_size``; None: one window), and written to
+    ``credibility_path`` when given; negatives come from ``sampling.credibility_band``.
+    The cross-validation of a run then sees negatives chosen with knowledge of every
+    landslide; the honest band comparison with held-out landslides is ``metalsm
+    experiment credibility``.
+    """
+    from metalsm.inventory import positive_cells
+    from metalsm.sample_table import Samples, warn_constant_factors
+
+    valid = stack.valid
+    dem = stack.layer("elevation") if "elevation" in stack.names else None
+    pos = positive_cells(
+        inventory,
+        stack.grid,
+        valid,
+        rule=config.inventory.rule,
+        dem=dem,
+        cells_per_polygon=config.inventory.cells_per_polygon,
+        seed=config.sampling.seed,
+        on_invalid=lambda rows, cols: _warn_positives_on_no_data(stack, rows, cols),
+    )
+    credibility = None
+    if config.sampling.method == "credibility":
+        from metalsm.credibility import credibility_map, write_credibility
+
+        credibility, _ = credibility_map(stack, pos, config.credibility,
+                                         config.factor_selection, compute=compute,
+                                         chunk_size=chunk_size)
+        if credibility_path is not None:
+            write_credibility(credibility, stack.grid, credibility_path)
+    request = NegativeRequest(
+        valid=valid,
+        landslide_mask=mask,
+        n=int(round(pos[0].size * config.sampling.ratio)),
+        cell_size=stack.grid.cell_size,
+        buffer_m=config.sampling.buffer_m,
+        slope=stack.layer("slope") if "slope" in stack.names else None,
+        min_slope_deg=config.sampling.min_slope_deg,
+        credibility=credibility,
+        credibility_band=tuple(config.sampling.credibility_band),
+        strict=config.sampling.strict,
+    )
+    neg = draw_negatives(config.sampling.method, request, config.sampling.seed)
+    table = sample_table(stack, pos, neg)
+    samples = Samples(table, stack.names, stack.categorical)
+    warn_constant_factors(samples)
+    return samples
+
+
+def _warn_positives_on_no_data(stack, rows: np.ndarray, cols: np.ndarray) -> None:
+    missing = stack.sample(rows, cols).isna().sum()
+    per_layer = ", ".join(f"{name} {int(n)}" for name, n in missing.items() if n)
+    log.warning("%d landslide cell(s) fall where a factor has no data and are not used as "
+                "positives (cells without data, per layer: %s)", rows.size, per_layer)

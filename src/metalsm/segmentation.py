@@ -48,15 +48,34 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from metalsm.atomic import atomic_path
-from metalsm.cog import atomic_cog
+from metalsm.cog import windowed_geotiff
+from metalsm.compute import Compute
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
+from metalsm.grid import Grid, iter_windows, open_raster, read_window, strips
 from metalsm.styles import write_blocks_style
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
     from metalsm.stack import FactorStack
+
+__all__ = [
+    "Blocks",
+    "CoarseBlocks",
+    "coarse_factor",
+    "initial_centres",
+    "normalize_factors",
+    "point_neighbour_edges",
+    "read_coarse_stack",
+    "segment_coarse",
+    "segment_on_coarse_grid",
+    "segment_points",
+    "segment_raster",
+    "slic_fast",
+    "slic_reference",
+    "weights_from_data",
+    "write_blocks",
+]
 
 _PERCENTILE_SAMPLE = 2_000_000
 _ROWS_PER_CHUNK = 32
@@ -1027,6 +1046,165 @@ def weights_from_data(
     return dict(zip(names, raw.tolist(), strict=True))
 
 
+# ---------------------------------------------------------------------- on a coarse grid
+
+
+@dataclass(frozen=True)
+class CoarseBlocks:
+    """Blocks found on a coarse grid and carried back to the full grid (``blocks.tif``)."""
+
+    blocks: Blocks  # on the coarse grid
+    factor: int
+    full_grid: Grid
+    path: Path
+
+    def block_of(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Block id of full-grid cells (the coarse cell containing them; -1 outside)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        return self.blocks.block_of(rows // self.factor, cols // self.factor)
+
+
+def coarse_factor(grid: Grid, *, resolution_m: float | None = None,
+                  max_cells: int = 4_000_000) -> int:
+    """Decimation factor: from a target resolution, else the least keeping <= ``max_cells``."""
+    if resolution_m is not None:
+        if resolution_m < grid.cell_size:
+            raise MetalsmInputError(
+                f"blocks.coarse_resolution_m = {resolution_m} is finer than the grid's "
+                f"{grid.cell_size:g}")
+        return max(1, int(round(resolution_m / grid.cell_size)))
+    return max(1, math.ceil(math.sqrt(grid.height * grid.width / max_cells)))
+
+
+def _block_reduce(values: np.ndarray, factor: int, categorical: np.ndarray) -> np.ndarray:
+    """``(n, h, w)`` full cells (h, w multiples of ``factor``) to ``(n, h/f, w/f)``: the mean
+    of the finite cells (continuous bands) or their most frequent code (categorical)."""
+    n, h, w = values.shape
+    blocks = values.reshape(n, h // factor, factor, w // factor, factor)
+    finite = np.isfinite(blocks)
+    count = finite.sum(axis=(2, 4))
+    out = np.full((n, h // factor, w // factor), np.nan, dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, blocks, 0).sum(axis=(2, 4), dtype=np.float64) / count
+    cont = ~categorical
+    out[cont] = np.where(count[cont] > 0, mean[cont], np.nan)
+    for b in np.flatnonzero(categorical):  # a loop over class codes, not cells
+        band = blocks[b]
+        best = np.zeros(out.shape[1:], dtype=np.int64)
+        for code in np.unique(band[np.isfinite(band)]):
+            hits = (band == code).sum(axis=(1, 3))
+            better = hits > best
+            out[b][better] = code
+            best[better] = hits[better]
+    return out
+
+
+def read_coarse_stack(factors_path: str | Path, factor: int, compute: Compute | None = None,
+                      chunk_size: int = 1024) -> FactorStack:
+    """``factors.tif`` decimated by ``factor``: per coarse cell the mean of its finite full
+    cells, or their most frequent class for categorical bands.
+
+    Coarse cell (i, j) covers full cells [i*f, (i+1)*f) x [j*f, (j+1)*f) (the last row
+    and column of coarse cells may reach past the raster edge). Read in full-width
+    strips of whole coarse rows, all bands at once (``factors.tif`` is pixel-interleaved).
+    """
+    from metalsm.stack import FactorStack, stack_metadata
+
+    factors_path = Path(factors_path).absolute()  # workers may run elsewhere
+    compute = compute or Compute()
+    with open_raster(factors_path) as src:
+        names, class_names = stack_metadata(src)
+        full = Grid.from_raster(src)
+    h, w = math.ceil(full.height / factor), math.ceil(full.width / factor)
+    grid = Grid(full.crs, full.transform @ full.transform.scale(factor, factor), h, w)
+    categorical = np.array([n in class_names for n in names])
+
+    def task(win):
+        with open_raster(factors_path) as src:
+            values = read_window(src, win)
+        padded = np.full((len(names), math.ceil(win.height / factor) * factor, w * factor),
+                         np.nan, dtype=np.float32)
+        padded[:, : values.shape[1], : values.shape[2]] = values
+        return _block_reduce(padded, factor, categorical)
+
+    values = np.full((len(names), h, w), np.nan, dtype=np.float32)
+    for win, coarse in compute.map_windows(task, strips(full.shape, chunk_size * chunk_size,
+                                                        factor)):
+        r0 = int(win.row_off) // factor
+        values[:, r0 : r0 + coarse.shape[1]] = coarse
+    return FactorStack(grid, names, values, class_names)
+
+
+def _blocks_writer(path: str | Path, grid: Grid, lock=None):
+    """The writer of ``blocks.tif``: int32 block ids, -1 outside every block."""
+    return windowed_geotiff(path, grid, dtype="int32", nodata=-1,
+                            overview_resampling="nearest", lock=lock)
+
+
+def segment_coarse(
+    factors_path: str | Path,
+    settings,
+    out_path: str | Path,
+    compute: Compute | None = None,
+    *,
+    factor: int,
+    weights: dict[str, float] | None = None,
+    chunk_size: int = 1024,
+) -> CoarseBlocks:
+    """Segment ``factors.tif`` on a grid ``factor`` times coarser and write ``blocks.tif``.
+
+    SLIC is global: it runs once, in memory, on the coarse grid. ``settings`` is a
+    ``BlocksConfig``. Each full cell takes the block of the coarse cell containing it
+    (nearest), and -1 where any factor is missing at full resolution.
+    """
+    factors_path = Path(factors_path).absolute()  # workers may run elsewhere
+    compute = compute or Compute()
+    coarse = read_coarse_stack(factors_path, factor, compute, chunk_size)
+    blocks = segment_raster(coarse, settings.n_blocks, settings.compactness, weights=weights,
+                            iterations=settings.iterations,
+                            min_size_fraction=settings.min_size_fraction, seed=settings.seed)
+    labels = blocks.labels
+    grid = Grid.from_raster(factors_path)
+
+    def task(win):
+        with open_raster(factors_path) as src:
+            values = read_window(src, win)
+        rows = np.arange(int(win.row_off), int(win.row_off + win.height)) // factor
+        cols = np.arange(int(win.col_off), int(win.col_off + win.width)) // factor
+        ids = labels[rows[:, None], cols[None, :]].astype(np.int32)
+        ids[~np.isfinite(values).all(axis=0)] = -1
+        return ids
+
+    with _blocks_writer(out_path, grid, compute.lock(str(out_path))) as dst:
+        for win, ids in compute.map_windows(task, iter_windows(grid.shape, chunk_size)):
+            dst.write(ids, win)
+    write_blocks_style(out_path, range(blocks.n_blocks))
+    return CoarseBlocks(blocks, factor, grid, Path(out_path))
+
+
+def segment_on_coarse_grid(factors_path: str | Path, settings, weights=None, *,
+                           compute: Compute | None = None, chunk_size: int = 1024) -> Blocks:
+    """``[blocks] coarse_resolution_m`` (or a stack on disk) in a run: :func:`segment_coarse`,
+    then the block ids on the full grid as :class:`Blocks` (centres' row and column in
+    full-grid cells), so the block outputs and tasks follow unchanged."""
+    from dataclasses import replace
+
+    factors_path = Path(factors_path)
+    grid = Grid.from_raster(factors_path)
+    factor = coarse_factor(grid, resolution_m=settings.coarse_resolution_m)
+    result = segment_coarse(factors_path, settings, factors_path.parent / "blocks.tif",
+                            compute, factor=factor, weights=weights, chunk_size=chunk_size)
+    with open_raster(result.path) as src:
+        labels = src.read(1)
+    centres = result.blocks.centres.copy()
+    centres[:, :2] = centres[:, :2] * factor + (factor - 1) / 2
+    meta = {**result.blocks.meta, "coarse_factor": factor,
+            "coarse_resolution_m": factor * grid.cell_size}
+    return replace(result.blocks, labels=labels, centres=centres, grid=grid,
+                   step=result.blocks.step * factor, meta=meta)
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -1045,17 +1223,14 @@ def write_blocks(
     id -> "meta-train" / "meta-test", as in ``tasks.csv``) becomes the ``split`` column.
     """
     import geopandas as gpd
-    import rasterio
     import shapely
     from rasterio.features import shapes
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tif = out_dir / "blocks.tif"
-    profile = blocks.grid.profile(dtype="int32", nodata=-1)
-    with atomic_cog(tif, overview_resampling="nearest") as tmp, \
-            rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(blocks.labels.astype(np.int32), 1)
+    with _blocks_writer(tif, blocks.grid) as dst:
+        dst.write(blocks.labels.astype(np.int32))
     write_blocks_style(tif, range(blocks.n_blocks))
 
     geoms, ids = [], []

@@ -20,6 +20,21 @@ import numpy as np
 
 from metalsm.atomic import write_text
 
+__all__ = [
+    "RGB",
+    "block_colours",
+    "hex_colour",
+    "paletted_qml",
+    "pseudocolor_qml",
+    "style_path",
+    "write_attribute_table",
+    "write_blocks_style",
+    "write_credibility_style",
+    "write_zone_styles",
+    "zone_colours",
+    "zone_legend_labels",
+]
+
 RGB = tuple[int, int, int]
 
 #: Share of the colour maps used: the palest yellow of YlOrRd vanishes on white paper.

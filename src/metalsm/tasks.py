@@ -20,6 +20,12 @@ from metalsm.errors import MetalsmInputError
 if TYPE_CHECKING:
     from metalsm.segmentation import Blocks
 
+__all__ = [
+    "block_task_table",
+    "split_blocks",
+    "split_by_area",
+]
+
 
 def block_task_table(
     block_ids_of_samples: np.ndarray,

@@ -36,11 +36,44 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 from numba import njit
 from scipy import ndimage
 
 from metalsm.errors import MetalsmInputError
 from metalsm.grid import Grid
+
+__all__ = [
+    "D8_COL_OFFSETS",
+    "D8_NODATA",
+    "D8_ROW_OFFSETS",
+    "FLOW_FACTORS",
+    "MIN_TWI_SLOPE_DEG",
+    "TERRAIN_FACTORS",
+    "aspect",
+    "aspect_from_gradient",
+    "check_drainage",
+    "check_factor_names",
+    "curvatures",
+    "d8_flow_directions",
+    "derive_terrain",
+    "distance_to_mask",
+    "drainage_network",
+    "extended_grid",
+    "fill_depressions",
+    "flow_accumulation",
+    "flow_accumulation_counts",
+    "flow_routing_counts",
+    "horn_gradient",
+    "log_spi",
+    "no_feature_error",
+    "rasterize_vector_distance",
+    "slope_degrees",
+    "slope_from_gradient",
+    "spi",
+    "twi",
+    "window_factors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -631,8 +664,9 @@ def _read_vector_features(path_or_gdf, grid: Grid, layer_name: str | None):
     return geoms, source
 
 
-def _vector_pads(geoms, grid: Grid) -> tuple[int, int, int, int]:
-    """Cells to add (left, right, top, bottom) so features up to one grid diagonal count."""
+def extended_grid(geoms, grid: Grid, source: str) -> tuple[Affine, tuple[int, int], int, int]:
+    """The grid grown so that features up to one grid diagonal outside count: its
+    transform, shape, and the rows and columns added above and left of ``grid``."""
     cs = grid.cell_size
     h, w = grid.shape
     left, bottom, right, top = grid.bounds
@@ -642,33 +676,40 @@ def _vector_pads(geoms, grid: Grid) -> tuple[int, int, int, int]:
     def extend(distance: float) -> int:
         return int(min(reach, max(0, math.ceil(distance / cs))))
 
-    return extend(left - fx0), extend(fx1 - right), extend(fy1 - top), extend(bottom - fy0)
+    pad_left, pad_right = extend(left - fx0), extend(fx1 - right)
+    pad_top, pad_bottom = extend(fy1 - top), extend(bottom - fy0)
+    t = grid.transform
+    if t.b != 0 or t.d != 0:
+        raise MetalsmInputError(f"grid must be north-up (no rotation) to rasterize {source}")
+    transform = t @ Affine.translation(-pad_left, -pad_top)
+    return transform, (h + pad_top + pad_bottom, w + pad_left + pad_right), pad_top, pad_left
+
+
+def no_feature_error(geoms, grid: Grid, source: str) -> MetalsmInputError:
+    fx0, fy0, fx1, fy1 = geoms.total_bounds
+    return MetalsmInputError(
+        f"no feature of {source} lies on or within one grid diagonal of the study grid "
+        f"(features span {tuple(round(v) for v in (fx0, fy0, fx1, fy1))}, "
+        f"grid spans {tuple(round(v) for v in grid.bounds)} in {grid.crs})"
+    )
 
 
 def rasterize_vector_distance(path_or_gdf, grid: Grid, layer_name: str | None = None) -> np.ndarray:
     """Distance in metres from each cell centre of ``grid`` to the nearest feature.
 
-    Reads points, lines or polygons (geopandas / pyogrio), reprojects to the grid CRS
-    when it differs, burns them with ``all_touched=True`` and measures with an exact
-    Euclidean distance transform, so touched cells (and polygon interiors) are 0.
-    Features just outside the grid count too: the raster is extended by up to one
-    grid diagonal, as far as the features reach. Raises :class:`MetalsmInputError`
-    naming the file when it is missing, unreadable, empty, has no CRS, or no feature
-    lies on or near (within one grid diagonal of) the grid.
+    The whole-array reference of :func:`metalsm.chunked_terrain.vector_distance_raster`
+    (scipy's distance transform). Reads points, lines or polygons (geopandas /
+    pyogrio), reprojects to the grid CRS when it differs, burns them with
+    ``all_touched=True`` and measures with an exact Euclidean distance transform, so
+    touched cells (and polygon interiors) are 0. Features just outside the grid count
+    too: the raster is extended by up to one grid diagonal, as far as the features
+    reach. Raises :class:`MetalsmInputError` naming the file when it is missing,
+    unreadable, empty, has no CRS, or no feature lies on or near the grid.
     """
-    from affine import Affine
     from rasterio.features import rasterize
 
     geoms, source = _read_vector_features(path_or_gdf, grid, layer_name)
-    cs = grid.cell_size
-    h, w = grid.shape
-    fx0, fy0, fx1, fy1 = geoms.total_bounds
-    pad_left, pad_right, pad_top, pad_bottom = _vector_pads(geoms, grid)
-    t = grid.transform
-    if t.b != 0 or t.d != 0:
-        raise MetalsmInputError(f"grid must be north-up (no rotation) to rasterize {source}")
-    transform = t @ Affine.translation(-pad_left, -pad_top)
-    out_shape = (h + pad_top + pad_bottom, w + pad_left + pad_right)
+    transform, out_shape, pad_top, pad_left = extended_grid(geoms, grid, source)
     burned = rasterize(
         ((geom, 1) for geom in geoms),
         out_shape=out_shape,
@@ -678,12 +719,9 @@ def rasterize_vector_distance(path_or_gdf, grid: Grid, layer_name: str | None = 
         dtype="uint8",
     ).astype(bool)
     if not burned.any():
-        raise MetalsmInputError(
-            f"no feature of {source} lies on or within one grid diagonal of the study grid "
-            f"(features span {tuple(round(v) for v in (fx0, fy0, fx1, fy1))}, "
-            f"grid spans {tuple(round(v) for v in grid.bounds)} in {grid.crs})"
-        )
-    distance = ndimage.distance_transform_edt(~burned) * cs
+        raise no_feature_error(geoms, grid, source)
+    distance = ndimage.distance_transform_edt(~burned) * grid.cell_size
+    h, w = grid.shape
     return distance[pad_top : pad_top + h, pad_left : pad_left + w].copy()
 
 
@@ -699,9 +737,11 @@ def derive_terrain(
 ) -> dict[str, np.ndarray]:
     """Compute the requested :data:`TERRAIN_FACTORS` from ``dem`` on ``grid``.
 
-    Only what is asked is computed, and shared steps run once (gradient, fill,
-    D8, accumulation). Outputs are float32, NaN wherever ``dem`` is NaN, keyed in
-    request order:
+    The whole-array form of :func:`metalsm.chunked_terrain.write_terrain_factors`
+    (the same :func:`window_factors` on one window, the same flow routing), kept as
+    the reference the windowed files are tested against. Only what is asked is
+    computed, and shared steps run once (gradient, fill, D8, accumulation). Outputs
+    are float32, NaN wherever ``dem`` is NaN, keyed in request order:
 
     * ``elevation`` (m), ``slope`` (degrees, Horn), ``aspect_sin``/``aspect_cos``;
     * ``plan_curvature``/``profile_curvature`` (1/m, Zevenbergen & Thorne, + = convex);
@@ -710,102 +750,117 @@ def derive_terrain(
     * ``twi``: ln(a / tan beta); ``spi``: ln(1 + a tan beta) (see :func:`log_spi`);
     * ``distance_to_drainage`` (m) to cells with accumulation >= ``drainage_threshold_cells``.
 
-    Flow routing is :func:`flow_routing_counts`: a float32 DEM (what
-    :func:`metalsm.stack.read_dem` returns) is filled in float32, exactly as
-    :func:`metalsm.chunked_terrain.derive_terrain_chunked` does; other dtypes in float64.
+    Flow routing is :func:`flow_routing_counts`: a float32 DEM is filled in float32,
+    other dtypes in float64.
     """
     step = progress or (lambda _message: None)
-    if isinstance(names, str):
-        names = [names]
-    requested = list(dict.fromkeys(names))
+    requested = check_factor_names(names)
+    z = _as_dem(dem)
+    if z.shape != grid.shape:
+        raise MetalsmInputError(f"DEM shape {z.shape} does not match the grid {grid.shape}")
+    cell_size = _check_cell_size(grid.cell_size)
+    counts = None
+    if any(n in FLOW_FACTORS for n in requested):
+        fill_dtype = np.float32 if np.asarray(dem).dtype == np.float32 else np.float64
+        counts = flow_routing_counts(lambda: z.astype(fill_dtype), step)
+        check_drainage(requested, drainage_threshold_cells, counts)
+    whole = (slice(None), slice(None))
+    out = window_factors(z, whole, [n for n in requested if n != "distance_to_drainage"],
+                         counts, cell_size, step)
+    if "distance_to_drainage" in requested:
+        step("distance to drainage")
+        distance = distance_to_mask(counts >= drainage_threshold_cells, cell_size)
+        out["distance_to_drainage"] = np.where(np.isnan(z), np.nan, distance).astype(np.float32)
+    return {name: out[name] for name in requested}
+
+
+#: Factors that need flow routing (global: computed once over the whole grid).
+FLOW_FACTORS = ("flow_accumulation", "log_flow_accumulation", "twi", "spi",
+                "distance_to_drainage")
+
+
+def check_factor_names(names: Iterable[str] | str) -> list[str]:
+    """The requested factor names without repeats; unknown names are an error."""
+    requested = list(dict.fromkeys([names] if isinstance(names, str) else names))
     unknown = [n for n in requested if n not in TERRAIN_FACTORS]
     if unknown:
         raise MetalsmInputError(
             f"unknown terrain factor(s) {unknown}; valid names are: {', '.join(TERRAIN_FACTORS)}"
         )
-    z = _as_dem(dem)
-    if z.shape != grid.shape:
-        raise MetalsmInputError(f"DEM shape {z.shape} does not match the grid {grid.shape}")
-    cell_size = _check_cell_size(grid.cell_size)
+    return requested
+
+
+def check_drainage(requested: list[str], threshold_cells: float,
+                   counts: np.ndarray | None = None) -> None:
+    """Distance to drainage needs a positive threshold that some cell (of ``counts``,
+    when given) reaches."""
+    if "distance_to_drainage" not in requested:
+        return
+    if not threshold_cells > 0:
+        raise MetalsmInputError(
+            f"drainage threshold must be a positive number of cells, got {threshold_cells}"
+        )
+    if counts is not None and counts.max() < threshold_cells:
+        raise MetalsmInputError(
+            f"no cell reaches the drainage threshold of {threshold_cells} "
+            f"cells (max accumulation {counts.max():.0f}); "
+            "lower terrain.drainage_threshold_km2"
+        )
+
+
+def window_factors(
+    block: np.ndarray,
+    crop: tuple[slice, slice],
+    names: Iterable[str],
+    counts: np.ndarray | None,
+    cell_size: float,
+    step: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """The one factor-name table: the factors ``names`` (all but distance to drainage)
+    of one window, float32 with NaN where the DEM has no data.
+
+    ``block`` is the window's DEM with a one-cell halo (clipped at the grid edge, so
+    the real edge keeps the edge handling of the 3x3 functions), ``crop`` the slices
+    back to the window, ``counts`` the window's upstream cell counts (flow factors).
+    """
+    step = step or (lambda _message: None)
+    z = np.asarray(block[crop], dtype=np.float64)
     nodata = np.isnan(z)
     cache: dict[str, np.ndarray] = {}
 
-    def get_slope() -> np.ndarray:
-        if "slope" not in cache:
-            step("slope")
-            cache["slope"] = slope_degrees(z, cell_size)
-        return cache["slope"]
+    def local(key: str) -> np.ndarray:
+        if key not in cache:
+            if key in ("slope", "sin", "cos") and "gradient" not in cache:
+                dzdx, dzdy = horn_gradient(block, cell_size)  # once for slope and aspect
+                cache["gradient"] = (dzdx[crop], dzdy[crop])
+            if key == "slope":
+                step("slope")
+                cache["slope"] = slope_from_gradient(*cache["gradient"])
+            elif key in ("sin", "cos"):
+                step("aspect")
+                cache["sin"], cache["cos"] = aspect_from_gradient(*cache["gradient"])
+            else:
+                step("curvature")
+                plan, profile = curvatures(block, cell_size)
+                cache["plan"], cache["profile"] = plan[crop], profile[crop]
+        return cache[key]
 
-    def get_accumulation() -> np.ndarray:
-        # uint32 counts, 0 on no data; a float32 DEM is filled in float32 (as chunked)
-        if "acc" not in cache:
-            fill_dtype = np.float32 if np.asarray(dem).dtype == np.float32 else np.float64
-            cache["acc"] = flow_routing_counts(lambda: z.astype(fill_dtype), step)
-        return cache["acc"]
-
-    def get_curvatures() -> tuple[np.ndarray, np.ndarray]:
-        if "plan" not in cache:
-            step("curvature")
-            cache["plan"], cache["profile"] = curvatures(z, cell_size)
-        return cache["plan"], cache["profile"]
-
-    def get_aspect() -> tuple[np.ndarray, np.ndarray]:
-        if "sin" not in cache:
-            step("aspect")
-            cache["sin"], cache["cos"] = aspect(z, cell_size)
-        return cache["sin"], cache["cos"]
-
-    out: dict[str, np.ndarray] = {}
-    for name in requested:
+    table: dict[str, Callable[[], np.ndarray]] = {
+        "elevation": lambda: z,
+        "slope": lambda: local("slope"),
+        "aspect_sin": lambda: local("sin"),
+        "aspect_cos": lambda: local("cos"),
+        "plan_curvature": lambda: local("plan"),
+        "profile_curvature": lambda: local("profile"),
+        "flow_accumulation": lambda: counts,
+        "log_flow_accumulation": lambda: np.log10(counts.astype(np.float64)),
+        "twi": lambda: twi(counts, local("slope"), cell_size),
+        "spi": lambda: log_spi(counts, local("slope"), cell_size),
+    }
+    out = {}
+    for name in names:
         with np.errstate(divide="ignore", invalid="ignore"):  # no-data cells count 0
-            value = _factor_value(name, z, cell_size, drainage_threshold_cells, step,
-                                  get_slope, get_aspect, get_curvatures, get_accumulation)
-        result = np.asarray(value, dtype=np.float32).copy()
+            result = np.asarray(table[name](), dtype=np.float32).copy()
         result[nodata] = np.nan
         out[name] = result
     return out
-
-
-def _factor_value(
-    name: str,
-    z: np.ndarray,
-    cell_size: float,
-    drainage_threshold_cells: float,
-    step: Callable[[str], None],
-    get_slope: Callable[[], np.ndarray],
-    get_aspect: Callable[[], tuple[np.ndarray, np.ndarray]],
-    get_curvatures: Callable[[], tuple[np.ndarray, np.ndarray]],
-    get_accumulation: Callable[[], np.ndarray],
-) -> np.ndarray:
-    """One factor of :func:`derive_terrain` from the shared, cached intermediates."""
-    if name == "elevation":
-        value = z
-    elif name == "slope":
-        value = get_slope()
-    elif name == "aspect_sin":
-        value = get_aspect()[0]
-    elif name == "aspect_cos":
-        value = get_aspect()[1]
-    elif name == "plan_curvature":
-        value = get_curvatures()[0]
-    elif name == "profile_curvature":
-        value = get_curvatures()[1]
-    elif name == "flow_accumulation":
-        value = get_accumulation()
-    elif name == "log_flow_accumulation":
-        value = np.log10(get_accumulation().astype(np.float64))
-    elif name == "twi":
-        value = twi(get_accumulation(), get_slope(), cell_size)
-    elif name == "spi":
-        value = log_spi(get_accumulation(), get_slope(), cell_size)
-    else:  # distance_to_drainage
-        channels = drainage_network(get_accumulation(), drainage_threshold_cells)
-        if not channels.any():
-            raise MetalsmInputError(
-                f"no cell reaches the drainage threshold of {drainage_threshold_cells} "
-                f"cells (max accumulation {get_accumulation().max():.0f}); "
-                "lower terrain.drainage_threshold_km2"
-            )
-        step("distance to drainage")
-        value = distance_to_mask(channels, cell_size)
-    return value

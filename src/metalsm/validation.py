@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,10 @@ from sklearn.model_selection import StratifiedKFold
 from metalsm.errors import MetalsmInputError
 from metalsm.models.classic import check_binary_target, check_samples, make_model
 
+if TYPE_CHECKING:
+    from metalsm.config import StudyAreaConfig
+    from metalsm.sample_table import Samples
+
 __all__ = [
     "METRICS",
     "SCHEMES",
@@ -50,6 +54,9 @@ __all__ = [
     "rate_curve_from_counts",
     "roc_points",
     "spatial_folds",
+    "validate",
+    "validation_stage_name",
+    "validation_tasks",
 ]
 
 METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auc", "kappa")
@@ -635,3 +642,26 @@ def _summary_row(runs: list[CVResult], y: np.ndarray, buffer_m: float) -> dict[s
         for key, values in per_repeat.items():
             row[f"{key}_repeat_std"] = float(np.std(values))
     return row
+
+
+def validation_tasks(config: StudyAreaConfig, names: Sequence[str]) -> int:
+    """Model fits of the cross-validation (its progress bar's total)."""
+    return 2 * len(names) * config.validation.n_folds * config.validation.repeats
+
+
+def validation_stage_name(config: StudyAreaConfig) -> str:
+    repeats = config.validation.repeats
+    return "validation (random and spatial folds" + (
+        f", {repeats} repeats)" if repeats > 1 else ")")
+
+
+def validate(config: StudyAreaConfig, names: Sequence[str], samples: Samples,
+             progress: Any = None, *, area: pd.DataFrame | None = None) -> Evaluation:
+    """Cross-validate ``names`` on ``samples`` as ``[validation]`` says (folds, spatial
+    method, buffer, repeats, seed): the one call of raster and table runs."""
+    settings = config.validation
+    return evaluate_models(
+        names, samples.X, samples.y, samples.coords, categorical=samples.categorical,
+        n_folds=settings.n_folds, seed=settings.seed,
+        spatial_method=settings.spatial_method, progress=progress, area=area,
+        buffer_m=settings.buffer_m, repeats=settings.repeats)

@@ -35,6 +35,34 @@ from metalsm.atomic import atomic_path
 from metalsm.grid import Grid
 from metalsm.styles import _ZONE_RAMP_RANGE, zone_colours, zone_legend_labels
 
+__all__ = [
+    "CURVE_COLOURS",
+    "DPI",
+    "FOLD_COLOURS",
+    "RELIEF_STRENGTH",
+    "ZONE_CMAP",
+    "block_boundaries",
+    "candle_table",
+    "draw_inventory",
+    "hillshade",
+    "map_axes",
+    "plot_block_map",
+    "plot_candles",
+    "plot_fold_maps",
+    "plot_maps_side_by_side",
+    "plot_point_blocks",
+    "plot_raster_map",
+    "plot_rate_curves",
+    "plot_roc",
+    "plot_roc_by_scheme",
+    "plot_susceptibility_map",
+    "plot_zone_bars",
+    "read_decimated",
+    "save_figure",
+    "shaded_colours",
+    "zone_colors",
+]
+
 DPI = 150
 #: Low-to-high susceptibility colours: the zone ramp of the QGIS styles and colour tables
 #: (pale yellow -> dark red, ordered by lightness; see :mod:`metalsm.styles`).

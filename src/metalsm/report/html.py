@@ -21,6 +21,12 @@ import pandas as pd
 from metalsm.atomic import write_text
 from metalsm.errors import MetalsmInputError
 
+__all__ = [
+    "Section",
+    "render_report",
+    "write_report",
+]
+
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
        max-width: 1200px; margin: 2em auto; padding: 0 1.5em; color: #222; line-height: 1.5; }

@@ -14,6 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+__all__ = [
+    "factor_table",
+    "provenance_tables",
+    "validation_table",
+    "zone_report_table",
+]
+
 #: Validation columns shown as "mean ± std" over folds, with their report headings.
 _FOLD_METRICS = {"auc": "AUC", "accuracy": "accuracy", "precision": "precision",
                  "recall": "recall", "f1": "F1", "kappa": "kappa"}
