@@ -9,15 +9,15 @@ every K. ``metalsm run`` (``kshot.csv``) and every experiment use this protocol.
 
 A method is a :class:`Method` (``fit(data, meta, seed) -> FittedMethod``);
 :class:`AdaptedBlocks` and :class:`ZeroShot` wrap a fitted meta-learner (adapted per
-meta-test block from its shots, or not at all). ``data`` is a
-:class:`metalsm.meta_run.MetaData`.
+meta-test block from its shots, or not at all). ``data`` is anything shaped like
+:class:`KShotData` (:class:`metalsm.meta_run.MetaData` is).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,6 @@ from metalsm.models.meta import MetaLearner
 
 if TYPE_CHECKING:
     from metalsm.config import MetaConfig
-    from metalsm.meta_run import MetaData
 
 #: Pooled metrics of the query, then how well each block's cells are ranked and spread
 #: (:func:`metalsm.validation.within_group_metrics`).
@@ -37,8 +36,28 @@ METRICS = (*validation.METRICS, "within_auc", "within_spread")
 RAW_COLUMNS = ("method", "family", "k", "repeat", "seed", *METRICS, "n_query")
 
 __all__ = ["METRICS", "RAW_COLUMNS", "AdaptedBlocks", "ArrayStore", "FittedMethod",
-           "Method", "ZeroShot", "compare_methods", "draw_support", "fit_set",
+           "KShotData", "Method", "ZeroShot", "compare_methods", "draw_support", "fit_set",
            "query_mask", "summarize"]
+
+
+class KShotData(Protocol):
+    """What the protocol reads of a study area's encoded samples and block split."""
+
+    X: np.ndarray
+    y: np.ndarray
+    blocks: np.ndarray
+    n_blocks: int
+    centres: np.ndarray | None
+
+    @property
+    def train(self) -> np.ndarray: ...
+
+    @property
+    def test(self) -> np.ndarray: ...
+
+    @property
+    def test_blocks(self) -> np.ndarray: ...
+
 
 
 class ArrayStore(dict):
@@ -54,7 +73,7 @@ class ArrayStore(dict):
 class FittedMethod:
     """A trained method of one repeat: ``predict_query(data, support_mask, seed)``."""
 
-    def predict_query(self, data: MetaData, support_mask: np.ndarray, seed: int
+    def predict_query(self, data: KShotData, support_mask: np.ndarray, seed: int
                       ) -> np.ndarray:
         raise NotImplementedError
 
@@ -66,10 +85,10 @@ class Method:
     name: str
     family: str
     label: str
-    fit: Callable[[MetaData, MetaConfig, int], FittedMethod]
+    fit: Callable[[KShotData, MetaConfig, int], FittedMethod]
 
 
-def draw_support(data: MetaData, k: str | int, seed: int, rule: str = "stratified"
+def draw_support(data: KShotData, k: str | int, seed: int, rule: str = "stratified"
                  ) -> np.ndarray:
     """Bool mask over all samples: K shots per meta-test block (``"half"``: half of the
     block's samples) drawn by ``rule`` (``[meta] support_rule``). The draw of
@@ -83,12 +102,12 @@ def draw_support(data: MetaData, k: str | int, seed: int, rule: str = "stratifie
     return mask
 
 
-def query_mask(data: MetaData, support_mask: np.ndarray) -> np.ndarray:
+def query_mask(data: KShotData, support_mask: np.ndarray) -> np.ndarray:
     """The scored samples: meta-test samples not in the support set."""
     return data.test & ~np.asarray(support_mask, dtype=bool)
 
 
-def fit_set(data: MetaData, support_mask: np.ndarray) -> np.ndarray:
+def fit_set(data: KShotData, support_mask: np.ndarray) -> np.ndarray:
     """Samples a global method trains on: meta-train samples plus the support samples."""
     return data.train | (np.asarray(support_mask, dtype=bool) & data.test)
 
@@ -99,7 +118,7 @@ class AdaptedBlocks(FittedMethod):
 
     learner: MetaLearner
 
-    def predict_query(self, data: MetaData, support_mask: np.ndarray, seed: int
+    def predict_query(self, data: KShotData, support_mask: np.ndarray, seed: int
                       ) -> np.ndarray:
         test = np.flatnonzero(data.test)
         models = blockwise.adapt_blocks(
@@ -117,14 +136,14 @@ class ZeroShot(FittedMethod):
 
     learner: MetaLearner
 
-    def predict_query(self, data: MetaData, support_mask: np.ndarray, seed: int
+    def predict_query(self, data: KShotData, support_mask: np.ndarray, seed: int
                       ) -> np.ndarray:
         del seed
         query = query_mask(data, support_mask)
         return self.learner.predict_proba(data.X[query], data.blocks[query])[:, 1]
 
 
-def compare_methods(data: MetaData, meta: MetaConfig, methods: Sequence[Method],
+def compare_methods(data: KShotData, meta: MetaConfig, methods: Sequence[Method],
                     k_shots: Sequence[str | int], repeats: int, seed: int,
                     progress: Callable[[int], Any] | None = None) -> pd.DataFrame:
     """Raw scores: one row per (method, K, repeat) on the query samples.

@@ -508,9 +508,9 @@ def compile_ensemble(estimator: Any) -> Any:
     (``benchmarks/predict_speed.py``), so it would only slow the default map down.
     """
     if type(estimator).__module__.startswith("lightgbm"):
-        from metalsm.models import _trees
+        from metalsm.models._trees import compile_lightgbm  # numba: loaded when needed
 
-        return _trees.compile_lightgbm(estimator)
+        return compile_lightgbm(estimator)
     return None
 
 
