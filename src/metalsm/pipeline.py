@@ -249,7 +249,7 @@ def _run_table_validation(config: StudyAreaConfig, out: Path, warned: list[str],
     """A sample-table study area without ``[meta]``: cross-validation of every model,
     samples.gpkg, ROC and fold figures, blocks when ``[blocks]`` is given, metrics,
     manifest and a report that says why there is no map."""
-    from metalsm.blocks_run import _segment_table
+    from metalsm.blocks_run import segment_table
     from metalsm.grid import Grid
     from metalsm.sample_table import read_sample_table
 
@@ -258,7 +258,7 @@ def _run_table_validation(config: StudyAreaConfig, out: Path, warned: list[str],
     t = started
     with RunProgress(enabled=show_progress) as progress:
         if config.blocks is not None:
-            samples = _segment_table(config, config.blocks, out, progress).samples
+            samples = segment_table(config, config.blocks, out, progress).samples
             timings["blocks"] = round(time.perf_counter() - t, 3)
         else:
             with progress.stage("sample table"):
