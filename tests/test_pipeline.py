@@ -310,7 +310,7 @@ def test_run_on_a_sample_table_validates_without_a_map(tmp_path):
         'y_column = "Y"\ncrs = "EPSG:2326"\ncategorical = ["land use", "lithology"]\n'
         '[model]\nnames = ["fr"]\nmap_model = "fr"\n'
         '[validation]\nn_folds = 3\nspatial_method = "grid"\nseed = 4\nrepeats = 2\n'
-        'buffer_m = 400\n')
+        'buffer_m = 400\n[blocks]\nn_blocks = 6\ncompactness = 3.0\n')
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -318,6 +318,9 @@ def test_run_on_a_sample_table_validates_without_a_map(tmp_path):
     assert {"validation.csv", "samples.csv", "samples.gpkg", "metrics.json", "manifest.json",
             "report.html", "roc.png", "roc_folds.png", "folds.png"} <= names
     assert not {"susceptibility.tif", "zones.tif", "map.png", "rates.png"} & names
+    blocks = pd.read_csv(out / "blocks.csv")  # [blocks]: each sample's block and split
+    assert len(blocks) == 600 and set(blocks["split"]) == {"meta-train", "meta-test"}
+    assert {"tasks.csv", "blocks.png"} <= names
     table = pd.read_csv(out / "validation.csv").set_index("scheme")
     samples = pd.read_csv(out / "samples.csv")
     expected = evaluate_models(

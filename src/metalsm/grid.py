@@ -131,6 +131,19 @@ class Grid:
                 return cls.from_raster(src)
         return cls(source.crs, source.transform, source.height, source.width)
 
+    @classmethod
+    def around(cls, coords: Any, crs: Any = None, side: int = 500) -> Grid:
+        """A grid of square cells over points ``(n, 2)`` plus a 2 % margin, ``side``
+        cells along its longer edge: the frame of map figures of a sample table."""
+        xy = np.asarray(coords, dtype=float)
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+        margin = 0.02 * max(float((hi - lo).max()), 1.0)
+        lo, hi = lo - margin, hi + margin
+        cell = float((hi - lo).max()) / side
+        width, height = (int(np.ceil(v)) for v in (hi - lo) / cell)
+        return cls(CRS.from_user_input(crs) if crs else None,
+                   Affine(cell, 0, lo[0], 0, -cell, hi[1]), height, width)
+
 
 def reference_grid(config: Any) -> Grid:
     """The DEM's grid of a study-area config, reprojected and/or resampled when ``[grid]``
@@ -146,19 +159,6 @@ def reference_grid(config: Any) -> Grid:
         dem_grid.crs, crs, dem_grid.width, dem_grid.height, left, bottom, right, top, **kwargs
     )
     return Grid(crs, transform, int(height), int(width))
-
-    @classmethod
-    def around(cls, coords: Any, crs: Any = None, side: int = 500) -> Grid:
-        """A grid of square cells over points ``(n, 2)`` plus a 2 % margin, ``side``
-        cells along its longer edge: the frame of map figures of a sample table."""
-        xy = np.asarray(coords, dtype=float)
-        lo, hi = xy.min(axis=0), xy.max(axis=0)
-        margin = 0.02 * max(float((hi - lo).max()), 1.0)
-        lo, hi = lo - margin, hi + margin
-        cell = float((hi - lo).max()) / side
-        width, height = (int(np.ceil(v)) for v in (hi - lo) / cell)
-        return cls(CRS.from_user_input(crs) if crs else None,
-                   Affine(cell, 0, lo[0], 0, -cell, hi[1]), height, width)
 
 
 def open_raster(path: str | Path):
