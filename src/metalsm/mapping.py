@@ -202,9 +202,9 @@ def predict_spread_raster(
 
     with open_raster(factors_path) as src:
         indexes = _band_indexes(src, factors_path, feature_names, "the models")
-        return _write_probability_raster(
-            src, indexes, out_path, spread_window, description=description,
-            window_size=window_size, overviews=overviews, progress=progress, compute=compute)
+    return _write_probability_raster(
+        factors_path, indexes, out_path, spread_window, description=description,
+        window_size=window_size, overviews=overviews, progress=progress, compute=compute)
 
 
 @gdal_cache()
