@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metalsm.grid import open_raster
-from metalsm.mapping import iter_windows
+from metalsm.grid import iter_windows, open_raster
 from metalsm.models.classic import make_model
 from metalsm.sample_table import Samples
 
@@ -53,7 +52,7 @@ def spread_statistics(uncertainty_path: str | Path, zones_path: str | Path,
     step = 0.0005  # percentiles from a histogram of the spread (<= 0.71: std of [0, 1])
     histogram = np.zeros(1501, dtype=np.int64)
     with open_raster(uncertainty_path) as spread_src, open_raster(zones_path) as zone_src:
-        for win in iter_windows(spread_src.height, spread_src.width, window_size):
+        for win in iter_windows(spread_src.shape, window_size):
             spread = spread_src.read(1, window=win).ravel()
             zone = zone_src.read(1, window=win).ravel().astype(np.int64)
             keep = np.isfinite(spread) & (zone >= 1) & (zone <= levels)
