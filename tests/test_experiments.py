@@ -138,7 +138,8 @@ def test_candle_chart_one_candle_per_method_and_k(tmp_path):
 def test_cli_experiment_all_small_preset(tmp_path):
     cheap = ["lr", "fr", "lightgbm", "rl-based", "maml", "proposed"]
     path = _table_config(tmp_path, n=800, seed=1, extra="[experiments]\nmethods = [" +
-                         ", ".join(f'"{m}"' for m in cheap) + "]\n")
+                         ", ".join(f'"{m}"' for m in cheap) + "]\n"
+                         '[validation]\nrepeats = 2\nspatial_method = "grid"\n')
     out = tmp_path / "exp"
     only = {k: EXPERIMENTS[k] for k in ("kshot", "overall", "ablation", "validation",
                                         "credibility", "all")}
@@ -172,6 +173,10 @@ def test_cli_experiment_all_small_preset(tmp_path):
         assert (out / png).stat().st_size > 0
     report = (out / "report.html").read_text()
     assert "K-shot comparison" in report and "skipped" in report  # credibility: a table
+    # the validation experiment follows [validation]: folds drawn twice
+    folds = pd.read_csv(out / "validation/validation_folds.csv")
+    assert (folds["repeats"] == 2).all() and (folds["auc_repeat_std"] >= 0).all()
+    assert "Folds drawn 2 times" in report
     assert (out / "manifest.json").exists()
 
 

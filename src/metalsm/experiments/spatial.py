@@ -36,7 +36,8 @@ def run_validation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int
     settings = config.validation
     evaluation = validation.evaluate_models(
         names, data.table, data.y, data.coords, categorical=list(data.categorical),
-        n_folds=settings.n_folds, seed=settings.seed, spatial_method=settings.spatial_method)
+        n_folds=settings.n_folds, seed=settings.seed, spatial_method=settings.spatial_method,
+        buffer_m=settings.buffer_m, repeats=settings.repeats)
     table = evaluation.table
     wide = table.pivot(index="model", columns="scheme")
     rows = []
@@ -69,7 +70,11 @@ def run_validation(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int
             f"spatial folds ({settings.spatial_method} clusters of the coordinates). "
             "Optimism = random − spatial: what random folds add because test samples "
             "lie next to training samples. Means over folds; ROC curves of the pooled "
-            "out-of-fold probabilities.")
+            "out-of-fold probabilities."
+            + (f" Folds drawn {settings.repeats} times (seed + repeat); the means are over "
+               "every fold of every repeat." if settings.repeats > 1 else "")
+            + (f" Training samples within {settings.buffer_m:g} m of a test fold are left "
+               "out." if settings.buffer_m > 0 else ""))
     section = Section("Random versus spatial validation", text=text,
                       tables=[("Fold means and optimism", shown)],
                       images=[(f"ROC, {s} folds", paths[f"roc_{s}"])
