@@ -105,6 +105,23 @@ def _write_probability_raster(
     return Path(out_path)
 
 
+def _cell_proba(model: Any, cells: np.ndarray, feature_names: list[str]) -> np.ndarray:
+    """P(landslide) of ``cells`` [n, factors]: ``predict_cells`` for the registry models
+    (NumPy in, no DataFrame per window), else ``predict_proba`` on a float64 DataFrame
+    with the training column names (any scikit-learn estimator or pipeline)."""
+    predict_cells = getattr(model, "predict_cells", None)
+    if predict_cells is not None:
+        return predict_cells(cells, feature_names)
+    n = cells.shape[0]
+    proba = np.asarray(model.predict_proba(pd.DataFrame(cells, columns=feature_names)))
+    if proba.ndim != 2 or proba.shape[0] != n or proba.shape[1] < 2:
+        raise MetalsmInputError(
+            f"model.predict_proba returned shape {proba.shape} for {n} cells; "
+            f"expected ({n}, 2)"
+        )
+    return proba[:, 1]
+
+
 @gdal_cache()
 def predict_raster(
     model: Any,
@@ -135,23 +152,11 @@ def predict_raster(
     if not feature_names:
         raise MetalsmInputError("predict_raster needs at least one feature name")
 
-    predict_cells = getattr(model, "predict_cells", None)
-
     def predict_window(values: np.ndarray, _win: Window) -> tuple[np.ndarray, np.ndarray]:
         valid = np.isfinite(values).all(axis=0)
-        n = int(valid.sum())
-        if not n:
+        if not valid.any():
             return valid, np.empty(0)
-        if predict_cells is not None:  # the registry models: NumPy in, no DataFrame per window
-            return valid, predict_cells(values[:, valid].T, feature_names)
-        frame = pd.DataFrame(values[:, valid].T, columns=feature_names)
-        proba = np.asarray(model.predict_proba(frame))
-        if proba.ndim != 2 or proba.shape[0] != n or proba.shape[1] < 2:
-            raise MetalsmInputError(
-                f"model.predict_proba returned shape {proba.shape} for {n} cells; "
-                f"expected ({n}, 2)"
-            )
-        return valid, proba[:, 1]
+        return valid, _cell_proba(model, values[:, valid].T, feature_names)
 
     with open_raster(factors_path) as src:
         indexes = _band_indexes(src, factors_path, feature_names, "the model")
@@ -187,18 +192,13 @@ def predict_spread_raster(
     if len(models) < 2:
         raise MetalsmInputError(f"a spread needs at least 2 models, got {len(models)}")
 
-    def proba_of(model: Any, cells: np.ndarray) -> np.ndarray:
-        if getattr(model, "predict_cells", None) is not None:
-            return model.predict_cells(cells, feature_names)
-        frame = pd.DataFrame(cells, columns=feature_names)
-        return np.asarray(model.predict_proba(frame))[:, 1]
-
     def spread_window(values: np.ndarray, _win: Window) -> tuple[np.ndarray, np.ndarray]:
         valid = np.isfinite(values).all(axis=0)
         if not valid.any():
             return valid, np.empty(0)
         cells = values[:, valid].T
-        return valid, np.stack([proba_of(m, cells) for m in models]).std(axis=0, ddof=1)
+        return valid, np.stack([_cell_proba(m, cells, feature_names)
+                                for m in models]).std(axis=0, ddof=1)
 
     with open_raster(factors_path) as src:
         indexes = _band_indexes(src, factors_path, feature_names, "the models")
