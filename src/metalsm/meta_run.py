@@ -42,7 +42,6 @@ from metalsm.config import MetaConfig, StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.evaluation.kshot import (
     AdaptedBlocks,
-    FittedMethod,
     Method,
     ZeroShot,
     compare_methods,
@@ -382,27 +381,22 @@ def _k_value(k: str | int) -> int | str:
 KSHOT_METRICS = ("accuracy", "f1", "auc", "within_auc", "within_spread")
 
 
-def _given_method(name: str, learners: MetaLearner | Sequence[MetaLearner]) -> Method:
-    """A K-shot protocol method around already-fitted learners (one, or one per repeat)."""
-    wrap = ZeroShot if name == "zero-shot" else AdaptedBlocks
-
-    def fit(data: MetaData, meta: MetaConfig, seed: int) -> FittedMethod:
-        del data
-        if isinstance(learners, MetaLearner):
-            return wrap(learners)
-        return wrap(learners[seed - meta.seed])
-
-    return Method(name, "meta", METHOD_LABELS.get(name, name), fit)
+def _given_method(name: str, learner: MetaLearner) -> Method:
+    """A K-shot protocol method around an already-fitted learner (every repeat reuses it;
+    the repeats differ in their shots)."""
+    fitted = ZeroShot(learner) if name == "zero-shot" else AdaptedBlocks(learner)
+    return Method(name, "meta", METHOD_LABELS.get(name, name),
+                  lambda data, meta, seed: fitted)
 
 
-def kshot_table(models: dict[str, MetaLearner | Sequence[MetaLearner]], data: MetaData,
+def kshot_table(models: dict[str, MetaLearner], data: MetaData,
                 meta: MetaConfig) -> pd.DataFrame:
     """Accuracy, F1, AUC, within-block AUC and spread on the meta-test queries at each
     ``[meta] k_shots``, mean ± std over ``[meta] repeats`` shot draws: the protocol of
     :func:`metalsm.evaluation.kshot.compare_methods` (the experiments' own).
 
     One row per (method, K). ``models`` maps a method name (``"zero-shot"``: the
-    learner is not adapted) to a fitted learner, or a list of learners, one per repeat.
+    learner is not adapted) to a fitted learner.
     """
     raw = compare_methods(data, meta, [_given_method(n, m) for n, m in models.items()],
                           meta.k_shots, meta.repeats, meta.seed)
