@@ -95,7 +95,8 @@ def test_full_kaghan_dem_flow_factors_equal_in_memory(kaghan, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no partial files or scratch left behind
 
 
-def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monkeypatch):
+@pytest.mark.parametrize("routing", ["d8", "mfd"])
+def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monkeypatch, routing):
     monkeypatch.setattr(chunked_terrain, "BAND_CELLS", 100)  # 3-row bands inside windows
     monkeypatch.setattr(chunked_terrain, "EDT_STRIP_CELLS", 0)  # EDT strips of 31**2 cells
     grid = Grid.from_raster(holed_dem)
@@ -104,9 +105,11 @@ def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monke
     names = ["spi", "slope", "aspect_sin", "aspect_cos", "plan_curvature", "profile_curvature",
              "elevation", "twi", "log_flow_accumulation", "flow_accumulation",
              "distance_to_drainage"]
-    expected = terrain.derive_terrain(dem, grid, names, drainage_threshold_cells=50)
+    expected = terrain.derive_terrain(dem, grid, names, drainage_threshold_cells=50,
+                                      routing=routing)
     out = chunked_terrain.write_terrain_factors(
-        holed_dem, grid, names, tmp_path, chunk_size=31, drainage_threshold_cells=50
+        holed_dem, grid, names, tmp_path, chunk_size=31, drainage_threshold_cells=50,
+        routing=routing,
     )
     assert_same(out, expected)
     assert np.isnan(read(out["distance_to_drainage"])[40:47, 60:95]).all()

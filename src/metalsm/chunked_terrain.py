@@ -12,7 +12,7 @@ three strategies:
   a bounded GDAL block cache; none of it grows with the grid. The windows run on a
   :class:`metalsm.compute.Compute` (serial, threads or a ``distributed`` cluster) and
   are written by the calling process only.
-* **Flow routing** (fill, D8, accumulation) is **global**: a halo cannot make it
+* **Flow routing** (fill, D8 or MFD, accumulation) is **global**: a halo cannot make it
   correct across chunk edges. It runs once over compact whole-grid arrays through
   :func:`metalsm.terrain.flow_routing_counts`, the function ``derive_terrain``
   uses too. Bytes per cell (float32 DEM): 4 (DEM) + 1 (closed flag) while
@@ -20,6 +20,8 @@ three strategies:
   FIFO of raised cells; 4 + 1 (int8 D8 codes) while routing; 1 + 1 (uint8
   in-degree) + 4 (uint32 counts) = **6 bytes per cell at the peak**, then 4
   (the counts) kept while the factor windows are written. 400 M cells: ~2.4 GB.
+  Multiple flow directions (``routing="mfd"``) keep the DEM for the proportions:
+  4 + 1 (waiting count) + 4 (float32 totals) = 9 bytes per cell (400 M: ~3.6 GB).
   TWI, SPI, log accumulation read the counts and a windowed slope.
 * **Euclidean distances** (to drainage, to vector features) are **global** too, by
   an exact separable squared-EDT written here: a 1-D pass down column strips (result,
@@ -105,6 +107,7 @@ def write_terrain_factors(
     progress: RunProgress | None = None,
     compute: Compute | None = None,
     compress: bool = True,
+    routing: str = "d8",
 ) -> dict[str, Path]:
     """Write the requested terrain factors of the DEM at ``dem_path`` as GeoTIFFs in ``out_dir``.
 
@@ -123,6 +126,7 @@ def write_terrain_factors(
     chunk_size = _check_chunk_size(chunk_size)
     terrain._check_cell_size(grid.cell_size)
     terrain.check_drainage(requested, drainage_threshold_cells)
+    terrain.check_routing(routing)
     open_raster(dem_path).close()  # a named error for a missing file before any work
     compute = compute or Compute()
     out_dir = Path(out_dir)
@@ -140,8 +144,9 @@ def write_terrain_factors(
                     dem[window.toslices()] = _read_dem(dem_path, grid, window)
                 return dem
 
-            with _stage(progress, "flow routing (fill, D8, accumulation)", 1) as advance:
-                counts = terrain.flow_routing_counts(load_dem)
+            with _stage(progress, f"flow routing (fill, {routing.upper()}, accumulation)",
+                        1) as advance:
+                counts = terrain.flow_routing_counts(load_dem, routing=routing)
                 advance()
             terrain.check_drainage(requested, drainage_threshold_cells, counts)
         window_names = [n for n in requested if n != "distance_to_drainage"]

@@ -59,6 +59,7 @@ class TerrainConfig:
         "distance_to_drainage",
     )
     drainage_threshold_km2: float = 0.5
+    routing: Literal["d8", "mfd"] = "d8"
 
 
 @dataclass(frozen=True)

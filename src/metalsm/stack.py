@@ -297,7 +297,7 @@ def write_factors(
         compress = chunk_size is not None  # one window: the layers are read straight back
         paths = write_terrain_factors(dem, grid, factors, work, chunk_size=max(3, chunk),
                                       drainage_threshold_cells=threshold, compute=compute,
-                                      compress=compress)
+                                      compress=compress, routing=config.terrain.routing)
         sources = [LayerSource(n, str(paths[n]), origin=str(config.dem)) for n in factors]
         class_names: dict[str, dict[int, str]] = {}
         for raster in config.rasters:

@@ -24,7 +24,9 @@ Conventions shared by every function here:
 * D8 flow directions are int8 codes, clockwise from east:
   ``0 E, 1 SE, 2 S, 3 SW, 4 W, 5 NW, 6 N, 7 NE`` (ESRI's 1, 2, 4, ..., 128 as
   0..7); ``-1`` marks outlets (no lower neighbour) and no-data cells.
-* Flow accumulation counts upstream cells *including the cell itself*.
+* Flow accumulation counts upstream cells *including the cell itself*: whole cells
+  along D8 receivers, or fractions of cells along Freeman's (1991) multiple flow
+  directions (``routing="mfd"``).
 """
 
 from __future__ import annotations
@@ -48,12 +50,15 @@ __all__ = [
     "D8_NODATA",
     "D8_ROW_OFFSETS",
     "FLOW_FACTORS",
+    "FLOW_ROUTINGS",
+    "MFD_EXPONENT",
     "MIN_TWI_SLOPE_DEG",
     "TERRAIN_FACTORS",
     "aspect",
     "aspect_from_gradient",
     "check_drainage",
     "check_factor_names",
+    "check_routing",
     "curvatures",
     "d8_flow_directions",
     "derive_terrain",
@@ -66,6 +71,7 @@ __all__ = [
     "flow_routing_counts",
     "horn_gradient",
     "log_spi",
+    "mfd_flow_accumulation",
     "no_feature_error",
     "rasterize_vector_distance",
     "slope_degrees",
@@ -535,26 +541,145 @@ def flow_accumulation_counts(directions: np.ndarray) -> np.ndarray:
     return acc
 
 
+#: Flow-partition exponent of the multiple-flow-direction routing: Freeman's (1991)
+#: 1.1, SAGA's default convergence. 1 splits in proportion to the drop gradient;
+#: larger values concentrate flow toward the steepest neighbour (D8 in the limit).
+MFD_EXPONENT = 1.1
+
+#: Flow routings of the flow factors: single (D8) or multiple (Freeman MFD) receivers.
+FLOW_ROUTINGS = ("d8", "mfd")
+
+
+@njit(cache=True)
+def _mfd_accumulate(z: np.ndarray, exponent: float) -> np.ndarray:
+    """Freeman (1991) multiple-flow-direction accumulation over a filled DEM ``z``.
+
+    Every valid cell starts with 1 and passes its total to all strictly lower valid
+    neighbours, in proportion to ``(drop / distance) ** exponent``. Cells are
+    processed once all their higher neighbours have drained into them (a count of
+    waiting higher neighbours, a growable stack of ready cells), so the order is
+    topological and the pass O(N); flow only goes down, so there is no cycle to
+    detect. Bytes per cell beside ``z``: 4 (float32 totals) + 1 (uint8 waiting count).
+    """
+    nr, nc = z.shape
+    n = nr * nc
+    flat = z.ravel()
+    dr = np.array([0, 1, 1, 1, 0, -1, -1, -1])
+    dc = np.array([1, 1, 0, -1, -1, -1, 0, 1])
+    dist = np.array([1.0, math.sqrt(2.0)] * 4)
+    acc = np.zeros(n, dtype=np.float32)
+    waiting = np.zeros(n, dtype=np.uint8)
+    queued = np.uint8(255)
+    for r in range(nr):
+        for c in range(nc):
+            k = r * nc + c
+            if np.isnan(flat[k]):
+                continue
+            acc[k] = 1.0
+            for j in range(8):
+                rr = r + dr[j]
+                cc = c + dc[j]
+                if 0 <= rr < nr and 0 <= cc < nc and flat[rr * nc + cc] > flat[k]:
+                    waiting[k] += 1
+    stack = np.empty(1024, dtype=np.int64)
+    share = np.zeros(8)
+    lower = np.zeros(8, dtype=np.bool_)
+    for start in range(n):
+        if waiting[start] != 0 or np.isnan(flat[start]):
+            continue
+        waiting[start] = queued
+        stack[0] = start
+        top = 1
+        while top > 0:
+            top -= 1
+            k = stack[top]
+            r = k // nc
+            c = k - r * nc
+            zk = np.float64(flat[k])
+            total = 0.0
+            for j in range(8):
+                share[j] = 0.0
+                lower[j] = False
+                rr = r + dr[j]
+                cc = c + dc[j]
+                if rr < 0 or rr >= nr or cc < 0 or cc >= nc:
+                    continue
+                zm = np.float64(flat[rr * nc + cc])
+                if zm < zk:  # False for a NaN neighbour
+                    lower[j] = True
+                    share[j] = ((zk - zm) / dist[j]) ** exponent
+                    total += share[j]
+            outflow = np.float64(acc[k]) / total if total > 0 else 0.0
+            for j in range(8):
+                if not lower[j]:
+                    continue
+                m = (r + dr[j]) * nc + c + dc[j]
+                acc[m] += outflow * share[j]
+                waiting[m] -= 1
+                if waiting[m] == 0:
+                    waiting[m] = queued
+                    if top == stack.size:
+                        bigger = np.empty(2 * stack.size, dtype=np.int64)
+                        bigger[:top] = stack
+                        stack = bigger
+                    stack[top] = m
+                    top += 1
+    return acc.reshape(nr, nc)
+
+
+def mfd_flow_accumulation(filled: np.ndarray, exponent: float = MFD_EXPONENT) -> np.ndarray:
+    """Upstream area in cells (float32, itself included) by multiple flow directions.
+
+    Freeman's (1991) FD8: each cell's total is split among all its lower neighbours
+    in proportion to ``max(0, tan beta_j) ** exponent`` (diagonal drops over sqrt(2)
+    cell sizes), so flow disperses on hillslopes and converges in hollows, as the
+    MFD routings of SAGA and pysheds do. Run it on :func:`fill_depressions` output
+    (every valid cell then drains to an outlet; on a raw DEM pits keep what reaches
+    them). No-data cells come out 0. What leaves the grid adds up to the number of
+    valid cells.
+    """
+    arr = np.asarray(filled)
+    if arr.dtype != np.float32:
+        arr = _as_dem(arr, "filled DEM")
+    elif arr.ndim != 2:
+        raise MetalsmInputError(f"filled DEM must be a 2-D array, got shape {arr.shape}")
+    if not (isinstance(exponent, int | float) and exponent > 0):
+        raise MetalsmInputError(f"MFD exponent must be a positive number, got {exponent!r}")
+    return _mfd_accumulate(arr, float(exponent))
+
+
 def flow_routing_counts(
     load_dem: Callable[[], np.ndarray],
     progress: Callable[[str], None] | None = None,
+    routing: str = "d8",
 ) -> np.ndarray:
-    """Fill, D8 and upstream counts of the DEM that ``load_dem()`` returns (filled in place).
+    """Fill and route the DEM that ``load_dem()`` returns (filled in place): upstream cells.
 
     The one flow-routing path of both :func:`derive_terrain` and the chunked
     derivation (:mod:`metalsm.chunked_terrain`), so their results are identical.
     ``load_dem`` hands over a fresh 2-D float array that nobody else references:
-    it is filled in place (in float32 when it is float32) and released before the
-    accumulation. Peak bytes per cell for a float32 DEM: 4 (DEM) + 1 (closed flag)
-    during the fill, 4 + 1 (codes) during D8, then 1 (codes) + 1 (in-degree) + 4
-    (uint32 counts) = 6 during accumulation. Returns uint32 counts, 0 on no data.
+    it is filled in place (in float32 when it is float32). Peak bytes per cell for a
+    float32 DEM: 4 (DEM) + 1 (closed flag) during the fill, then
+
+    * ``routing="d8"``: 4 + 1 (codes) during D8; the DEM is released, and 1 (codes) +
+      1 (in-degree) + 4 (uint32 counts) = 6 during accumulation. Returns uint32
+      counts, exact up to 2**32 - 1.
+    * ``routing="mfd"`` (:func:`mfd_flow_accumulation`): the DEM is kept for the
+      proportions, 4 + 1 (waiting count) + 4 (float32 totals) = 9. Returns float32
+      fractional upstream cells.
+
+    Both are 0 on no data.
     """
+    check_routing(routing)
     step = progress or (lambda _message: None)
     dem = load_dem()
     if dem.ndim != 2 or dem.dtype not in (np.float32, np.float64):
         raise MetalsmInputError(f"DEM must be a 2-D float array, got {dem.dtype} {dem.shape}")
     step("filling depressions")
     _priority_flood_eps(dem)
+    if routing == "mfd":
+        step("MFD flow accumulation")
+        return _mfd_accumulate(dem, MFD_EXPONENT)
     step("D8 flow directions")
     codes = _d8_codes(dem, D8_NODATA)
     del dem
@@ -734,6 +859,7 @@ def derive_terrain(
     names: Iterable[str],
     drainage_threshold_cells: float = 500,
     progress: Callable[[str], None] | None = None,
+    routing: str = "d8",
 ) -> dict[str, np.ndarray]:
     """Compute the requested :data:`TERRAIN_FACTORS` from ``dem`` on ``grid``.
 
@@ -745,16 +871,20 @@ def derive_terrain(
 
     * ``elevation`` (m), ``slope`` (degrees, Horn), ``aspect_sin``/``aspect_cos``;
     * ``plan_curvature``/``profile_curvature`` (1/m, Zevenbergen & Thorne, + = convex);
-    * ``flow_accumulation``: upstream cells incl. itself (D8 on the filled DEM);
+    * ``flow_accumulation``: upstream cells incl. itself, routed on the filled DEM by
+      ``routing``: ``"d8"`` (one receiver, whole cells) or ``"mfd"`` (Freeman's
+      multiple flow directions, fractional cells; see :func:`mfd_flow_accumulation`);
       ``log_flow_accumulation``: its log10;
     * ``twi``: ln(a / tan beta); ``spi``: ln(1 + a tan beta) (see :func:`log_spi`);
-    * ``distance_to_drainage`` (m) to cells with accumulation >= ``drainage_threshold_cells``.
+    * ``distance_to_drainage`` (m) to cells with accumulation >= ``drainage_threshold_cells``
+      (of the same routing).
 
     Flow routing is :func:`flow_routing_counts`: a float32 DEM is filled in float32,
     other dtypes in float64.
     """
     step = progress or (lambda _message: None)
     requested = check_factor_names(names)
+    check_routing(routing)
     z = _as_dem(dem)
     if z.shape != grid.shape:
         raise MetalsmInputError(f"DEM shape {z.shape} does not match the grid {grid.shape}")
@@ -762,7 +892,7 @@ def derive_terrain(
     counts = None
     if any(n in FLOW_FACTORS for n in requested):
         fill_dtype = np.float32 if np.asarray(dem).dtype == np.float32 else np.float64
-        counts = flow_routing_counts(lambda: z.astype(fill_dtype), step)
+        counts = flow_routing_counts(lambda: z.astype(fill_dtype), step, routing)
         check_drainage(requested, drainage_threshold_cells, counts)
     whole = (slice(None), slice(None))
     out = window_factors(z, whole, [n for n in requested if n != "distance_to_drainage"],
@@ -777,6 +907,15 @@ def derive_terrain(
 #: Factors that need flow routing (global: computed once over the whole grid).
 FLOW_FACTORS = ("flow_accumulation", "log_flow_accumulation", "twi", "spi",
                 "distance_to_drainage")
+
+
+def check_routing(routing: str) -> str:
+    """``routing`` if it names one of :data:`FLOW_ROUTINGS`, else a named error."""
+    if routing not in FLOW_ROUTINGS:
+        raise MetalsmInputError(
+            f"unknown flow routing {routing!r}; valid: {', '.join(FLOW_ROUTINGS)}"
+        )
+    return routing
 
 
 def check_factor_names(names: Iterable[str] | str) -> list[str]:
