@@ -45,8 +45,8 @@ def run_pipeline(
     (:func:`metalsm.compute.choose_plan`).
 
     A sample-table study area (``[table]``, no rasters) gets no map: its models are
-    cross-validated and reported (:func:`_run_table_validation`), and with ``[meta]``
-    the block-wise stage runs too (:func:`metalsm.meta_run.run_table_pipeline`).
+    cross-validated and reported, and with ``[meta]`` the block-wise stage runs too
+    (:func:`_run_table`).
 
     Every input header and ``out_dir`` are checked first (:func:`metalsm.preflight.check_run`,
     all problems at once); the run then writes into a staging folder that replaces
@@ -55,13 +55,8 @@ def run_pipeline(
     with collect_warnings() as warned:
         check_run(config, out_dir)
         with staged_directory(out_dir) as stage:
-            if config.table is not None and config.meta is not None:
-                from metalsm.meta_run import run_table_pipeline
-
-                result = run_table_pipeline(config, stage, show_progress=show_progress)
-            elif config.table is not None:
-                result = _run_table_validation(config, stage, warned,
-                                               show_progress=show_progress)
+            if config.table is not None:
+                result = _run_table(config, stage, warned, show_progress=show_progress)
             else:
                 result = _run_raster_pipeline(config, stage, warned,
                                               show_progress=show_progress,
@@ -244,12 +239,14 @@ def _run_raster_pipeline(
     return RunResult(out, seconds, metrics, headline)
 
 
-def _run_table_validation(config: StudyAreaConfig, out: Path, warned: list[str], *,
-                          show_progress: bool) -> RunResult:
-    """A sample-table study area without ``[meta]``: cross-validation of every model,
-    samples.gpkg, ROC and fold figures, blocks when ``[blocks]`` is given, metrics,
-    manifest and a report that says why there is no map."""
+def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
+               show_progress: bool) -> RunResult:
+    """A sample-table study area (no map): cross-validation of the classic models,
+    samples.gpkg, ROC and fold figures, blocks with ``[blocks]`` or ``[meta]``, the
+    block-wise stage with ``[meta]`` (K-shot table, block models), metrics, manifest
+    and a report that says why there is no map."""
     from metalsm.blocks_run import segment_table
+    from metalsm.config import BlocksConfig
     from metalsm.grid import Grid
     from metalsm.sample_table import read_sample_table
 
@@ -257,29 +254,40 @@ def _run_table_validation(config: StudyAreaConfig, out: Path, warned: list[str],
     timings: dict[str, float] = {}
     t = started
     with RunProgress(enabled=show_progress) as progress:
-        if config.blocks is not None:
-            samples = segment_table(config, config.blocks, out, progress).samples
+        block_stage = None
+        if config.blocks is not None or config.meta is not None:
+            block_stage = segment_table(config, config.blocks or BlocksConfig(), out, progress)
+            samples = block_stage.samples
             timings["blocks"] = round(time.perf_counter() - t, 3)
         else:
             with progress.stage("sample table"):
                 samples = read_sample_table(config.table)
         write_csv(out / "samples.csv", samples.table)
-        problems = fold_problems(config, samples.y, f"the sample table {config.table.path}")
-        if problems:
-            raise MetalsmInputError(problems[0])
-        t = time.perf_counter()
-        names = tuple(config.model.names)
-        with progress.stage(validation.validation_stage_name(config),
-                            total=validation.validation_tasks(config, names)) as advance:
-            evaluation = validation.validate(config, names, samples, advance)
-            write_csv(out / "validation.csv", evaluation.table)
-            write_samples_vector(out / "samples.gpkg", samples, config.table.crs,
-                                 _sample_columns(evaluation, config.model.map_model))
-        timings["validation"] = round(time.perf_counter() - t, 3)
+        names = tuple(n for n in config.model.names if n != "meta-blockwise")
+        evaluation = None
+        if names:
+            problems = fold_problems(config, samples.y, f"the sample table {config.table.path}")
+            if problems:
+                raise MetalsmInputError(problems[0])
+            t = time.perf_counter()
+            with progress.stage(validation.validation_stage_name(config),
+                                total=validation.validation_tasks(config, names)) as advance:
+                evaluation = validation.validate(config, names, samples, advance)
+                write_csv(out / "validation.csv", evaluation.table)
+                write_samples_vector(out / "samples.gpkg", samples, config.table.crs,
+                                     _sample_columns(evaluation, config.model.map_model))
+            timings["validation"] = round(time.perf_counter() - t, 3)
+        meta_result = None
+        if config.meta is not None:
+            from metalsm.meta_run import run_meta_stage
+
+            meta_result = run_meta_stage(config, block_stage, out, progress)
+            timings.update({f"meta_{k}": v for k, v in meta_result.timings.items()})
         t = time.perf_counter()
         with progress.stage("figures and report"):
-            validation_figures(out, evaluation, samples.y, config, samples.coords,
-                               Grid.around(samples.coords, config.table.crs))
+            if evaluation is not None:
+                validation_figures(out, evaluation, samples.y, config, samples.coords,
+                                   Grid.around(samples.coords, config.table.crs))
             metrics = {
                 "study_area": config.name,
                 "samples": {"positives": int((samples.y == 1).sum()),
@@ -289,34 +297,44 @@ def _run_table_validation(config: StudyAreaConfig, out: Path, warned: list[str],
                                 int(samples.table.attrs.get("dropped_incomplete_rows", 0))},
                 "factors": list(samples.factor_names),
                 "categorical_factors": list(samples.categorical),
-                "validation": _by_scheme(evaluation.table),
+                "validation": {} if evaluation is None else _by_scheme(evaluation.table),
                 "map_model": None,
                 "map": "none: a sample-table study area has no rasters to map",
                 "warnings": list(warned),
             }
+            if meta_result is not None:
+                metrics["meta"] = meta_result.metrics
             write_json(out / "metrics.json", metrics)
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+            seeds = {"validation": config.validation.seed}
+            if block_stage is not None:
+                seeds["blocks"] = (config.blocks or BlocksConfig()).seed
+            if config.meta is not None:
+                seeds["meta"] = config.meta.seed
             manifest = build_manifest(
-                config=config.to_dict(), inputs=[config.table.path],
-                seeds={"validation": config.validation.seed,
-                       **({"blocks": config.blocks.seed} if config.blocks else {})},
+                config=config.to_dict(), inputs=[config.table.path], seeds=seeds,
                 metrics=metrics, timings_s=timings,
                 outputs=outputs + ["manifest.json", "report.html"])
             write_json(out / "manifest.json", manifest)
             _table_report(out, config, metrics, evaluation, manifest)
         timings["report"] = round(time.perf_counter() - t, 3)
-    spatial = metrics["validation"]["spatial"][config.model.map_model]
     headline = {
         "samples": f"{metrics['samples']['positives']} positives, "
         f"{metrics['samples']['negatives']} negatives (no map: sample table)",
-        f"spatial AUC ({config.model.map_model})":
-            f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}",
     }
+    if meta_result is not None:
+        from metalsm.meta_run import headline_of
+
+        headline.update(headline_of(meta_result.kshot))
+    elif evaluation is not None:
+        spatial = metrics["validation"]["spatial"][config.model.map_model]
+        headline[f"spatial AUC ({config.model.map_model})"] = (
+            f"{spatial['auc_mean']:.3f} ± {spatial['auc_std']:.3f}")
     return RunResult(out, time.perf_counter() - started, metrics, headline)
 
 
 def _table_report(out: Path, config: StudyAreaConfig, metrics: dict,
-                  evaluation: validation.Evaluation, manifest: dict) -> None:
+                  evaluation: validation.Evaluation | None, manifest: dict) -> None:
     samples = metrics["samples"]
     dropped = samples["dropped_incomplete_rows"]
     sections = [
@@ -329,8 +347,13 @@ def _table_report(out: Path, config: StudyAreaConfig, metrics: dict,
             "susceptibility map, zones, success rate or prediction rate (both need the "
             "mapped area); it cross-validates the models, which is what the samples can "
             "honestly tell.")),
-        validation_section(out, config, evaluation),
     ]
+    if "meta" in metrics:
+        from metalsm.meta_run import report_section
+
+        sections.append(report_section(metrics["meta"], out))
+    if evaluation is not None:
+        sections.append(validation_section(out, config, evaluation))
     if (out / "blocks.png").exists():
         sections.append(Section("Blocks", text=(
             "The samples segmented into blocks (`[blocks]`): `blocks.csv` gives each "
@@ -348,7 +371,9 @@ def _table_report(out: Path, config: StudyAreaConfig, metrics: dict,
                 tables=report_tables.provenance_tables(manifest)),
     ]
     write_report(out / "report.html",
-                 title=f"Landslide models, validation only — {config.name}", sections=sections)
+                 title=(f"Block-wise meta-learning — {config.name}" if "meta" in metrics
+                        else f"Landslide models, validation only — {config.name}"),
+                 sections=sections)
 
 
 def _by_scheme(table: pd.DataFrame) -> dict[str, dict[str, dict]]:
