@@ -29,7 +29,7 @@ from pathlib import Path
 from _support import mirror_tile, status_mb
 
 from metalsm.datasets import study_area
-from metalsm.terrain import TERRAIN_FACTORS
+from metalsm.terrain._terrain import TERRAIN_FACTORS
 
 
 class StageTimer:
@@ -51,9 +51,9 @@ class StageTimer:
 def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: list[str],
           scheduler: str) -> None:
     """Run the derivation in this (fresh) process and print timings and peak memory."""
-    from metalsm.chunked_terrain import write_terrain_factors
-    from metalsm.compute import compute_context
-    from metalsm.grid import Grid
+    from metalsm.raster._grid import Grid
+    from metalsm.scale._compute import compute_context
+    from metalsm.terrain._write import write_terrain_factors
 
     grid = Grid.from_raster(dem)
     baseline = status_mb("VmRSS")  # interpreter + numpy/numba/rasterio imports

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from metalsm.config import load_config
-from metalsm.meta_run import (
+from metalsm.pipeline._meta import (
     fit_intermediate,
     kshot_table,
     meta_data,

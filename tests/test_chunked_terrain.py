@@ -15,11 +15,12 @@ from hypothesis.extra.numpy import arrays
 from rasterio.windows import Window
 from scipy import ndimage
 
-from metalsm import chunked_terrain, terrain
-from metalsm.compute import compute_context
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
+from metalsm.raster._grid import Grid
+from metalsm.scale._compute import compute_context
 from metalsm.stack import read_dem
+from metalsm.terrain import _terrain as terrain
+from metalsm.terrain import _write as chunked_terrain
 
 
 class RecordingProgress:

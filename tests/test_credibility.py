@@ -12,13 +12,13 @@ from conftest import write_config
 from typer.testing import CliRunner
 
 from metalsm.cli import app
-from metalsm.cog import cog_problems
 from metalsm.config import load_config
-from metalsm.credibility import credibility_map
 from metalsm.errors import MetalsmInputError
 from metalsm.experiments.credibility import spatial_holdout
-from metalsm.inventory import landslide_mask, positive_cells, read_inventory
-from metalsm.sampling import (
+from metalsm.inputs._inventory import landslide_mask, positive_cells, read_inventory
+from metalsm.raster._cog import cog_problems
+from metalsm.samples._credibility import credibility_map
+from metalsm.samples._negatives import (
     CredibilityBandWarning,
     NegativeRequest,
     band_mask,

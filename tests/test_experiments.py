@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation.kshot import (
+from metalsm.evaluation._kshot import (
     compare_methods,
     draw_support,
     fit_set,

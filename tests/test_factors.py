@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metalsm.errors import MetalsmInputError
-from metalsm.factors import (
+from metalsm.analysis._factors import (
     differentiation,
     factor_classes,
     fr_table,
@@ -15,6 +14,7 @@ from metalsm.factors import (
     select_factors,
     vif,
 )
+from metalsm.errors import MetalsmInputError
 
 
 def test_fr_table_on_a_hand_made_categorical_raster():

@@ -3,9 +3,9 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
-from metalsm.inventory import landslide_mask, read_inventory
-from metalsm.sampling import (
+from metalsm.inputs._inventory import landslide_mask, read_inventory
+from metalsm.raster._grid import Grid
+from metalsm.samples._negatives import (
     NEGATIVE_SAMPLERS,
     NegativeRequest,
     draw_negatives,

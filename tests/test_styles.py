@@ -7,9 +7,9 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 
-from metalsm.grid import Grid, read_class_names
-from metalsm.mapping import classify_raster
-from metalsm.styles import (
+from metalsm.mapping._mapping import classify_raster
+from metalsm.raster._grid import Grid, read_class_names
+from metalsm.raster._styles import (
     block_colours,
     hex_colour,
     write_blocks_style,

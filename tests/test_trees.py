@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import rasterio
 
-from metalsm.grid import Grid, read_aligned
-from metalsm.inventory import landslide_mask, read_inventory
-from metalsm.mapping import predict_raster
+from metalsm.inputs._inventory import landslide_mask, read_inventory
+from metalsm.mapping._mapping import predict_raster
 from metalsm.models import make_model
 from metalsm.models._trees import compile_forest, compile_lightgbm
+from metalsm.raster._grid import Grid, read_aligned
 from metalsm.stack import FactorStack
-from metalsm.terrain import aspect, slope_degrees
+from metalsm.terrain._terrain import aspect, slope_degrees
 
 NAMES = ["elevation", "slope", "aspect_sin", "aspect_cos", "geology", "landcover"]
 CATEGORICAL = ["geology", "landcover"]

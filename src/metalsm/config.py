@@ -171,7 +171,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Out-of-core / distributed execution (:mod:`metalsm.compute`).
+    """Out-of-core / distributed execution (:mod:`metalsm.scale._compute`).
 
     ``chunk_size`` (cells per window edge) forces the chunked path; ``scheduler`` is
     ``threads`` or a ``dask.distributed`` scheduler address; without either, runs go
@@ -191,7 +191,7 @@ class BlocksConfig:
 
     ``weighting``: ``equal`` (all 1), ``given`` (``factor_weights``, others 1),
     ``fr_differentiation`` or ``rf_importance`` (learnt from the samples, see
-    :func:`metalsm.segmentation.weights_from_data`).
+    :func:`metalsm.blocks.weights_from_data`).
     """
 
     n_blocks: int = 64
@@ -606,7 +606,7 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
 def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> None:
     """Numbers and names that parse but cannot work (caught here, before any input is read)."""
     from metalsm.models.classic import MODEL_NAMES
-    from metalsm.terrain import TERRAIN_FACTORS
+    from metalsm.terrain._terrain import TERRAIN_FACTORS
 
     known = (*MODEL_NAMES, "meta-blockwise")
     for i, name in enumerate(config.model.names):

@@ -23,11 +23,10 @@ import pandas as pd
 import rasterio
 from rasterio.windows import Window
 
-from metalsm.cog import windowed_geotiff
-from metalsm.compute import Compute
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import (
+from metalsm.raster._cog import windowed_geotiff
+from metalsm.raster._grid import (
     Grid,
     iter_windows,
     open_raster,
@@ -37,6 +36,7 @@ from metalsm.grid import (
     read_window,
     reference_grid,
 )
+from metalsm.scale._compute import Compute
 
 __all__ = [
     "FactorStack",
@@ -276,11 +276,11 @@ def write_factors(
     ``cog=False`` for a stack that is not an output (a plain GeoTIFF, no overviews).
 
     Terrain factors and vector distances are written one GeoTIFF per layer by
-    :mod:`metalsm.chunked_terrain` into a ``.layers`` folder beside the output
+    :mod:`metalsm.terrain._write` into a ``.layers`` folder beside the output
     (removed afterwards); thematic rasters are aligned window by window. Band
     order: terrain factors (config order), thematic rasters, vector distances.
     """
-    from metalsm.chunked_terrain import vector_distance_raster, write_terrain_factors
+    from metalsm.terrain._write import vector_distance_raster, write_terrain_factors
 
     step = progress or (lambda _m: None)
     out_path = Path(out_path)

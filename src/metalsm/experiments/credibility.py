@@ -13,7 +13,7 @@ How bands are compared on equal terms (:func:`spatial_holdout`):
   landslides is the *test region*. Its landslides are the test positives; all
   other landslides are the training positives.
 * **Credibility from training landslides only**: the map is fitted on the
-  training positives (:func:`metalsm.credibility.credibility_map`).
+  training positives (:func:`metalsm.samples.credibility_map`).
 * **One fixed test set.** Test negatives are drawn once, uniformly at random
   from valid cells of the test region outside every landslide (and the buffer),
   as many as ``sampling.ratio`` times the test positives, and reused for every
@@ -47,17 +47,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
 
-from metalsm import mapping
 from metalsm.atomic import write_csv, write_json
 from metalsm.config import StudyAreaConfig
-from metalsm.credibility import credibility_map, plot_credibility, write_credibility
 from metalsm.errors import MetalsmInputError
+from metalsm.evaluation._validation import classification_metrics
 from metalsm.experiments.common import ExperimentResult
-from metalsm.grid import Grid
-from metalsm.inventory import landslide_mask, positive_cells, read_inventory
+from metalsm.inputs._inventory import landslide_mask, positive_cells, read_inventory
+from metalsm.mapping import _mapping as mapping
 from metalsm.models.classic import make_model
+from metalsm.raster._grid import Grid
 from metalsm.report.html import Section
-from metalsm.sampling import (
+from metalsm.samples._credibility import credibility_map, plot_credibility, write_credibility
+from metalsm.samples._negatives import (
     CredibilityBandWarning,
     NegativeRequest,
     credibility_negatives,
@@ -65,7 +66,6 @@ from metalsm.sampling import (
     sample_table,
 )
 from metalsm.stack import FactorStack, build_factor_stack
-from metalsm.validation import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def run_credibility_experiment(
 
 
 def _band(cred: np.ndarray, band: tuple[float, float]) -> np.ndarray:
-    from metalsm.sampling import band_mask
+    from metalsm.samples._negatives import band_mask
 
     return band_mask(cred, band)
 

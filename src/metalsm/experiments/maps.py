@@ -6,7 +6,7 @@ Four maps of the same study area, at one scale and one colour ramp (0–1):
   on all samples, predicted cell by cell (:func:`metalsm.mapping.predict_raster`);
 * block-wise **proposed** (pretraining + weighted tasks) and block-wise **plain MAML**:
   meta-trained on the meta-train blocks, every block then adapted with ``[meta] map_k``
-  of its samples (:func:`metalsm.meta_run.adapt_all_blocks`) and each cell predicted by
+  of its samples (:func:`metalsm.pipeline.adapt_all_blocks`) and each cell predicted by
   its block's model (:func:`metalsm.mapping.predict_blockwise_raster`).
 
 Writes ``maps/<method>.tif`` (probability rasters), ``maps.png`` (side by side, the
@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import rasterio
 
-from metalsm import mapping
 from metalsm.atomic import write_csv
 from metalsm.config import BlocksConfig, StudyAreaConfig
 from metalsm.experiments.common import ExperimentResult, apply_preset, experiment_meta, since
+from metalsm.mapping import _mapping as mapping
 from metalsm.report.html import Section
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,11 @@ def run_maps_experiment(config: StudyAreaConfig, out_dir: str | Path, *,
     """Map RF, MLP, proposed and plain MAML over the study area; one side-by-side figure."""
     from dataclasses import replace
 
-    from metalsm.blocks_run import prepare_blocks
     from metalsm.experiments.methods import fit_maml, fit_proposed
-    from metalsm.inventory import landslide_mask, read_inventory
-    from metalsm.meta_run import adapt_all_blocks, meta_data
+    from metalsm.inputs._inventory import landslide_mask, read_inventory
     from metalsm.models.classic import make_model
+    from metalsm.pipeline._blocks import prepare_blocks
+    from metalsm.pipeline._meta import adapt_all_blocks, meta_data
     from metalsm.progress import RunProgress
     from metalsm.report.figures import plot_maps_side_by_side
 

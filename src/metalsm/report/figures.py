@@ -32,8 +32,8 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from metalsm.atomic import atomic_path
-from metalsm.grid import Grid
-from metalsm.styles import _ZONE_RAMP_RANGE, zone_colours, zone_legend_labels
+from metalsm.raster._grid import Grid
+from metalsm.raster._styles import _ZONE_RAMP_RANGE, zone_colours, zone_legend_labels
 
 __all__ = [
     "CURVE_COLOURS",
@@ -65,7 +65,7 @@ __all__ = [
 
 DPI = 150
 #: Low-to-high susceptibility colours: the zone ramp of the QGIS styles and colour tables
-#: (pale yellow -> dark red, ordered by lightness; see :mod:`metalsm.styles`).
+#: (pale yellow -> dark red, ordered by lightness; see :mod:`metalsm.raster._styles`).
 ZONE_CMAP = LinearSegmentedColormap.from_list(
     "metalsm_zones", matplotlib.colormaps["YlOrRd"](np.linspace(*_ZONE_RAMP_RANGE, 256)))
 #: How strongly the hillshade modulates map colours; flat ground shows the exact colour.
@@ -430,7 +430,7 @@ def plot_susceptibility_map(
         zones = array.astype(np.int64, copy=False)
         levels = len(labels) if labels is not None else max(int(zones.max(initial=0)), 1)
         if labels is None:
-            from metalsm.mapping import DEFAULT_LABELS
+            from metalsm.mapping._mapping import DEFAULT_LABELS
 
             labels = DEFAULT_LABELS.get(levels, [f"Zone {i}" for i in range(1, levels + 1)])
         colours = zone_colors(levels)
@@ -693,7 +693,7 @@ def plot_candles(
 ) -> Path:
     """Candle chart of ``metric`` against K: per method and K a mean marker, a ±σ bar
     and min/max whiskers; methods side by side within each K (summary as
-    :func:`metalsm.evaluation.kshot.summarize` gives it)."""
+    :func:`metalsm.evaluation.summarize` gives it)."""
     candles = candle_table(summary, metric)
     ks = list(dict.fromkeys(candles["k"]))
     methods = list(dict.fromkeys(candles["method"]))

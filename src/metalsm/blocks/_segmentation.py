@@ -48,11 +48,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from metalsm.atomic import atomic_path
-from metalsm.cog import windowed_geotiff
-from metalsm.compute import Compute
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid, iter_windows, open_raster, read_window, strips
-from metalsm.styles import write_blocks_style
+from metalsm.raster._cog import windowed_geotiff
+from metalsm.raster._grid import Grid, iter_windows, open_raster, read_window, strips
+from metalsm.raster._styles import write_blocks_style
+from metalsm.scale._compute import Compute
 
 if TYPE_CHECKING:
     import geopandas as gpd

@@ -5,12 +5,12 @@ differs. A whole-grid run is the same code with one window. Three kinds of work,
 three strategies:
 
 * **3x3 factors** (elevation, slope, aspect, curvatures) are local: each window
-  is read with a one-cell halo (:func:`metalsm.grid.halo`, clipped at the grid edge,
+  is read with a one-cell halo (:func:`metalsm.raster.halo`, clipped at the grid edge,
   so the real edge keeps the in-memory edge handling), computed by the one factor
   table :func:`metalsm.terrain.window_factors` and cropped, band by band inside a
   window (:data:`BAND_CELLS`). Memory: ~25 MB of temporaries per window in flight and
   a bounded GDAL block cache; none of it grows with the grid. The windows run on a
-  :class:`metalsm.compute.Compute` (serial, threads or a ``distributed`` cluster) and
+  :class:`metalsm.scale.Compute` (serial, threads or a ``distributed`` cluster) and
   are written by the calling process only.
 * **Flow routing** (fill, D8 or MFD, accumulation) is **global**: a halo cannot make it
   correct across chunk edges. It runs once over compact whole-grid arrays through
@@ -49,12 +49,12 @@ from affine import Affine
 from numba import njit
 from rasterio.windows import Window
 
-from metalsm import terrain
-from metalsm.cog import gdal_cache, windowed_geotiff
-from metalsm.compute import Compute
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid, halo, iter_windows, open_raster, read_aligned_window
 from metalsm.progress import RunProgress
+from metalsm.raster._cog import gdal_cache, windowed_geotiff
+from metalsm.raster._grid import Grid, halo, iter_windows, open_raster, read_aligned_window
+from metalsm.scale._compute import Compute
+from metalsm.terrain import _terrain as terrain
 
 __all__ = [
     "squared_edt",

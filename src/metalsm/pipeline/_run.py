@@ -13,21 +13,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metalsm import mapping, validation
 from metalsm.atomic import staged_directory, write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.inventory import landslide_mask, read_inventory
-from metalsm.manifest import RunResult, build_manifest, collect_warnings
+from metalsm.evaluation import _validation as validation
+from metalsm.inputs._inventory import landslide_mask, read_inventory
+from metalsm.mapping import _mapping as mapping
 from metalsm.models.classic import make_model
-from metalsm.preflight import check_run, fold_problems
+from metalsm.pipeline._manifest import RunResult, build_manifest, collect_warnings
+from metalsm.pipeline._preflight import check_run, fold_problems
 from metalsm.progress import RunProgress
 from metalsm.report import figures
 from metalsm.report import tables as report_tables
 from metalsm.report.html import Section, write_report
-from metalsm.sample_table import Samples, write_samples_vector
-from metalsm.sampling import draw_samples
+from metalsm.samples._negatives import draw_samples
+from metalsm.samples._table import Samples, write_samples_vector
 from metalsm.stack import open_stack
+
+__all__ = [
+    "AREA_SAMPLE_CELLS",
+    "MAP_FIGURE_SIDE",
+    "area_sample",
+    "repeat_caption",
+    "run_pipeline",
+    "validation_figures",
+    "validation_notes",
+    "validation_section",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +54,13 @@ def run_pipeline(
     ``factors.tif`` aligned and written in windows of ``chunk_size`` and every
     windowed stage run over Dask (local threads, or the cluster at ``scheduler``);
     without them the path is chosen by the estimated stack size and free memory
-    (:func:`metalsm.compute.choose_plan`).
+    (:func:`metalsm.scale.choose_plan`).
 
     A sample-table study area (``[table]``, no rasters) gets no map: its models are
     cross-validated and reported, and with ``[meta]`` the block-wise stage runs too
     (:func:`_run_table`).
 
-    Every input header and ``out_dir`` are checked first (:func:`metalsm.preflight.check_run`,
+    Every input header and ``out_dir`` are checked first (:func:`metalsm.pipeline.check_run`,
     all problems at once); the run then writes into a staging folder that replaces
     ``out_dir`` only when complete, so a failed run leaves a previous run untouched.
     """
@@ -77,7 +89,7 @@ def _run_raster_pipeline(
         timings[name] = round(now - since, 3)
         return now
 
-    from metalsm.compute import choose_plan
+    from metalsm.scale._compute import choose_plan
 
     plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
     chunk = plan.chunk_size if plan.chunked else None
@@ -111,7 +123,7 @@ def _run_raster_pipeline(
         t = timed("samples", t)
 
         if config.blocks is not None:
-            from metalsm.blocks_run import segment_stack
+            from metalsm.pipeline._blocks import segment_stack
 
             block_stage = segment_stack(config, stack, samples, inventory, out, progress,
                                         compute=compute, chunk_size=chunk)
@@ -130,7 +142,7 @@ def _run_raster_pipeline(
         meta_result = None
         predictor: dict[str, str] = {}  # map model -> "compiled" (packed trees) or "library"
         if config.model.map_model == "meta-blockwise":  # block-wise models (meta_run.py)
-            from metalsm.meta_run import run_meta_stage
+            from metalsm.pipeline._meta import run_meta_stage
 
             meta_result = run_meta_stage(config, block_stage, out, progress, stack=stack,
                                          factors_path=out / "factors.tif", compute=compute,
@@ -229,7 +241,7 @@ def _run_raster_pipeline(
         f"{metrics['samples']['negatives']} negatives",
     }
     if meta_result is not None:
-        from metalsm.meta_run import headline_of
+        from metalsm.pipeline._meta import headline_of
 
         headline.update(headline_of(meta_result.kshot))
     else:
@@ -245,10 +257,10 @@ def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
     samples.gpkg, ROC and fold figures, blocks with ``[blocks]`` or ``[meta]``, the
     block-wise stage with ``[meta]`` (K-shot table, block models), metrics, manifest
     and a report that says why there is no map."""
-    from metalsm.blocks_run import segment_table
     from metalsm.config import BlocksConfig
-    from metalsm.grid import Grid
-    from metalsm.sample_table import read_sample_table
+    from metalsm.pipeline._blocks import segment_table
+    from metalsm.raster._grid import Grid
+    from metalsm.samples._table import read_sample_table
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -279,7 +291,7 @@ def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
             timings["validation"] = round(time.perf_counter() - t, 3)
         meta_result = None
         if config.meta is not None:
-            from metalsm.meta_run import run_meta_stage
+            from metalsm.pipeline._meta import run_meta_stage
 
             meta_result = run_meta_stage(config, block_stage, out, progress)
             timings.update({f"meta_{k}": v for k, v in meta_result.timings.items()})
@@ -323,7 +335,7 @@ def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
         f"{metrics['samples']['negatives']} negatives (no map: sample table)",
     }
     if meta_result is not None:
-        from metalsm.meta_run import headline_of
+        from metalsm.pipeline._meta import headline_of
 
         headline.update(headline_of(meta_result.kshot))
     elif evaluation is not None:
@@ -349,7 +361,7 @@ def _table_report(out: Path, config: StudyAreaConfig, metrics: dict,
             "honestly tell.")),
     ]
     if "meta" in metrics:
-        from metalsm.meta_run import report_section
+        from metalsm.pipeline._meta import report_section
 
         sections.append(report_section(metrics["meta"], out))
     if evaluation is not None:
@@ -427,7 +439,7 @@ def _rate_curves(out: Path, mask: np.ndarray, evaluation: validation.Evaluation,
 def _qgis_project(out: Path, grid, config: StudyAreaConfig) -> Path:
     """project.qgs: the run's vectors and rasters in one QGIS project, styled; zones and
     samples shown, the other layers listed."""
-    from metalsm.qgis_project import ProjectLayer, write_qgis_project
+    from metalsm.report._qgis import ProjectLayer, write_qgis_project
 
     candidates = [
         ProjectLayer("samples.gpkg", "samples (label)", layer="samples"),
@@ -447,8 +459,8 @@ def _uncertainty_map(config: StudyAreaConfig, stack, samples: Samples, out: Path
                      zone_labels: list[str], *, window_size: int, compute) -> dict:
     """uncertainty.tif (+ .qml): the spread of the map model's probability over bootstrap
     refits, predicted window by window like the map; returns its statistics."""
-    from metalsm import uncertainty as spread
-    from metalsm.styles import write_uncertainty_style
+    from metalsm.mapping import _uncertainty as spread
+    from metalsm.raster._styles import write_uncertainty_style
 
     settings, name = config.uncertainty, config.model.map_model
     with progress.stage(f"uncertainty ({settings.refits} bootstrap refits of {name})",
@@ -472,7 +484,7 @@ def _uncertainty_figure(out: Path, config: StudyAreaConfig, stack, inventory,
                         uncertainty: dict) -> None:
     from matplotlib.colors import Normalize
 
-    from metalsm.styles import uncertainty_colormap
+    from metalsm.raster._styles import uncertainty_colormap
 
     array, grid = figures.read_decimated(out / "uncertainty.tif", MAP_FIGURE_SIDE)
     dem = None
@@ -760,7 +772,7 @@ def _report(out, config, metrics, evaluation, zones, manifest) -> None:
         ),
     ]
     if "meta" in metrics:
-        from metalsm.meta_run import report_section
+        from metalsm.pipeline._meta import report_section
 
         sections.insert(1, report_section(metrics["meta"], out))
     write_report(out / "report.html", title=f"Landslide susceptibility — {config.name}",

@@ -121,7 +121,7 @@ def factor_classes(
     seed: int = 0,
 ) -> FactorClasses:
     """FR classes of a factor from its values over the area (``values``: valid cells only)."""
-    from metalsm.mapping import zone_breaks
+    from metalsm.mapping._mapping import zone_breaks
 
     values = np.asarray(values, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
@@ -619,11 +619,11 @@ def run_factor_analysis(config, out_dir: str | Path, *, chunk_size: int | None =
     """``metalsm factors``: build the stack of ``config``, analyse it against the inventory
     mask (every cell touched by a landslide), write the tables and figures into ``out_dir``.
     The stack is held in memory or on disk (read a layer at a time) as
-    :func:`metalsm.compute.choose_plan` decides (``chunk_size``, ``scheduler``)."""
+    :func:`metalsm.scale.choose_plan` decides (``chunk_size``, ``scheduler``)."""
     from metalsm.atomic import staged_directory
-    from metalsm.compute import choose_plan
-    from metalsm.inventory import landslide_mask, read_inventory
-    from metalsm.preflight import check_run
+    from metalsm.inputs._inventory import landslide_mask, read_inventory
+    from metalsm.pipeline._preflight import check_run
+    from metalsm.scale._compute import choose_plan
     from metalsm.stack import open_stack
 
     check_run(config, out_dir, needs_rasters=True, command="factors")

@@ -14,7 +14,7 @@ import shapely
 from rasterio.features import rasterize
 
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
+from metalsm.raster._grid import Grid
 
 __all__ = [
     "MIN_POSITIVES",
@@ -117,7 +117,7 @@ def raster_patches(path: str | Path, grid: Grid) -> gpd.GeoDataFrame:
     """A mask or labelled landslide raster as one polygon per patch, in the grid's CRS.
 
     The raster is read onto ``grid`` (nearest, or mode when finer; see
-    :func:`metalsm.grid.read_aligned`); cells with a value other than 0 and no data
+    :func:`metalsm.raster.read_aligned`); cells with a value other than 0 and no data
     are landslide cells. A patch is a set of 8-connected cells of one value, so a
     mask gives one patch per connected landslide and a raster of landslide ids one
     per landslide even where two touch. Outlines follow the cell edges (inset by a
@@ -126,7 +126,7 @@ def raster_patches(path: str | Path, grid: Grid) -> gpd.GeoDataFrame:
     """
     from rasterio.features import shapes
 
-    from metalsm.grid import read_aligned
+    from metalsm.raster._grid import read_aligned
 
     layer = read_aligned(path, grid, name="inventory", categorical=True)
     codes = np.nan_to_num(layer.values, nan=0.0).astype(np.int64)
@@ -184,7 +184,7 @@ def _patches_of_equal_value(codes: np.ndarray) -> np.ndarray:
 def _read_csv_points(path: Path, crs: str | None, x: str, y: str) -> gpd.GeoDataFrame:
     if crs is None:
         raise MetalsmInputError(f"inventory {path} is a table: set inventory.crs to its CRS")
-    from metalsm.sample_table import read_table_frame
+    from metalsm.samples._table import read_table_frame
 
     table = read_table_frame(str(path))
     missing = [c for c in (x, y) if c not in table.columns]

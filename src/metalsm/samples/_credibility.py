@@ -8,7 +8,7 @@ of being a stable, non-landslide sample, and negatives are drawn by credibility.
 How it is computed here (:func:`fit_membership`, :func:`credibility_map`):
 
 1. **Per-factor membership of the landslide-prone environment.** Each factor is
-   cut into FR classes from the *area alone* (:func:`metalsm.factors.stack_classes`:
+   cut into FR classes from the *area alone* (:func:`metalsm.analysis._factors.stack_classes`:
    quantile or natural-breaks bins, one class per category). The frequency ratio
    of each class is computed from the **training landslide cells only**
    (``FR = training-landslide share / area share``), and the membership of the
@@ -17,7 +17,7 @@ How it is computed here (:func:`fit_membership`, :func:`credibility_map`):
    membership function (a data-driven, piecewise-constant membership curve).
 2. **Combination across factors.** ``combine = "weighted_mean"``: ``mu = sum w_f
    mu_f`` with weights ``w_f`` proportional to each factor's differentiation
-   (area-weighted spread of its training FR profile, see :mod:`metalsm.factors`)
+   (area-weighted spread of its training FR profile, see :mod:`metalsm.analysis._factors`)
    or equal (``weighting = "equal"``); ``combine = "min"``: the fuzzy
    intersection ``mu = min_f mu_f`` (a cell is landslide-prone only as far as its
    least landslide-like factor allows).
@@ -31,7 +31,7 @@ Only the training landslide cells passed to :func:`fit_membership` influence
 the result (the classes and the area shares come from unlabelled cells), so
 held-out landslides cannot leak into negative sampling. Fit and map run window by
 window over the stack (in memory: one window; on disk: windows of ``chunk_size`` on
-a :class:`metalsm.compute.Compute`): the class histograms are sums over windows and
+a :class:`metalsm.scale.Compute`): the class histograms are sums over windows and
 the rescaling extremes a min/max over windows, so the results do not depend on the
 windows.
 """
@@ -47,15 +47,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize
 
+from metalsm.analysis._factors import (
+    FactorClasses,
+    differentiation,
+    fr_table_from_counts,
+    stack_classes,
+)
 from metalsm.atomic import write_csv
-from metalsm.cog import windowed_geotiff
-from metalsm.compute import Compute
 from metalsm.config import CredibilityConfig, FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.factors import FactorClasses, differentiation, fr_table_from_counts, stack_classes
-from metalsm.grid import Grid, iter_windows, strips
+from metalsm.raster._cog import windowed_geotiff
+from metalsm.raster._grid import Grid, iter_windows, strips
+from metalsm.raster._styles import write_credibility_style
+from metalsm.scale._compute import Compute
 from metalsm.stack import FactorStack, FileFactorStack
-from metalsm.styles import write_credibility_style
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +225,7 @@ def fit_membership(
 def _valid_sample(stack, compute: Compute, chunk_size: int | None, max_cells: int | None,
                   seed: int) -> FactorStack:
     """The valid cells in row-major order (a seeded subsample beyond ``max_cells``), as
-    a one-row FactorStack: what :func:`metalsm.factors.stack_classes` needs for the FR
+    a one-row FactorStack: what :func:`metalsm.analysis._factors.stack_classes` needs for the FR
     class edges, in the same order as ``values[:, valid]`` of the whole stack."""
     grid = stack.grid
     rate = min(1.0, max_cells / (grid.height * grid.width)) if max_cells else 1.0
@@ -308,15 +313,15 @@ def run_credibility(config, out_dir: str | Path, *, chunk_size: int | None = Non
     Fitted on every positive cell of the inventory (rule ``inventory.rule``);
     writes ``credibility.tif``, ``credibility.png`` and ``membership.csv`` (the
     per-class FR, membership and factor weight). The stack is held in memory or on
-    disk as :func:`metalsm.compute.choose_plan` decides (``chunk_size``, ``scheduler``).
+    disk as :func:`metalsm.scale.choose_plan` decides (``chunk_size``, ``scheduler``).
     Returns the paths and the seconds the map took (fit + map, stack building excluded).
     """
     import time
 
     from metalsm.atomic import staged_directory
-    from metalsm.compute import choose_plan
-    from metalsm.inventory import positive_cells, read_inventory
-    from metalsm.preflight import check_run
+    from metalsm.inputs._inventory import positive_cells, read_inventory
+    from metalsm.pipeline._preflight import check_run
+    from metalsm.scale._compute import choose_plan
     from metalsm.stack import open_stack
 
     check_run(config, out_dir, needs_rasters=True, command="credibility")

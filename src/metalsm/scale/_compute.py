@@ -13,7 +13,7 @@
 
 **How output GeoTIFFs are written.** Workers compute windows; only the process that
 called :meth:`Compute.map_windows` (the client) writes them, into one open dataset
-(:func:`metalsm.cog.windowed_geotiff`), under :meth:`Compute.lock` (a
+(:func:`metalsm.raster.windowed_geotiff`), under :meth:`Compute.lock` (a
 ``distributed.Lock`` when a client is active, a ``threading.Lock`` otherwise).
 Workers may be other processes on other machines: having each of them open a
 deflate-compressed tiled GeoTIFF in ``r+`` mode would rewrite shared compressed tiles
@@ -38,8 +38,8 @@ from typing import Any
 
 from rasterio.windows import Window
 
-from metalsm.cog import gdal_cache
 from metalsm.errors import MetalsmInputError
+from metalsm.raster._cog import gdal_cache
 
 #: Share of available memory the in-memory stack may take before runs go chunked.
 DEFAULT_MEMORY_FRACTION = 0.25
@@ -214,7 +214,7 @@ def compute_context(scheduler: Any = None, *, num_workers: int | None = None,
 
 def estimated_stack_bytes(config) -> int:
     """Bytes of the in-memory factor stack of ``config`` (float32, one band per factor)."""
-    from metalsm.grid import reference_grid
+    from metalsm.raster._grid import reference_grid
 
     grid = reference_grid(config)
     n_factors = len(config.terrain.factors) + len(config.rasters) + len(config.vectors)

@@ -16,22 +16,22 @@ import numpy as np
 import pandas as pd
 
 from metalsm.atomic import write_csv
-from metalsm.config import BlocksConfig, StudyAreaConfig
-from metalsm.inventory import landslide_mask, read_inventory
-from metalsm.progress import RunProgress
-from metalsm.report import figures
-from metalsm.sample_table import Samples, read_sample_table
-from metalsm.sampling import draw_samples
-from metalsm.segmentation import (
+from metalsm.blocks._segmentation import (
     Blocks,
     segment_on_coarse_grid,
     segment_points,
     segment_raster,
     weights_from_data,
 )
-from metalsm.segmentation import write_blocks as write_block_rasters
+from metalsm.blocks._segmentation import write_blocks as write_block_rasters
+from metalsm.blocks._tasks import block_task_table, split_blocks
+from metalsm.config import BlocksConfig, StudyAreaConfig
+from metalsm.inputs._inventory import landslide_mask, read_inventory
+from metalsm.progress import RunProgress
+from metalsm.report import figures
+from metalsm.samples._negatives import draw_samples
+from metalsm.samples._table import Samples, read_sample_table
 from metalsm.stack import FactorStack, FileFactorStack, open_stack
-from metalsm.tasks import block_task_table, split_blocks
 
 __all__ = [
     "BlockStage",
@@ -94,9 +94,9 @@ def segment_study_area(
 
     Rasters: ``factors.tif``, ``blocks.tif``, ``blocks.gpkg``, ``blocks.png``; tables:
     ``blocks.csv`` (block per sample) and ``blocks.png``; both: ``tasks.csv``. The
-    stack is held in memory or on disk as :func:`metalsm.compute.choose_plan` decides.
+    stack is held in memory or on disk as :func:`metalsm.scale.choose_plan` decides.
     """
-    from metalsm.compute import choose_plan
+    from metalsm.scale._compute import choose_plan
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def segment_stack(config: StudyAreaConfig, stack: FactorStack | FileFactorStack,
 
     SLIC is global: on the stack in memory, or, when ``[blocks] coarse_resolution_m``
     asks for it or the stack stays on disk (a ``chunk_size``), on a decimated
-    ``factors.tif`` (:func:`metalsm.segmentation.segment_on_coarse_grid`).
+    ``factors.tif`` (:func:`metalsm.blocks.segment_on_coarse_grid`).
     """
     settings = config.blocks or BlocksConfig()
     with progress.stage(f"segmentation into ~{settings.n_blocks} blocks"):

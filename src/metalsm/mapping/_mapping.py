@@ -17,12 +17,28 @@ import numpy as np
 import pandas as pd
 from rasterio.windows import Window
 
-from metalsm import styles
-from metalsm.cog import gdal_cache, windowed_geotiff
-from metalsm.compute import Compute
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid, iter_windows, open_raster, read_window
+from metalsm.raster import _styles as styles
+from metalsm.raster._cog import gdal_cache, windowed_geotiff
+from metalsm.raster._grid import Grid, iter_windows, open_raster, read_window
+from metalsm.scale._compute import Compute
 from metalsm.stack import stack_metadata
+
+__all__ = [
+    "DEFAULT_LABELS",
+    "GDAL_WRITE_THREADS",
+    "SUCCESS_RATE_BINS",
+    "ZONE_METHODS",
+    "block_map_statistics",
+    "classify_raster",
+    "classify_values",
+    "predict_blockwise_raster",
+    "predict_raster",
+    "predict_spread_raster",
+    "success_rate",
+    "zone_breaks",
+    "zone_table",
+]
 
 ZoneMethod = Literal["quantile", "natural_breaks", "equal_interval"]
 ZONE_METHODS: tuple[str, ...] = ("quantile", "natural_breaks", "equal_interval")
@@ -74,7 +90,7 @@ def _write_probability_raster(
     Output: float32 Cloud-Optimized GeoTIFF on the source grid, NaN nodata, average
     overviews, written atomically (a failure leaves no output behind).
 
-    ``compute`` (a :class:`metalsm.compute.Compute`; default serial, here) runs the
+    ``compute`` (a :class:`metalsm.scale.Compute`; default serial, here) runs the
     windows (each task opens ``path`` itself) and this process writes them.
     """
     compute = compute or Compute()
@@ -559,9 +575,9 @@ def success_rate(susceptibility_path: str | Path, landslide_mask: np.ndarray, *,
 
     Window by window into ``bins`` equal probability classes, so memory does not grow
     with the raster. The landslides are those the map was trained from, so this
-    measures fit; :func:`metalsm.validation.prediction_rate` measures prediction.
+    measures fit; :func:`metalsm.evaluation.prediction_rate` measures prediction.
     """
-    from metalsm.validation import rate_curve_from_counts
+    from metalsm.evaluation._validation import rate_curve_from_counts
 
     area = np.zeros(bins, dtype=np.int64)
     slides = np.zeros(bins, dtype=np.int64)

@@ -10,7 +10,7 @@ every K. ``metalsm run`` (``kshot.csv``) and every experiment use this protocol.
 A method is a :class:`Method` (``fit(data, meta, seed) -> FittedMethod``);
 :class:`AdaptedBlocks` and :class:`ZeroShot` wrap a fitted meta-learner (adapted per
 meta-test block from its shots, or not at all). ``data`` is anything shaped like
-:class:`KShotData` (:class:`metalsm.meta_run.MetaData` is).
+:class:`KShotData` (:class:`metalsm.pipeline.MetaData` is).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from metalsm import validation
 from metalsm.errors import MetalsmInputError
+from metalsm.evaluation import _validation as validation
 from metalsm.models import blockwise
 from metalsm.models.meta import MetaLearner
 
@@ -31,11 +31,11 @@ if TYPE_CHECKING:
     from metalsm.config import MetaConfig
 
 #: Pooled metrics of the query, then how well each block's cells are ranked and spread
-#: (:func:`metalsm.validation.within_group_metrics`).
-METRICS = (*validation.METRICS, "within_auc", "within_spread")
-RAW_COLUMNS = ("method", "family", "k", "repeat", "seed", *METRICS, "n_query")
+#: (:func:`metalsm.evaluation._validation.within_group_metrics`).
+QUERY_METRICS = (*validation.METRICS, "within_auc", "within_spread")
+RAW_COLUMNS = ("method", "family", "k", "repeat", "seed", *QUERY_METRICS, "n_query")
 
-__all__ = ["METRICS", "RAW_COLUMNS", "AdaptedBlocks", "ArrayStore", "FittedMethod",
+__all__ = ["QUERY_METRICS", "RAW_COLUMNS", "AdaptedBlocks", "ArrayStore", "FittedMethod",
            "KShotData", "Method", "ZeroShot", "compare_methods", "draw_support", "fit_set",
            "query_mask", "summarize"]
 
@@ -172,7 +172,7 @@ def compare_methods(data: KShotData, meta: MetaConfig, methods: Sequence[Method]
                 groups = data.blocks[query_mask(data, mask)]
                 scores = ({**validation.classification_metrics(y, p),
                            **validation.within_group_metrics(y, p, groups)} if y.size
-                          else dict.fromkeys(METRICS, np.nan))
+                          else dict.fromkeys(QUERY_METRICS, np.nan))
                 rows.append({"method": method.name, "family": method.family, "k": k,
                              "repeat": r, "seed": s, **scores, "n_query": int(y.size)})
                 proba[(method.name, k, r)] = p
@@ -184,7 +184,7 @@ def compare_methods(data: KShotData, meta: MetaConfig, methods: Sequence[Method]
     return raw
 
 
-def summarize(raw: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+def summarize(raw: pd.DataFrame, metrics: Sequence[str] = QUERY_METRICS) -> pd.DataFrame:
     """Per method × K: ``<metric>_mean/_std/_min/_max`` (std with ddof=0), repeats,
     mean query size; rows in the order methods and K first appear."""
     keys = ["method", "k"] + (["family"] if "family" in raw.columns else [])

@@ -18,7 +18,7 @@ import pandas as pd
 from metalsm.errors import MetalsmInputError
 
 if TYPE_CHECKING:
-    from metalsm.segmentation import Blocks
+    from metalsm.blocks._segmentation import Blocks
 
 __all__ = [
     "block_task_table",
@@ -35,7 +35,7 @@ def block_task_table(
     """One row per block: block, cells, area_km2 (raster blocks), positives, negatives,
     samples, single_class, empty.
 
-    ``blocks`` is a :class:`~metalsm.segmentation.Blocks` (adds cells and area), a block
+    ``blocks`` is a :class:`~metalsm.blocks.Blocks` (adds cells and area), a block
     count, or None (count = largest id + 1). Blocks with no samples are kept and flagged
     ``empty``; ``single_class`` marks blocks whose samples are all of one class. Samples
     with block id -1 (outside every block) are ignored.

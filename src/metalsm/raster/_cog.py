@@ -23,7 +23,7 @@ import numpy as np
 from metalsm.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from metalsm.grid import Grid
+    from metalsm.raster._grid import Grid
 
 __all__ = [
     "COG_BLOCK_SIZE",
@@ -96,7 +96,7 @@ def gdal_cache() -> Iterator[None]:
 
 class WindowWriter:
     """An open output raster that takes windows (or the whole array) in any order,
-    one write at a time under ``lock`` (see :meth:`metalsm.compute.Compute.lock`)."""
+    one write at a time under ``lock`` (see :meth:`metalsm.scale.Compute.lock`)."""
 
     def __init__(self, dataset: Any, lock: Any = None) -> None:
         self.dataset = dataset

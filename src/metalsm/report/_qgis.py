@@ -1,6 +1,6 @@
 """``project.qgs``: one QGIS project that opens a run's layers, each in its style.
 
-The raster layers carry the renderers of their ``.qml`` files (:mod:`metalsm.styles`);
+The raster layers carry the renderers of their ``.qml`` files (:mod:`metalsm.raster._styles`);
 the vector layers get a renderer here: samples by label (landslides as triangles),
 block outlines. Paths are relative to the project, so the run folder can be moved or
 shared as a whole. Written with the standard library's XML tools in the layout of
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metalsm.atomic import write_text
-from metalsm.styles import _QGIS_VERSION, style_path
+from metalsm.raster._styles import _QGIS_VERSION, style_path
 
 __all__ = ["ProjectLayer", "write_qgis_project"]
 

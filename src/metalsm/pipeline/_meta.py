@@ -35,18 +35,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from metalsm import mapping
 from metalsm.atomic import atomic_path, write_csv, write_json
-from metalsm.blocks_run import BlockStage
 from metalsm.config import MetaConfig, StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation.kshot import (
+from metalsm.evaluation._kshot import (
     AdaptedBlocks,
     Method,
     ZeroShot,
     compare_methods,
     summarize,
 )
+from metalsm.mapping import _mapping as mapping
 from metalsm.models.blockwise import BlockModels, adapt_blocks, load_intermediate
 from metalsm.models.meta import (
     MetaLearner,
@@ -57,8 +56,47 @@ from metalsm.models.meta import (
 )
 from metalsm.models.pretrain import PretrainConfig, PretrainResult, pretrain_network
 from metalsm.models.tuning import TuningResult, tune_learner
+from metalsm.pipeline._blocks import BlockStage
 from metalsm.progress import RunProgress
 from metalsm.report.html import Section
+
+__all__ = [
+    "FactorEncoder",
+    "GLOBAL_BATCH",
+    "GLOBAL_EPOCHS",
+    "GLOBAL_LR",
+    "KSHOT_METRICS",
+    "META_MODEL",
+    "METHODS",
+    "METHOD_LABELS",
+    "MetaData",
+    "MetaResult",
+    "adapt_all_blocks",
+    "adapt_step",
+    "block_table",
+    "fit_global_mlp",
+    "fit_intermediate",
+    "fit_plain_maml",
+    "headline_of",
+    "kshot_display",
+    "kshot_table",
+    "load_pretrained",
+    "make_learner",
+    "meta_data",
+    "meta_metrics",
+    "metatrain_step",
+    "prepare_models_dir",
+    "prepare_stage",
+    "pretrain_state",
+    "pretrain_step",
+    "report_section",
+    "run_meta_stage",
+    "save_pretrained",
+    "tune_settings",
+    "unlabelled_cells",
+    "unlabelled_features",
+    "write_blockwise_map",
+]
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +431,7 @@ def kshot_table(models: dict[str, MetaLearner], data: MetaData,
                 meta: MetaConfig) -> pd.DataFrame:
     """Accuracy, F1, AUC, within-block AUC and spread on the meta-test queries at each
     ``[meta] k_shots``, mean ± std over ``[meta] repeats`` shot draws: the protocol of
-    :func:`metalsm.evaluation.kshot.compare_methods` (the experiments' own).
+    :func:`metalsm.evaluation.compare_methods` (the experiments' own).
 
     One row per (method, K). ``models`` maps a method name (``"zero-shot"``: the
     learner is not adapted) to a fitted learner.
@@ -440,7 +478,7 @@ def run_meta_stage(config: StudyAreaConfig, stage: BlockStage, out: Path,
 
     Writes ``kshot.csv``, ``block_models.csv`` and ``models/`` into ``out``; with a
     ``factors_path`` (rasters) also ``susceptibility.tif`` from ``out/blocks.tif``
-    (over Dask with a ``compute`` from :func:`metalsm.compute.compute_context`).
+    (over Dask with a ``compute`` from :func:`metalsm.scale.compute_context`).
     """
     meta = _meta(config)
     timings: dict[str, float] = {}
@@ -641,7 +679,7 @@ def headline_of(kshot: pd.DataFrame) -> dict[str, str]:
 def prepare_stage(config: StudyAreaConfig, out: Path, progress: RunProgress
                   ) -> tuple[BlockStage, Any]:
     """Blocks of ``config`` (and, for rasters, the factor stack written to factors.tif)."""
-    from metalsm.blocks_run import prepare_blocks
+    from metalsm.pipeline._blocks import prepare_blocks
 
     _meta(config)
     out.mkdir(parents=True, exist_ok=True)
@@ -732,7 +770,7 @@ def write_blockwise_map(config: StudyAreaConfig, block_models: BlockModels,
                         compute: Any = None) -> dict[str, Path]:
     """susceptibility.tif from out/factors.tif + out/blocks.tif, then zones.tif/zones.csv.
 
-    ``compute`` (:func:`metalsm.compute.compute_context`): predict the windows over Dask.
+    ``compute`` (:func:`metalsm.scale.compute_context`): predict the windows over Dask.
     """
     sus = mapping.predict_blockwise_raster(
         block_models, encoder, out / "factors.tif", out / "blocks.tif",

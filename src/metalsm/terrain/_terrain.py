@@ -43,7 +43,7 @@ from numba import njit
 from scipy import ndimage
 
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
+from metalsm.raster._grid import Grid
 
 __all__ = [
     "D8_COL_OFFSETS",
@@ -656,7 +656,7 @@ def flow_routing_counts(
     """Fill and route the DEM that ``load_dem()`` returns (filled in place): upstream cells.
 
     The one flow-routing path of both :func:`derive_terrain` and the chunked
-    derivation (:mod:`metalsm.chunked_terrain`), so their results are identical.
+    derivation (:mod:`metalsm.terrain._write`), so their results are identical.
     ``load_dem`` hands over a fresh 2-D float array that nobody else references:
     it is filled in place (in float32 when it is float32). Peak bytes per cell for a
     float32 DEM: 4 (DEM) + 1 (closed flag) during the fill, then
@@ -822,7 +822,7 @@ def no_feature_error(geoms, grid: Grid, source: str) -> MetalsmInputError:
 def rasterize_vector_distance(path_or_gdf, grid: Grid, layer_name: str | None = None) -> np.ndarray:
     """Distance in metres from each cell centre of ``grid`` to the nearest feature.
 
-    The whole-array reference of :func:`metalsm.chunked_terrain.vector_distance_raster`
+    The whole-array reference of :func:`metalsm.terrain.vector_distance_raster`
     (scipy's distance transform). Reads points, lines or polygons (geopandas /
     pyogrio), reprojects to the grid CRS when it differs, burns them with
     ``all_touched=True`` and measures with an exact Euclidean distance transform, so
@@ -863,7 +863,7 @@ def derive_terrain(
 ) -> dict[str, np.ndarray]:
     """Compute the requested :data:`TERRAIN_FACTORS` from ``dem`` on ``grid``.
 
-    The whole-array form of :func:`metalsm.chunked_terrain.write_terrain_factors`
+    The whole-array form of :func:`metalsm.terrain.write_terrain_factors`
     (the same :func:`window_factors` on one window, the same flow routing), kept as
     the reference the windowed files are tested against. Only what is asked is
     computed, and shared steps run once (gradient, fill, D8, accumulation). Outputs

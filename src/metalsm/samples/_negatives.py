@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from metalsm.chunked_terrain import squared_edt
 from metalsm.errors import MetalsmInputError
+from metalsm.terrain._write import squared_edt
 
 if TYPE_CHECKING:
     from metalsm.config import StudyAreaConfig
-    from metalsm.sample_table import Samples
+    from metalsm.samples._table import Samples
     from metalsm.stack import FactorStack
 
 __all__ = [
@@ -189,8 +189,8 @@ def draw_samples(
     landslide; the honest band comparison with held-out landslides is ``metalsm
     experiment credibility``.
     """
-    from metalsm.inventory import positive_cells
-    from metalsm.sample_table import Samples, warn_constant_factors
+    from metalsm.inputs._inventory import positive_cells
+    from metalsm.samples._table import Samples, warn_constant_factors
 
     valid = stack.valid
     dem = stack.layer("elevation") if "elevation" in stack.names else None
@@ -206,7 +206,7 @@ def draw_samples(
     )
     credibility = None
     if config.sampling.method == "credibility":
-        from metalsm.credibility import credibility_map, write_credibility
+        from metalsm.samples._credibility import credibility_map, write_credibility
 
         credibility, _ = credibility_map(stack, pos, config.credibility,
                                          config.factor_selection, compute=compute,

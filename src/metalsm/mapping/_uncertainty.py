@@ -17,9 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metalsm.grid import iter_windows, open_raster
 from metalsm.models.classic import make_model
-from metalsm.sample_table import Samples
+from metalsm.raster._grid import iter_windows, open_raster
+from metalsm.samples._table import Samples
+
+__all__ = [
+    "bootstrap_refits",
+    "spread_statistics",
+]
 
 
 def bootstrap_refits(name: str, samples: Samples, refits: int, seed: int,

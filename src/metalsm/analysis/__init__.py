@@ -1,0 +1,29 @@
+"""Factor analysis: frequency ratio, differentiation, MIC, VIF and factor selection."""
+
+from metalsm.analysis._factors import (
+    FactorAnalysis,
+    FactorClasses,
+    analyze_factors,
+    collinearity,
+    differentiation,
+    factor_classes,
+    fr_table,
+    mic,
+    select_factors,
+    vif,
+    write_factor_outputs,
+)
+
+__all__ = [
+    "FactorAnalysis",
+    "FactorClasses",
+    "analyze_factors",
+    "collinearity",
+    "differentiation",
+    "factor_classes",
+    "fr_table",
+    "mic",
+    "select_factors",
+    "vif",
+    "write_factor_outputs",
+]
