@@ -29,7 +29,7 @@ from pathlib import Path
 from _support import mirror_tile, status_mb
 
 from metalsm.datasets import study_area
-from metalsm.terrain._terrain import TERRAIN_FACTORS
+from metalsm.terrain import TERRAIN_FACTORS
 
 
 class StageTimer:

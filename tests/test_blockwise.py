@@ -25,7 +25,7 @@ from metalsm.models.blockwise import (
 from metalsm.models.meta import MetaLearner
 from metalsm.models.pretrain import PretrainConfig
 from metalsm.raster._grid import Grid, read_aligned
-from metalsm.terrain._terrain import derive_terrain
+from metalsm.terrain import derive_terrain
 
 torch.set_num_threads(1)
 

@@ -15,11 +15,11 @@ from hypothesis.extra.numpy import arrays
 from rasterio.windows import Window
 from scipy import ndimage
 
+from metalsm import terrain
 from metalsm.errors import MetalsmInputError
 from metalsm.raster._grid import Grid
 from metalsm.scale._compute import compute_context
 from metalsm.stack import read_dem
-from metalsm.terrain import _terrain as terrain
 from metalsm.terrain import _write as chunked_terrain
 
 
@@ -173,7 +173,7 @@ def test_lean_accumulation_equals_the_general_one_on_real_dem(holed_dem):
 )
 def test_squared_edt_equals_scipy(mask):
     expected = ndimage.distance_transform_edt(~mask)
-    got = np.sqrt(chunked_terrain.squared_edt(mask))
+    got = np.sqrt(terrain.squared_edt(mask))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import rasterio
 from conftest import write_config
 
+from metalsm import terrain
 from metalsm.config import load_config
 from metalsm.raster._grid import read_aligned, reference_grid
 from metalsm.scale._compute import compute_context
@@ -16,7 +17,6 @@ from metalsm.stack import (
     read_dem,
     write_factors,
 )
-from metalsm.terrain import _terrain as terrain
 
 
 def test_one_window_and_many_windows_give_the_same_stack(kaghan_crop, kaghan, tmp_path):

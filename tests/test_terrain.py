@@ -18,9 +18,9 @@ from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import LineString, Point
 
+from metalsm import terrain
 from metalsm.errors import MetalsmInputError
 from metalsm.raster._grid import Grid
-from metalsm.terrain import _terrain as terrain
 
 L = 10.0  # cell size of synthetic DEMs, metres
 

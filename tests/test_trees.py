@@ -16,7 +16,7 @@ from metalsm.models import make_model
 from metalsm.models._trees import compile_forest, compile_lightgbm
 from metalsm.raster._grid import Grid, read_aligned
 from metalsm.stack import FactorStack
-from metalsm.terrain._terrain import aspect, slope_degrees
+from metalsm.terrain import aspect, slope_degrees
 
 NAMES = ["elevation", "slope", "aspect_sin", "aspect_cos", "geology", "landcover"]
 CATEGORICAL = ["geology", "landcover"]

@@ -196,7 +196,7 @@ def factors(
     scheduler: Scheduler = None,
 ) -> None:
     """Frequency ratio tables, MIC, collinearity and the factor selection."""
-    from metalsm.analysis._factors import run_factor_analysis
+    from metalsm.pipeline import run_factor_analysis
 
     analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(
         cfg, out, chunk_size=chunk_size, scheduler=scheduler), staged=True)
@@ -215,7 +215,7 @@ def credibility(
     scheduler: Scheduler = None,
 ) -> None:
     """Credibility of every cell as a non-landslide sample (credibility.tif, credibility.png)."""
-    from metalsm.samples._credibility import run_credibility
+    from metalsm.pipeline import run_credibility
 
     paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(
         cfg, out, chunk_size=chunk_size, scheduler=scheduler), staged=True)

@@ -606,7 +606,7 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
 def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> None:
     """Numbers and names that parse but cannot work (caught here, before any input is read)."""
     from metalsm.models.classic import MODEL_NAMES
-    from metalsm.terrain._terrain import TERRAIN_FACTORS
+    from metalsm.terrain import TERRAIN_FACTORS
 
     known = (*MODEL_NAMES, "meta-blockwise")
     for i, name in enumerate(config.model.names):

@@ -11,7 +11,6 @@ from metalsm.analysis._factors import (
     mic,
     select_factors,
     vif,
-    write_factor_outputs,
 )
 
 __all__ = [
@@ -25,5 +24,4 @@ __all__ = [
     "mic",
     "select_factors",
     "vif",
-    "write_factor_outputs",
 ]

@@ -44,13 +44,10 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from metalsm.atomic import write_csv
 from metalsm.config import FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.stack import FactorStack
@@ -70,7 +67,6 @@ __all__ = [
     "mic",
     "select_factors",
     "vif",
-    "write_factor_outputs",
 ]
 
 
@@ -548,96 +544,3 @@ def analyze_factors(
 # --------------------------------------------------------------------------- outputs
 
 
-def write_factor_outputs(analysis: FactorAnalysis, out_dir: str | Path) -> dict[str, Path]:
-    """``fr_tables.csv``, ``factor_selection.csv``, ``pearson.csv``, ``spearman.csv``,
-    ``fr_tables.png`` (FR bars per factor) and ``correlation.png`` (heatmaps)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "fr_tables": write_csv(out / "fr_tables.csv", analysis.fr_tables.round(6)),
-        "selection": write_csv(out / "factor_selection.csv",
-                               analysis.summary.round(6).reset_index()),
-        "pearson": write_csv(out / "pearson.csv", analysis.pearson.round(4), index=True),
-        "spearman": write_csv(out / "spearman.csv", analysis.spearman.round(4), index=True),
-    }
-    paths["fr_plot"] = plot_fr_tables(analysis.fr_tables, out / "fr_tables.png")
-    paths["correlation_plot"] = plot_correlation(
-        analysis.pearson, analysis.spearman, out / "correlation.png"
-    )
-    return paths
-
-
-def plot_fr_tables(fr_tables: pd.DataFrame, path: str | Path) -> Path:
-    """One bar panel per factor: FR per class, with the FR = 1 line."""
-    from metalsm.report.figures import save_figure
-
-    factors = list(dict.fromkeys(fr_tables["factor"]))
-    ncol = 3
-    nrow = math.ceil(len(factors) / ncol)
-    fig = Figure(figsize=(4.2 * ncol, 2.9 * nrow))
-    for i, name in enumerate(factors):
-        ax = fig.add_subplot(nrow, ncol, i + 1)
-        t = fr_tables[fr_tables["factor"] == name]
-        fr = t["fr"].to_numpy(float)
-        ax.bar(np.arange(len(t)), fr, color=np.where(fr > 1, "#c0392b", "#7f8c8d"))
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-        labels = [str(s)[:14] for s in t["label"]]
-        ax.set_xticks(np.arange(len(t)), labels, rotation=60, ha="right", fontsize=6)
-        ax.set_title(name, fontsize=9)
-        ax.set_ylabel("FR", fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-    fig.suptitle("Frequency ratio per class (landslide share / area share)")
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_correlation(pearson: pd.DataFrame, spearman: pd.DataFrame, path: str | Path) -> Path:
-    """Pearson and Spearman heatmaps side by side, values written in the cells."""
-    from metalsm.report.figures import save_figure
-
-    n = len(pearson)
-    size = max(4.5, 0.45 * n + 2)
-    fig = Figure(figsize=(2 * size + 1, size))
-    for i, (title, m) in enumerate((("Pearson", pearson), ("Spearman", spearman))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        image = ax.imshow(m.to_numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_xticks(range(n), list(m.columns), rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(n), list(m.index), fontsize=7)
-        for r in range(n):
-            for c in range(n):
-                v = m.iat[r, c]
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=5,
-                        color="white" if abs(v) > 0.6 else "black")
-        ax.set_title(f"{title} correlation")
-        fig.colorbar(image, ax=ax, shrink=0.7)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def run_factor_analysis(config, out_dir: str | Path, *, chunk_size: int | None = None,
-                        scheduler: str | None = None) -> tuple[FactorAnalysis, dict[str, Path]]:
-    """``metalsm factors``: build the stack of ``config``, analyse it against the inventory
-    mask (every cell touched by a landslide), write the tables and figures into ``out_dir``.
-    The stack is held in memory or on disk (read a layer at a time) as
-    :func:`metalsm.scale.choose_plan` decides (``chunk_size``, ``scheduler``)."""
-    from metalsm.atomic import staged_directory
-    from metalsm.inputs._inventory import landslide_mask, read_inventory
-    from metalsm.pipeline._preflight import check_run
-    from metalsm.scale._compute import choose_plan
-    from metalsm.stack import open_stack
-
-    check_run(config, out_dir, needs_rasters=True, command="factors")
-    plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
-    with staged_directory(out_dir) as stage, plan.compute() as compute:  # replaced when complete
-        stack = open_stack(config, stage / ".factors.tif", compute, chunked=plan.chunked,
-                           chunk_size=plan.chunk_size if plan.chunked else None,
-                           output=False)
-        inventory = read_inventory(
-            config.inventory.path, stack.grid, crs=config.inventory.crs,
-            x_column=config.inventory.x_column, y_column=config.inventory.y_column,
-        )
-        analysis = analyze_factors(stack, landslide_mask(inventory, stack.grid),
-                                   config.factor_selection)
-        (stage / ".factors.tif").unlink()
-        paths = write_factor_outputs(analysis, stage)
-    return analysis, {k: Path(out_dir) / p.relative_to(stage) for k, p in paths.items()}

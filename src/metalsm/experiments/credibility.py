@@ -56,8 +56,9 @@ from metalsm.inputs._inventory import landslide_mask, positive_cells, read_inven
 from metalsm.mapping import _mapping as mapping
 from metalsm.models.classic import make_model
 from metalsm.raster._grid import Grid
+from metalsm.report.figures import plot_credibility
 from metalsm.report.html import Section
-from metalsm.samples._credibility import credibility_map, plot_credibility, write_credibility
+from metalsm.samples._credibility import credibility_map, write_credibility
 from metalsm.samples._negatives import (
     CredibilityBandWarning,
     NegativeRequest,

@@ -1,6 +1,7 @@
 """The only layer that wires stages together: the end-to-end run of a study area
-(raster or sample table), its manifest and pre-flight checks, the block and
-block-wise meta-learning stages and the CLI steps. Names load on first use."""
+(raster or sample table), its manifest and pre-flight checks, the stand-alone
+commands, the block and block-wise meta-learning stages and the CLI steps.
+Names load on first use (torch only when the meta-learning stage is asked for)."""
 
 from metalsm._lazy import lazy_exports
 
@@ -23,6 +24,9 @@ _API = {
     "fold_problems": ("metalsm.pipeline._preflight", "fold_problems"),
     "input_files": ("metalsm.pipeline._preflight", "input_files"),
     "output_problems": ("metalsm.pipeline._preflight", "output_problems"),
+    "run_credibility": ("metalsm.pipeline._commands", "run_credibility"),
+    "run_factor_analysis": ("metalsm.pipeline._commands", "run_factor_analysis"),
+    "write_factor_outputs": ("metalsm.pipeline._commands", "write_factor_outputs"),
     "BlockStage": ("metalsm.pipeline._blocks", "BlockStage"),
     "block_statistics": ("metalsm.pipeline._blocks", "block_statistics"),
     "factor_weights": ("metalsm.pipeline._blocks", "factor_weights"),

@@ -61,6 +61,9 @@ __all__ = [
     "save_figure",
     "shaded_colours",
     "zone_colors",
+    "plot_correlation",
+    "plot_credibility",
+    "plot_fr_tables",
 ]
 
 DPI = 150
@@ -721,3 +724,69 @@ def plot_candles(
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_fr_tables(fr_tables: pd.DataFrame, path: str | Path) -> Path:
+    """One bar panel per factor: FR per class, with the FR = 1 line."""
+    from metalsm.report.figures import save_figure
+
+    factors = list(dict.fromkeys(fr_tables["factor"]))
+    ncol = 3
+    nrow = math.ceil(len(factors) / ncol)
+    fig = Figure(figsize=(4.2 * ncol, 2.9 * nrow))
+    for i, name in enumerate(factors):
+        ax = fig.add_subplot(nrow, ncol, i + 1)
+        t = fr_tables[fr_tables["factor"] == name]
+        fr = t["fr"].to_numpy(float)
+        ax.bar(np.arange(len(t)), fr, color=np.where(fr > 1, "#c0392b", "#7f8c8d"))
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        labels = [str(s)[:14] for s in t["label"]]
+        ax.set_xticks(np.arange(len(t)), labels, rotation=60, ha="right", fontsize=6)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("FR", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("Frequency ratio per class (landslide share / area share)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_correlation(pearson: pd.DataFrame, spearman: pd.DataFrame, path: str | Path) -> Path:
+    """Pearson and Spearman heatmaps side by side, values written in the cells."""
+    from metalsm.report.figures import save_figure
+
+    n = len(pearson)
+    size = max(4.5, 0.45 * n + 2)
+    fig = Figure(figsize=(2 * size + 1, size))
+    for i, (title, m) in enumerate((("Pearson", pearson), ("Spearman", spearman))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        image = ax.imshow(m.to_numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_xticks(range(n), list(m.columns), rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(n), list(m.index), fontsize=7)
+        for r in range(n):
+            for c in range(n):
+                v = m.iat[r, c]
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=5,
+                        color="white" if abs(v) > 0.6 else "black")
+        ax.set_title(f"{title} correlation")
+        fig.colorbar(image, ax=ax, shrink=0.7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_credibility(
+    credibility: np.ndarray,
+    grid: Grid,
+    path: str | Path,
+    *,
+    dem: np.ndarray | None = None,
+    inventory=None,
+    title: str = "Credibility as a non-landslide sample",
+) -> Path:
+    """``credibility.png``: the map over a hillshade with the inventory (report.figures)."""
+    from metalsm.report.figures import plot_raster_map
+
+    return plot_raster_map(
+        credibility, grid, path, dem=dem, inventory=inventory, cmap="cividis",
+        norm=Normalize(0.0, 1.0), title=title,
+        colorbar_label="credibility (1 = surely stable ground)",
+    )

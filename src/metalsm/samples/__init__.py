@@ -5,7 +5,6 @@ from metalsm.samples._credibility import (
     MembershipModel,
     credibility_map,
     fit_membership,
-    plot_credibility,
     write_credibility,
 )
 from metalsm.samples._negatives import (
@@ -45,6 +44,5 @@ __all__ = [
     "MembershipModel",
     "credibility_map",
     "fit_membership",
-    "plot_credibility",
     "write_credibility",
 ]

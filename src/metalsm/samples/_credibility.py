@@ -45,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.colors import Normalize
 
 from metalsm.analysis._factors import (
     FactorClasses,
@@ -53,7 +52,6 @@ from metalsm.analysis._factors import (
     fr_table_from_counts,
     stack_classes,
 )
-from metalsm.atomic import write_csv
 from metalsm.config import CredibilityConfig, FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.raster._cog import windowed_geotiff
@@ -72,7 +70,6 @@ __all__ = [
     "MembershipModel",
     "credibility_map",
     "fit_membership",
-    "plot_credibility",
     "write_credibility",
 ]
 
@@ -287,67 +284,3 @@ def write_credibility(credibility: np.ndarray, grid: Grid, path: str | Path) -> 
     return Path(path)
 
 
-def plot_credibility(
-    credibility: np.ndarray,
-    grid: Grid,
-    path: str | Path,
-    *,
-    dem: np.ndarray | None = None,
-    inventory=None,
-    title: str = "Credibility as a non-landslide sample",
-) -> Path:
-    """``credibility.png``: the map over a hillshade with the inventory (report.figures)."""
-    from metalsm.report.figures import plot_raster_map
-
-    return plot_raster_map(
-        credibility, grid, path, dem=dem, inventory=inventory, cmap="cividis",
-        norm=Normalize(0.0, 1.0), title=title,
-        colorbar_label="credibility (1 = surely stable ground)",
-    )
-
-
-def run_credibility(config, out_dir: str | Path, *, chunk_size: int | None = None,
-                    scheduler: str | None = None) -> tuple[dict[str, Path], float]:
-    """``metalsm credibility``: the credibility map of ``config``'s study area.
-
-    Fitted on every positive cell of the inventory (rule ``inventory.rule``);
-    writes ``credibility.tif``, ``credibility.png`` and ``membership.csv`` (the
-    per-class FR, membership and factor weight). The stack is held in memory or on
-    disk as :func:`metalsm.scale.choose_plan` decides (``chunk_size``, ``scheduler``).
-    Returns the paths and the seconds the map took (fit + map, stack building excluded).
-    """
-    import time
-
-    from metalsm.atomic import staged_directory
-    from metalsm.inputs._inventory import positive_cells, read_inventory
-    from metalsm.pipeline._preflight import check_run
-    from metalsm.scale._compute import choose_plan
-    from metalsm.stack import open_stack
-
-    check_run(config, out_dir, needs_rasters=True, command="credibility")
-    plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
-    chunk = plan.chunk_size if plan.chunked else None
-    with staged_directory(out_dir) as out, plan.compute() as compute:  # replaced when complete
-        stack = open_stack(config, out / ".factors.tif", compute, chunked=plan.chunked,
-                           chunk_size=chunk, output=False)
-        inventory = read_inventory(
-            config.inventory.path, stack.grid, crs=config.inventory.crs,
-            x_column=config.inventory.x_column, y_column=config.inventory.y_column,
-        )
-        dem = stack.layer("elevation") if "elevation" in stack.names else None
-        positives = positive_cells(
-            inventory, stack.grid, stack.valid, rule=config.inventory.rule, dem=dem,
-            cells_per_polygon=config.inventory.cells_per_polygon, seed=config.sampling.seed,
-        )
-        start = time.perf_counter()
-        cred, model = credibility_map(stack, positives, config.credibility,
-                                      config.factor_selection, compute=compute, chunk_size=chunk)
-        seconds = time.perf_counter() - start
-        (out / ".factors.tif").unlink()
-        paths = {"credibility": write_credibility(cred, stack.grid, out / "credibility.tif")}
-        paths["figure"] = plot_credibility(cred, stack.grid, out / "credibility.png", dem=dem,
-                                           inventory=inventory,
-                                           title=f"Credibility as a non-landslide sample, "
-                                                 f"{config.name}")
-        paths["membership"] = write_csv(out / "membership.csv", model.fr_tables.round(6))
-    return {k: Path(out_dir) / p.name for k, p in paths.items()}, seconds

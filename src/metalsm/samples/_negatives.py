@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from metalsm.errors import MetalsmInputError
-from metalsm.terrain._write import squared_edt
+from metalsm.terrain import squared_edt
 
 if TYPE_CHECKING:
     from metalsm.config import StudyAreaConfig

@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 from affine import Affine
-from numba import njit
 from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
@@ -54,10 +53,11 @@ from metalsm.progress import RunProgress
 from metalsm.raster._cog import gdal_cache, windowed_geotiff
 from metalsm.raster._grid import Grid, halo, iter_windows, open_raster, read_aligned_window
 from metalsm.scale._compute import Compute
-from metalsm.terrain import _terrain as terrain
+from metalsm.terrain import _distance, _factors, _hydrology
+from metalsm.terrain._distance import _column_distances, _row_envelope
+from metalsm.terrain._local import _check_cell_size
 
 __all__ = [
-    "squared_edt",
     "vector_distance_raster",
     "write_terrain_factors",
 ]
@@ -122,11 +122,11 @@ def write_terrain_factors(
     routing and the distance transform stay in this process (they are global).
     ``compress=False`` writes plain GeoTIFFs (for a whole-grid run).
     """
-    requested = terrain.check_factor_names(factors)
+    requested = _factors.check_factor_names(factors)
     chunk_size = _check_chunk_size(chunk_size)
-    terrain._check_cell_size(grid.cell_size)
-    terrain.check_drainage(requested, drainage_threshold_cells)
-    terrain.check_routing(routing)
+    _check_cell_size(grid.cell_size)
+    _factors.check_drainage(requested, drainage_threshold_cells)
+    _hydrology.check_routing(routing)
     open_raster(dem_path).close()  # a named error for a missing file before any work
     compute = compute or Compute()
     out_dir = Path(out_dir)
@@ -136,7 +136,7 @@ def write_terrain_factors(
 
     with gdal_cache():
         counts = None
-        if any(n in terrain.FLOW_FACTORS for n in requested):
+        if any(n in _factors.FLOW_FACTORS for n in requested):
 
             def load_dem() -> np.ndarray:
                 dem = np.empty(grid.shape, dtype=np.float32)
@@ -146,9 +146,9 @@ def write_terrain_factors(
 
             with _stage(progress, f"flow routing (fill, {routing.upper()}, accumulation)",
                         1) as advance:
-                counts = terrain.flow_routing_counts(load_dem, routing=routing)
+                counts = _hydrology.flow_routing_counts(load_dem, routing=routing)
                 advance()
-            terrain.check_drainage(requested, drainage_threshold_cells, counts)
+            _factors.check_drainage(requested, drainage_threshold_cells, counts)
         window_names = [n for n in requested if n != "distance_to_drainage"]
         if window_names:
             dem_file = str(dem_path)
@@ -199,7 +199,7 @@ def _factor_window(
         rows = slice(r, min(window.height, r + band))
         sub = Window(window.col_off, window.row_off + r, window.width, rows.stop - r)
         big, crop = halo(sub, grid.shape)
-        values = terrain.window_factors(_read_dem(dem_path, grid, big), crop, names,
+        values = _factors.window_factors(_read_dem(dem_path, grid, big), crop, names,
                                         None if counts is None else counts[rows],
                                         grid.cell_size)
         for name, value in values.items():
@@ -208,108 +208,6 @@ def _factor_window(
 
 
 # ------------------------------------------------------------------------------- the EDT
-
-
-@njit(cache=True)
-def _column_distances(mask: np.ndarray, row0: int, nrows: int) -> np.ndarray:
-    """Per column, rows to the nearest True cell, for rows ``row0 .. row0 + nrows``.
-
-    A downward then an upward sweep over the rows (row-major, cache friendly),
-    keeping the last True row of every column; columns without a True cell give
-    0xFFFFFFFF (no feature).
-    """
-    h, w = mask.shape
-    out = np.empty((nrows, w), dtype=np.uint32)
-    far = np.int64(1) << 40
-    seen = np.full(w, -far, dtype=np.int64)
-    for r in range(h):
-        inner = row0 <= r < row0 + nrows
-        for c in range(w):
-            if mask[r, c]:
-                seen[c] = r
-            if inner:
-                d = r - seen[c]
-                out[r - row0, c] = np.uint32(0xFFFFFFFF) if d >= far // 2 else np.uint32(d)
-    seen[:] = far
-    for r in range(h - 1, -1, -1):
-        inner = row0 <= r < row0 + nrows
-        for c in range(w):
-            if mask[r, c]:
-                seen[c] = r
-            if inner:
-                d = seen[c] - r
-                if d < far // 2 and np.uint32(d) < out[r - row0, c]:
-                    out[r - row0, c] = np.uint32(d)
-    return out
-
-
-@njit(cache=True)
-def _row_envelope(g: np.ndarray, q0: int, q1: int) -> np.ndarray:
-    """Squared distances for columns ``q0 .. q1`` of every row of the 1-D distances ``g``.
-
-    Lower envelope of the parabolas ``(q - v)^2 + g[v]^2`` over the columns ``v``
-    that see a feature (Felzenszwalb & Huttenlocher, 2012), evaluated at ``q``.
-    Intersections are compared in float64, the distances are exact integers.
-    """
-    nr, n = g.shape
-    out = np.empty((nr, q1 - q0), dtype=np.float64)
-    v = np.empty(n, dtype=np.int64)
-    z = np.empty(n + 1, dtype=np.float64)
-    f = np.empty(n, dtype=np.float64)
-    for r in range(nr):
-        k = -1
-        for q in range(n):
-            if g[r, q] == np.uint32(0xFFFFFFFF):
-                continue
-            f[q] = np.float64(g[r, q]) * np.float64(g[r, q])
-            if k < 0:
-                k = 0
-                v[0] = q
-                z[0] = -np.inf
-                z[1] = np.inf
-                continue
-            while True:
-                p = v[k]
-                s = ((f[q] + q * q) - (f[p] + p * p)) / (2.0 * (q - p))
-                if s <= z[k]:
-                    k -= 1
-                    if k < 0:
-                        break
-                else:
-                    break
-            if k < 0:
-                k = 0
-                v[0] = q
-                z[0] = -np.inf
-            else:
-                k += 1
-                v[k] = q
-                z[k] = s
-            z[k + 1] = np.inf
-        if k < 0:
-            for q in range(q0, q1):
-                out[r, q - q0] = np.inf
-            continue
-        j = 0
-        for q in range(q0, q1):
-            while z[j + 1] < q:
-                j += 1
-            d = q - v[j]
-            out[r, q - q0] = np.float64(d * d) + f[v[j]]
-    return out
-
-
-def squared_edt(mask: np.ndarray) -> np.ndarray:
-    """Exact squared Euclidean distance (in cells^2) of every cell to the nearest True cell.
-
-    The in-memory form of the chunked transform (the same two numba kernels), for
-    tests and small grids; ``inf`` everywhere when ``mask`` has no True cell.
-    """
-    m = np.ascontiguousarray(np.asarray(mask, dtype=bool))
-    if m.ndim != 2:
-        raise MetalsmInputError(f"mask must be a 2-D array, got shape {m.shape}")
-    g = _column_distances(m, 0, m.shape[0])
-    return _row_envelope(g, 0, m.shape[1])
 
 
 #: Least cells per strip of the distance transform (~25 bytes each while in the
@@ -412,8 +310,8 @@ def vector_distance_raster(
     from rasterio.features import rasterize
 
     chunk_size = _check_chunk_size(chunk_size)
-    geoms, source = terrain._read_vector_features(path_or_gdf, grid, layer_name)
-    transform, ext_shape, pad_top, pad_left = terrain.extended_grid(geoms, grid, source)
+    geoms, source = _distance._read_vector_features(path_or_gdf, grid, layer_name)
+    transform, ext_shape, pad_top, pad_left = _distance.extended_grid(geoms, grid, source)
     shapes = [(geom, 1) for geom in geoms]
 
     def burned(c0: int, c1: int) -> np.ndarray:
@@ -434,5 +332,5 @@ def vector_distance_raster(
             what=f"distance to {layer_name or out_path.stem}", compress=compress,
         )
     if not found:
-        raise terrain.no_feature_error(geoms, grid, source)
+        raise _distance.no_feature_error(geoms, grid, source)
     return out_path
