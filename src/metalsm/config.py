@@ -20,6 +20,27 @@ from metalsm.errors import MetalsmInputError
 FactorKind = Literal["continuous", "categorical"]
 
 
+#: Terrain factors metalsm derives from a DEM (:func:`metalsm.terrain.derive_terrain`):
+#: the vocabulary of ``[terrain] factors``.
+TERRAIN_FACTORS: tuple[str, ...] = (
+    "elevation",
+    "slope",
+    "aspect_sin",
+    "aspect_cos",
+    "plan_curvature",
+    "profile_curvature",
+    "flow_accumulation",
+    "log_flow_accumulation",
+    "twi",
+    "spi",
+    "distance_to_drainage",
+)
+
+#: The classic models of :func:`metalsm.models.make_model`: the vocabulary of
+#: ``[model] names`` (besides ``"meta-blockwise"``).
+MODEL_NAMES: tuple[str, ...] = ("lr", "rf", "svm", "mlp", "fr", "fr-rf", "lightgbm")
+
+
 @dataclass(frozen=True)
 class RasterInput:
     """A thematic raster factor (geology, land cover, rainfall...)."""
@@ -605,9 +626,6 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
 
 def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> None:
     """Numbers and names that parse but cannot work (caught here, before any input is read)."""
-    from metalsm.models.classic import MODEL_NAMES
-    from metalsm.terrain import TERRAIN_FACTORS
-
     known = (*MODEL_NAMES, "meta-blockwise")
     for i, name in enumerate(config.model.names):
         if name not in known:

@@ -728,8 +728,6 @@ def plot_candles(
 
 def plot_fr_tables(fr_tables: pd.DataFrame, path: str | Path) -> Path:
     """One bar panel per factor: FR per class, with the FR = 1 line."""
-    from metalsm.report.figures import save_figure
-
     factors = list(dict.fromkeys(fr_tables["factor"]))
     ncol = 3
     nrow = math.ceil(len(factors) / ncol)
@@ -752,8 +750,6 @@ def plot_fr_tables(fr_tables: pd.DataFrame, path: str | Path) -> Path:
 
 def plot_correlation(pearson: pd.DataFrame, spearman: pd.DataFrame, path: str | Path) -> Path:
     """Pearson and Spearman heatmaps side by side, values written in the cells."""
-    from metalsm.report.figures import save_figure
-
     n = len(pearson)
     size = max(4.5, 0.45 * n + 2)
     fig = Figure(figsize=(2 * size + 1, size))
@@ -783,8 +779,6 @@ def plot_credibility(
     title: str = "Credibility as a non-landslide sample",
 ) -> Path:
     """``credibility.png``: the map over a hillshade with the inventory (report.figures)."""
-    from metalsm.report.figures import plot_raster_map
-
     return plot_raster_map(
         credibility, grid, path, dem=dem, inventory=inventory, cmap="cividis",
         norm=Normalize(0.0, 1.0), title=title,

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from metalsm.config import TERRAIN_FACTORS
 from metalsm.errors import MetalsmInputError
 from metalsm.raster._grid import Grid
 from metalsm.terrain._distance import distance_to_mask
@@ -31,20 +32,6 @@ __all__ = [
 ]
 
 
-TERRAIN_FACTORS: tuple[str, ...] = (
-    "elevation",
-    "slope",
-    "aspect_sin",
-    "aspect_cos",
-    "plan_curvature",
-    "profile_curvature",
-    "flow_accumulation",
-    "log_flow_accumulation",
-    "twi",
-    "spi",
-    "distance_to_drainage",
-)
-"""Names :func:`derive_terrain` understands."""
 
 
 def derive_terrain(
