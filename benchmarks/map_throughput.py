@@ -49,7 +49,7 @@ def tile_stack(source: Path, target: Path, rows: int, cols: int) -> Path:
 
 def child(model_path: str, factors: str, out: str, window_size: int) -> None:
     """Predict one map in this process and print timings and memory as JSON."""
-    from metalsm.mapping._mapping import predict_raster
+    from metalsm.mapping import predict_raster
 
     with open(model_path, "rb") as handle:
         model, names = pickle.load(handle)

@@ -47,7 +47,7 @@ import psutil
 import rasterio
 from _support import mirror_tile
 
-from metalsm.raster._grid import Grid
+from metalsm.raster import Grid
 
 TERRAIN = ("elevation", "slope", "aspect_sin", "aspect_cos", "plan_curvature",
            "profile_curvature", "twi", "spi", "distance_to_drainage")
@@ -144,8 +144,8 @@ def run_scheduler(name: str, compute, args, inputs: dict, grid: Grid, landslides
         meta_data,
         write_blockwise_map,
     )
-    from metalsm.raster._grid import read_cells
-    from metalsm.samples._table import Samples
+    from metalsm.raster import read_cells
+    from metalsm.samples import Samples
     from metalsm.stack import LayerSource, write_factor_stack
 
     out = work / name
@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from metalsm.datasets import study_area
-    from metalsm.scale._compute import compute_context
-    from metalsm.terrain._write import write_terrain_factors
+    from metalsm.scale import compute_context
+    from metalsm.terrain import write_terrain_factors
 
     kaghan = study_area("kaghan")
     work = args.out

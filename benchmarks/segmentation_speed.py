@@ -26,7 +26,7 @@ from affine import Affine
 
 from metalsm.blocks import _segmentation as segmentation
 from metalsm.datasets import study_area
-from metalsm.raster._grid import Grid, read_aligned
+from metalsm.raster import Grid, read_aligned
 from metalsm.stack import FactorStack
 
 

@@ -14,7 +14,7 @@ from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.datasets import EXAMPLES_DIR
 from metalsm.pipeline._run import run_pipeline
-from metalsm.raster._cog import cog_problems
+from metalsm.raster import cog_problems
 
 BLOCKS = "n_blocks = 12\ncompactness = 0.5\nmeta_train_fraction = 0.6\nseed = 3"
 

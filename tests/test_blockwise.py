@@ -24,7 +24,7 @@ from metalsm.models.blockwise import (
 )
 from metalsm.models.meta import MetaLearner
 from metalsm.models.pretrain import PretrainConfig
-from metalsm.raster._grid import Grid, read_aligned
+from metalsm.raster import Grid, read_aligned
 from metalsm.terrain import derive_terrain
 
 torch.set_num_threads(1)

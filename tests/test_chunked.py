@@ -22,10 +22,9 @@ from metalsm.config import BlocksConfig, load_config
 from metalsm.errors import MetalsmInputError
 from metalsm.mapping import _mapping as mapping
 from metalsm.pipeline._run import run_pipeline
-from metalsm.raster._cog import cog_problems
-from metalsm.raster._grid import iter_windows, read_aligned_window, read_cells
-from metalsm.samples._credibility import credibility_map, fit_membership, write_credibility
-from metalsm.scale._compute import choose_plan, compute_context
+from metalsm.raster import cog_problems, iter_windows, read_aligned_window, read_cells
+from metalsm.samples import credibility_map, fit_membership, write_credibility
+from metalsm.scale import choose_plan, compute_context
 from metalsm.stack import FactorStack, FileFactorStack
 
 FAST = {"model": 'names = ["lr"]\nmap_model = "lr"\nseed = 7',
@@ -250,7 +249,7 @@ def test_chunked_alignment_of_a_geographic_categorical_raster(kaghan_crop,
     """Window by window, land cover in EPSG:4326 is aligned by nearest neighbour like the
     in-memory path: >= 98 % of cells keep their original class, and the two paths agree
     but for near-ties of nearest neighbour (GDAL rounds a window's offsets its own way)."""
-    from metalsm.raster._grid import Grid, read_aligned
+    from metalsm.raster import Grid, read_aligned
 
     grid = Grid.from_raster(kaghan_crop / "AW3D30.tif")
     with rasterio.open(kaghan_crop / "Landcover.tif") as src:

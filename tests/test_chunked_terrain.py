@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from metalsm import terrain
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._grid import Grid
-from metalsm.scale._compute import compute_context
+from metalsm.raster import Grid
+from metalsm.scale import compute_context
 from metalsm.stack import read_dem
 from metalsm.terrain import _write as chunked_terrain
 

@@ -15,13 +15,13 @@ from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
 from metalsm.experiments.credibility import spatial_holdout
-from metalsm.inputs._inventory import landslide_mask, positive_cells, read_inventory
-from metalsm.raster._cog import cog_problems
-from metalsm.samples._credibility import credibility_map
-from metalsm.samples._negatives import (
+from metalsm.inputs import landslide_mask, positive_cells, read_inventory
+from metalsm.raster import cog_problems
+from metalsm.samples import (
     CredibilityBandWarning,
     NegativeRequest,
     band_mask,
+    credibility_map,
     draw_negatives,
     draw_samples,
 )

@@ -19,7 +19,7 @@ from metalsm.experiments.common import apply_preset, experiment_data, experiment
 from metalsm.experiments.cross_area import SCHEMES, scheme_splits
 from metalsm.experiments.embeddings import representations_of, run_embeddings
 from metalsm.experiments.methods import fit_maml, fit_proposed
-from metalsm.raster._grid import Grid
+from metalsm.raster import Grid
 from metalsm.report.figures import plot_maps_side_by_side
 
 UTM = "EPSG:32643"

@@ -14,13 +14,7 @@ from typer.testing import CliRunner
 from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation._kshot import (
-    compare_methods,
-    draw_support,
-    fit_set,
-    query_mask,
-    summarize,
-)
+from metalsm.evaluation import compare_methods, draw_support, fit_set, query_mask, summarize
 from metalsm.experiments import EXPERIMENTS
 from metalsm.experiments.common import apply_preset, experiment_data, experiment_meta
 from metalsm.experiments.methods import METHODS, resolve_methods

@@ -6,14 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metalsm.analysis._factors import (
-    differentiation,
-    factor_classes,
-    fr_table,
-    mic,
-    select_factors,
-    vif,
-)
+from metalsm.analysis import differentiation, factor_classes, fr_table, mic, select_factors, vif
 from metalsm.errors import MetalsmInputError
 
 

@@ -4,8 +4,8 @@ import pytest
 import shapely
 
 from metalsm.errors import MetalsmInputError
-from metalsm.inputs._inventory import landslide_mask, positive_cells, read_inventory
-from metalsm.raster._grid import Grid
+from metalsm.inputs import landslide_mask, positive_cells, read_inventory
+from metalsm.raster import Grid
 
 
 @pytest.fixture(scope="module")

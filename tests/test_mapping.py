@@ -10,8 +10,8 @@ from rasterio.crs import CRS
 from sklearn.linear_model import LogisticRegression
 
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation._validation import rate_curve
-from metalsm.mapping._mapping import (
+from metalsm.evaluation import rate_curve
+from metalsm.mapping import (
     classify_raster,
     classify_values,
     predict_raster,
@@ -19,7 +19,7 @@ from metalsm.mapping._mapping import (
     zone_breaks,
     zone_table,
 )
-from metalsm.raster._grid import Grid, read_aligned
+from metalsm.raster import Grid, read_aligned
 from metalsm.stack import FactorStack
 
 FEATURES = ["elevation", "geology"]
@@ -280,7 +280,7 @@ def test_quantile_breaks_with_fewer_values_than_zones():
 def test_spread_raster_is_the_std_of_each_models_map(crop_stack, tmp_path):
     """uncertainty.tif equals, cell by cell, the std (ddof=1) of the maps that each of
     three real-data models writes alone; nodata stays nodata; one model is refused."""
-    from metalsm.mapping._mapping import predict_spread_raster
+    from metalsm.mapping import predict_spread_raster
 
     stack, factors, model = crop_stack
     rows, cols = np.nonzero(stack.valid)

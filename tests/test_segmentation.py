@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from metalsm.blocks import _segmentation as seg
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._grid import Grid, read_aligned
+from metalsm.raster import Grid, read_aligned
 from metalsm.stack import FactorStack
 
 

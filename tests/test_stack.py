@@ -9,8 +9,8 @@ from conftest import write_config
 
 from metalsm import terrain
 from metalsm.config import load_config
-from metalsm.raster._grid import read_aligned, reference_grid
-from metalsm.scale._compute import compute_context
+from metalsm.raster import read_aligned, reference_grid
+from metalsm.scale import compute_context
 from metalsm.stack import (
     FactorStack,
     FileFactorStack,

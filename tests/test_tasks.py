@@ -13,7 +13,7 @@ from metalsm.errors import MetalsmInputError
 @pytest.fixture(scope="module")
 def hk_tasks():
     """Real Hong Kong samples grouped into point blocks."""
-    from metalsm.blocks._segmentation import segment_points
+    from metalsm.blocks import segment_points
     from metalsm.datasets import study_area
 
     table = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
@@ -41,8 +41,8 @@ def test_block_task_table_with_raster_blocks():
     from affine import Affine
     from rasterio.crs import CRS
 
-    from metalsm.blocks._segmentation import Blocks
-    from metalsm.raster._grid import Grid
+    from metalsm.blocks import Blocks
+    from metalsm.raster import Grid
 
     labels = np.array([[0, 0, 1], [2, 2, 1], [-1, 2, 1]], dtype=np.int32)
     grid = Grid(CRS.from_epsg(32643), Affine(100, 0, 0, 0, -100, 0), 3, 3)

@@ -20,7 +20,7 @@ from shapely.geometry import LineString, Point
 
 from metalsm import terrain
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._grid import Grid
+from metalsm.raster import Grid
 
 L = 10.0  # cell size of synthetic DEMs, metres
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import rasterio
 
-from metalsm.inputs._inventory import landslide_mask, read_inventory
-from metalsm.mapping._mapping import predict_raster
+from metalsm.inputs import landslide_mask, read_inventory
+from metalsm.mapping import predict_raster
 from metalsm.models import make_model
 from metalsm.models._trees import compile_forest, compile_lightgbm
-from metalsm.raster._grid import Grid, read_aligned
+from metalsm.raster import Grid, read_aligned
 from metalsm.stack import FactorStack
 from metalsm.terrain import aspect, slope_degrees
 

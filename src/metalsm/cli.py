@@ -73,7 +73,7 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     import rasterio.errors
     from pyproj.exceptions import CRSError
 
-    from metalsm.pipeline._preflight import first_line
+    from metalsm.pipeline import first_line
 
     first = first_line(exc)
     if isinstance(exc, MetalsmInputError):
@@ -109,7 +109,7 @@ def _guarded(config_path: Path, quiet: bool, work, *, staged: bool = False,
     interruption changed nothing; ``adds_to``: the folder a step-by-step command writes
     into, checked with the inputs before any work."""
     from metalsm.config import load_config
-    from metalsm.pipeline._preflight import check_run
+    from metalsm.pipeline import check_run
 
     _setup_logging(quiet)
     try:
@@ -130,7 +130,7 @@ def _guarded(config_path: Path, quiet: bool, work, *, staged: bool = False,
 
 def _run(config_path: Path, out: Path, quiet: bool, chunk_size: int | None = None,
          scheduler: str | None = None) -> None:
-    from metalsm.pipeline._run import run_pipeline
+    from metalsm.pipeline import run_pipeline
 
     result = _guarded(config_path, quiet,
                       lambda config: run_pipeline(config, out, show_progress=not quiet,
@@ -283,7 +283,7 @@ def segment(
     scheduler: Scheduler = None,
 ) -> None:
     """Segment the study area into blocks (weighted SLIC); write blocks, tasks and a map."""
-    from metalsm.pipeline._blocks import block_statistics, segment_study_area, with_blocks
+    from metalsm.pipeline import block_statistics, segment_study_area, with_blocks
 
     stage = _guarded(config, quiet, lambda cfg: segment_study_area(
         with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet,
@@ -307,7 +307,7 @@ Config = Annotated[Path, typer.Argument(help="Study-area TOML configuration with
 @app.command()
 def pretrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
     """Blocks, then RBM/RBM/DAE pretraining: OUT/models/pretrained.pt."""
-    from metalsm.pipeline._meta import pretrain_step
+    from metalsm.pipeline import pretrain_step
 
     result = _guarded(config, quiet, lambda cfg: pretrain_step(cfg, out,
                                                                show_progress=not quiet),
@@ -321,7 +321,7 @@ def pretrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
 @app.command()
 def metatrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
     """Meta-train the intermediate model (starts from OUT/models/pretrained.pt if present)."""
-    from metalsm.pipeline._meta import metatrain_step
+    from metalsm.pipeline import metatrain_step
 
     result = _guarded(config, quiet, lambda cfg: metatrain_step(cfg, out,
                                                                 show_progress=not quiet),
@@ -340,7 +340,7 @@ def adapt(
     quiet: Quiet = False,
 ) -> None:
     """Adapt every block from OUT/models/intermediate.pt; write block models and the map."""
-    from metalsm.pipeline._meta import adapt_step
+    from metalsm.pipeline import adapt_step
 
     result = _guarded(config, quiet, lambda cfg: adapt_step(cfg, out, k,
                                                             show_progress=not quiet),

@@ -25,8 +25,7 @@ from rasterio.windows import Window
 
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._cog import windowed_geotiff
-from metalsm.raster._grid import (
+from metalsm.raster import (
     Grid,
     iter_windows,
     open_raster,
@@ -35,8 +34,9 @@ from metalsm.raster._grid import (
     read_class_names,
     read_window,
     reference_grid,
+    windowed_geotiff,
 )
-from metalsm.scale._compute import Compute
+from metalsm.scale import Compute
 
 __all__ = [
     "FactorStack",
@@ -280,7 +280,7 @@ def write_factors(
     (removed afterwards); thematic rasters are aligned window by window. Band
     order: terrain factors (config order), thematic rasters, vector distances.
     """
-    from metalsm.terrain._write import vector_distance_raster, write_terrain_factors
+    from metalsm.terrain import vector_distance_raster, write_terrain_factors
 
     step = progress or (lambda _m: None)
     out_path = Path(out_path)

@@ -117,7 +117,7 @@ def factor_classes(
     seed: int = 0,
 ) -> FactorClasses:
     """FR classes of a factor from its values over the area (``values``: valid cells only)."""
-    from metalsm.mapping._mapping import zone_breaks
+    from metalsm.mapping import zone_breaks
 
     values = np.asarray(values, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]

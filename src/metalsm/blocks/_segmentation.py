@@ -49,10 +49,16 @@ from scipy.sparse.csgraph import connected_components
 
 from metalsm.atomic import atomic_path
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._cog import windowed_geotiff
-from metalsm.raster._grid import Grid, iter_windows, open_raster, read_window, strips
-from metalsm.raster._styles import write_blocks_style
-from metalsm.scale._compute import Compute
+from metalsm.raster import (
+    Grid,
+    iter_windows,
+    open_raster,
+    read_window,
+    strips,
+    windowed_geotiff,
+    write_blocks_style,
+)
+from metalsm.scale import Compute
 
 if TYPE_CHECKING:
     import geopandas as gpd

@@ -35,7 +35,7 @@ from metalsm.models.classic import check_binary_target, check_samples, make_mode
 
 if TYPE_CHECKING:
     from metalsm.config import StudyAreaConfig
-    from metalsm.samples._table import Samples
+    from metalsm.samples import Samples
 
 __all__ = [
     "METRICS",

@@ -28,7 +28,7 @@ import pandas as pd
 
 from metalsm.atomic import write_csv
 from metalsm.config import ABLATION_TABLES, BlocksConfig, MetaConfig, StudyAreaConfig
-from metalsm.evaluation._kshot import Method, summarize
+from metalsm.evaluation import Method, summarize
 from metalsm.experiments.common import (
     ExperimentResult,
     experiment_data,

@@ -72,7 +72,7 @@ def experiment_data(config: StudyAreaConfig, out: Path, stack: Any = None,
     Rasters: with ``stack`` and ``samples`` (a previous stage's) only the segmentation
     is redone; the stage's factor stack is ``stage.stack`` for such reuse.
     """
-    from metalsm.inputs._inventory import read_inventory
+    from metalsm.inputs import read_inventory
     from metalsm.pipeline._blocks import prepare_blocks, segment_stack
     from metalsm.pipeline._meta import meta_data
     from metalsm.progress import RunProgress

@@ -28,8 +28,7 @@ import pandas as pd
 
 from metalsm.atomic import write_csv
 from metalsm.config import MetaConfig, StudyAreaConfig
-from metalsm.evaluation._kshot import ArrayStore, Method, compare_methods, summarize
-from metalsm.evaluation._validation import roc_points
+from metalsm.evaluation import ArrayStore, Method, compare_methods, roc_points, summarize
 from metalsm.experiments.common import (
     ExperimentResult,
     apply_preset,

@@ -50,21 +50,22 @@ from sklearn.cluster import KMeans
 from metalsm.atomic import write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation._validation import classification_metrics
+from metalsm.evaluation import classification_metrics
 from metalsm.experiments.common import ExperimentResult
-from metalsm.inputs._inventory import landslide_mask, positive_cells, read_inventory
+from metalsm.inputs import landslide_mask, positive_cells, read_inventory
 from metalsm.mapping import _mapping as mapping
 from metalsm.models.classic import make_model
-from metalsm.raster._grid import Grid
+from metalsm.raster import Grid
 from metalsm.report.figures import plot_credibility
 from metalsm.report.html import Section
-from metalsm.samples._credibility import credibility_map, write_credibility
-from metalsm.samples._negatives import (
+from metalsm.samples import (
     CredibilityBandWarning,
     NegativeRequest,
+    credibility_map,
     credibility_negatives,
     random_negatives,
     sample_table,
+    write_credibility,
 )
 from metalsm.stack import FactorStack, build_factor_stack
 
@@ -276,7 +277,7 @@ def run_credibility_experiment(
 
 
 def _band(cred: np.ndarray, band: tuple[float, float]) -> np.ndarray:
-    from metalsm.samples._negatives import band_mask
+    from metalsm.samples import band_mask
 
     return band_mask(cred, band)
 

@@ -39,7 +39,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from metalsm.atomic import write_csv, write_json
-from metalsm.blocks._tasks import split_by_area
+from metalsm.blocks import split_by_area
 from metalsm.config import StudyAreaConfig
 from metalsm.experiments.areas import SPLITS, area_of_blocks, check_areas
 from metalsm.experiments.common import (
@@ -92,7 +92,7 @@ def run_cross_area(config: StudyAreaConfig, out_dir: str | Path, *,
                    repeats: int | None = None, preset: str | None = None
                    ) -> ExperimentResult:
     """Schemes A–D × methods × K on one study area split in two; tables, figures, section."""
-    from metalsm.evaluation._kshot import compare_methods, summarize
+    from metalsm.evaluation import compare_methods, summarize
     from metalsm.experiments.methods import display_table, resolve_methods
 
     started = time.perf_counter()

@@ -46,7 +46,7 @@ def run_maps_experiment(config: StudyAreaConfig, out_dir: str | Path, *,
     from dataclasses import replace
 
     from metalsm.experiments.methods import fit_maml, fit_proposed
-    from metalsm.inputs._inventory import landslide_mask, read_inventory
+    from metalsm.inputs import landslide_mask, read_inventory
     from metalsm.models.classic import make_model
     from metalsm.pipeline._blocks import prepare_blocks
     from metalsm.pipeline._meta import adapt_all_blocks, meta_data

@@ -30,14 +30,7 @@ import pandas as pd
 
 from metalsm.config import MetaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation._kshot import (
-    AdaptedBlocks,
-    FittedMethod,
-    Method,
-    ZeroShot,
-    fit_set,
-    query_mask,
-)
+from metalsm.evaluation import AdaptedBlocks, FittedMethod, Method, ZeroShot, fit_set, query_mask
 from metalsm.models.classic import make_model
 from metalsm.models.meta import MetaLearner
 from metalsm.pipeline._meta import (

@@ -14,7 +14,7 @@ import shapely
 from rasterio.features import rasterize
 
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._grid import Grid
+from metalsm.raster import Grid
 
 __all__ = [
     "MIN_POSITIVES",
@@ -126,7 +126,7 @@ def raster_patches(path: str | Path, grid: Grid) -> gpd.GeoDataFrame:
     """
     from rasterio.features import shapes
 
-    from metalsm.raster._grid import read_aligned
+    from metalsm.raster import read_aligned
 
     layer = read_aligned(path, grid, name="inventory", categorical=True)
     codes = np.nan_to_num(layer.values, nan=0.0).astype(np.int64)
@@ -184,7 +184,7 @@ def _patches_of_equal_value(codes: np.ndarray) -> np.ndarray:
 def _read_csv_points(path: Path, crs: str | None, x: str, y: str) -> gpd.GeoDataFrame:
     if crs is None:
         raise MetalsmInputError(f"inventory {path} is a table: set inventory.crs to its CRS")
-    from metalsm.samples._table import read_table_frame
+    from metalsm.samples import read_table_frame
 
     table = read_table_frame(str(path))
     missing = [c for c in (x, y) if c not in table.columns]

@@ -18,10 +18,16 @@ import pandas as pd
 from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
+from metalsm.raster import (
+    Grid,
+    gdal_cache,
+    iter_windows,
+    open_raster,
+    read_window,
+    windowed_geotiff,
+)
 from metalsm.raster import _styles as styles
-from metalsm.raster._cog import gdal_cache, windowed_geotiff
-from metalsm.raster._grid import Grid, iter_windows, open_raster, read_window
-from metalsm.scale._compute import Compute
+from metalsm.scale import Compute
 from metalsm.stack import stack_metadata
 
 __all__ = [
@@ -577,7 +583,7 @@ def success_rate(susceptibility_path: str | Path, landslide_mask: np.ndarray, *,
     with the raster. The landslides are those the map was trained from, so this
     measures fit; :func:`metalsm.evaluation.prediction_rate` measures prediction.
     """
-    from metalsm.evaluation._validation import rate_curve_from_counts
+    from metalsm.evaluation import rate_curve_from_counts
 
     area = np.zeros(bins, dtype=np.int64)
     slides = np.zeros(bins, dtype=np.int64)

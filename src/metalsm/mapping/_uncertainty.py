@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from metalsm.models.classic import make_model
-from metalsm.raster._grid import iter_windows, open_raster
-from metalsm.samples._table import Samples
+from metalsm.raster import iter_windows, open_raster
+from metalsm.samples import Samples
 
 __all__ = [
     "bootstrap_refits",

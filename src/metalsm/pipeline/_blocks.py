@@ -16,21 +16,21 @@ import numpy as np
 import pandas as pd
 
 from metalsm.atomic import write_csv
-from metalsm.blocks._segmentation import (
+from metalsm.blocks import (
     Blocks,
+    block_task_table,
     segment_on_coarse_grid,
     segment_points,
     segment_raster,
+    split_blocks,
     weights_from_data,
 )
-from metalsm.blocks._segmentation import write_blocks as write_block_rasters
-from metalsm.blocks._tasks import block_task_table, split_blocks
+from metalsm.blocks import write_blocks as write_block_rasters
 from metalsm.config import BlocksConfig, StudyAreaConfig
-from metalsm.inputs._inventory import landslide_mask, read_inventory
+from metalsm.inputs import landslide_mask, read_inventory
 from metalsm.progress import RunProgress
 from metalsm.report import figures
-from metalsm.samples._negatives import draw_samples
-from metalsm.samples._table import Samples, read_sample_table
+from metalsm.samples import Samples, draw_samples, read_sample_table
 from metalsm.stack import FactorStack, FileFactorStack, open_stack
 
 __all__ = [
@@ -96,7 +96,7 @@ def segment_study_area(
     ``blocks.csv`` (block per sample) and ``blocks.png``; both: ``tasks.csv``. The
     stack is held in memory or on disk as :func:`metalsm.scale.choose_plan` decides.
     """
-    from metalsm.scale._compute import choose_plan
+    from metalsm.scale import choose_plan
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

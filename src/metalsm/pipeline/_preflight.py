@@ -17,7 +17,7 @@ import numpy as np
 from metalsm.atomic import RUN_MARKER
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.inputs._inventory import RASTER_SUFFIXES
+from metalsm.inputs import RASTER_SUFFIXES
 
 __all__ = [
     "check_run",
@@ -107,7 +107,7 @@ def _is_run_dir(folder: Path) -> bool:
 
 
 def _raster_area_problems(config: StudyAreaConfig) -> list[str]:
-    from metalsm.raster._grid import reference_grid
+    from metalsm.raster import reference_grid
 
     problems: list[str] = []
     rasters = [("dem", config.dem)]
@@ -152,7 +152,7 @@ def _raster_header_problem(path: str, key: str) -> str | None:
     import rasterio
     from rasterio.windows import Window
 
-    from metalsm.raster._grid import open_raster
+    from metalsm.raster import open_raster
 
     try:
         with open_raster(path) as src:
@@ -213,7 +213,7 @@ def _vector_problems(path: str, key: str, grid) -> list[str]:
 
 
 def _inventory_table_problems(inventory) -> list[str]:
-    from metalsm.samples._table import read_table_frame
+    from metalsm.samples import read_table_frame
 
     if inventory.crs is None:
         return [f"inventory.path {inventory.path} is a table: set inventory.crs to its CRS"]
@@ -229,7 +229,7 @@ def _inventory_table_problems(inventory) -> list[str]:
 
 
 def _table_problems(config: StudyAreaConfig) -> list[str]:
-    from metalsm.samples._table import read_sample_table
+    from metalsm.samples import read_sample_table
 
     try:
         samples = read_sample_table(config.table, warn=False)

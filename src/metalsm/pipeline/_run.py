@@ -17,7 +17,7 @@ from metalsm.atomic import staged_directory, write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.evaluation import _validation as validation
-from metalsm.inputs._inventory import landslide_mask, read_inventory
+from metalsm.inputs import landslide_mask, read_inventory
 from metalsm.mapping import _mapping as mapping
 from metalsm.models.classic import make_model
 from metalsm.pipeline._manifest import RunResult, build_manifest, collect_warnings
@@ -26,8 +26,7 @@ from metalsm.progress import RunProgress
 from metalsm.report import figures
 from metalsm.report import tables as report_tables
 from metalsm.report.html import Section, write_report
-from metalsm.samples._negatives import draw_samples
-from metalsm.samples._table import Samples, write_samples_vector
+from metalsm.samples import Samples, draw_samples, write_samples_vector
 from metalsm.stack import open_stack
 
 __all__ = [
@@ -89,7 +88,7 @@ def _run_raster_pipeline(
         timings[name] = round(now - since, 3)
         return now
 
-    from metalsm.scale._compute import choose_plan
+    from metalsm.scale import choose_plan
 
     plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
     chunk = plan.chunk_size if plan.chunked else None
@@ -259,8 +258,8 @@ def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
     and a report that says why there is no map."""
     from metalsm.config import BlocksConfig
     from metalsm.pipeline._blocks import segment_table
-    from metalsm.raster._grid import Grid
-    from metalsm.samples._table import read_sample_table
+    from metalsm.raster import Grid
+    from metalsm.samples import read_sample_table
 
     started = time.perf_counter()
     timings: dict[str, float] = {}

@@ -12,20 +12,19 @@ from metalsm.raster._cog import (
 )
 from metalsm.raster._grid import (
     Grid,
-    Layer,
-    halo,
-    iter_windows,
-    nodata_to_nan,
     open_raster,
+    reference_grid,
+)
+from metalsm.raster._read import (
+    Layer,
+    nodata_to_nan,
     read_aligned,
     read_aligned_window,
     read_cells,
     read_class_names,
     read_window,
-    reference_grid,
     resampling_onto,
     source_cell_size_on,
-    strips,
 )
 from metalsm.raster._styles import (
     RGB,
@@ -41,23 +40,28 @@ from metalsm.raster._styles import (
     zone_colours,
     zone_legend_labels,
 )
+from metalsm.raster._windows import (
+    halo,
+    iter_windows,
+    strips,
+)
 
 __all__ = [
     "Grid",
-    "Layer",
+    "open_raster",
+    "reference_grid",
     "halo",
     "iter_windows",
+    "strips",
+    "Layer",
     "nodata_to_nan",
-    "open_raster",
     "read_aligned",
     "read_aligned_window",
     "read_cells",
     "read_class_names",
     "read_window",
-    "reference_grid",
     "resampling_onto",
     "source_cell_size_on",
-    "strips",
     "COG_BLOCK_SIZE",
     "GDAL_CACHE_MB",
     "WindowWriter",

@@ -32,7 +32,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from metalsm.atomic import atomic_path
-from metalsm.raster._grid import Grid
+from metalsm.raster import Grid
 from metalsm.raster._styles import _ZONE_RAMP_RANGE, zone_colours, zone_legend_labels
 
 __all__ = [
@@ -433,7 +433,7 @@ def plot_susceptibility_map(
         zones = array.astype(np.int64, copy=False)
         levels = len(labels) if labels is not None else max(int(zones.max(initial=0)), 1)
         if labels is None:
-            from metalsm.mapping._mapping import DEFAULT_LABELS
+            from metalsm.mapping import DEFAULT_LABELS
 
             labels = DEFAULT_LABELS.get(levels, [f"Zone {i}" for i in range(1, levels + 1)])
         colours = zone_colors(levels)

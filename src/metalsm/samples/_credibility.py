@@ -54,10 +54,8 @@ from metalsm.analysis._factors import (
 )
 from metalsm.config import CredibilityConfig, FactorSelectionConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._cog import windowed_geotiff
-from metalsm.raster._grid import Grid, iter_windows, strips
-from metalsm.raster._styles import write_credibility_style
-from metalsm.scale._compute import Compute
+from metalsm.raster import Grid, iter_windows, strips, windowed_geotiff, write_credibility_style
+from metalsm.scale import Compute
 from metalsm.stack import FactorStack, FileFactorStack
 
 log = logging.getLogger(__name__)

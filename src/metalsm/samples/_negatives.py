@@ -189,7 +189,7 @@ def draw_samples(
     landslide; the honest band comparison with held-out landslides is ``metalsm
     experiment credibility``.
     """
-    from metalsm.inputs._inventory import positive_cells
+    from metalsm.inputs import positive_cells
     from metalsm.samples._table import Samples, warn_constant_factors
 
     valid = stack.valid

@@ -39,7 +39,7 @@ from typing import Any
 from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._cog import gdal_cache
+from metalsm.raster import gdal_cache
 
 #: Share of available memory the in-memory stack may take before runs go chunked.
 DEFAULT_MEMORY_FRACTION = 0.25
@@ -214,7 +214,7 @@ def compute_context(scheduler: Any = None, *, num_workers: int | None = None,
 
 def estimated_stack_bytes(config) -> int:
     """Bytes of the in-memory factor stack of ``config`` (float32, one band per factor)."""
-    from metalsm.raster._grid import reference_grid
+    from metalsm.raster import reference_grid
 
     grid = reference_grid(config)
     n_factors = len(config.terrain.factors) + len(config.rasters) + len(config.vectors)

@@ -14,7 +14,7 @@ from numba import njit
 from scipy import ndimage
 
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._grid import Grid
+from metalsm.raster import Grid
 from metalsm.terrain._local import _check_cell_size
 
 log = logging.getLogger(__name__)

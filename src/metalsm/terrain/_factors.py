@@ -10,7 +10,7 @@ import numpy as np
 
 from metalsm.config import TERRAIN_FACTORS
 from metalsm.errors import MetalsmInputError
-from metalsm.raster._grid import Grid
+from metalsm.raster import Grid
 from metalsm.terrain._distance import distance_to_mask
 from metalsm.terrain._hydrology import check_routing, flow_routing_counts, log_spi, twi
 from metalsm.terrain._local import (

@@ -50,9 +50,16 @@ from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
 from metalsm.progress import RunProgress
-from metalsm.raster._cog import gdal_cache, windowed_geotiff
-from metalsm.raster._grid import Grid, halo, iter_windows, open_raster, read_aligned_window
-from metalsm.scale._compute import Compute
+from metalsm.raster import (
+    Grid,
+    gdal_cache,
+    halo,
+    iter_windows,
+    open_raster,
+    read_aligned_window,
+    windowed_geotiff,
+)
+from metalsm.scale import Compute
 from metalsm.terrain import _distance, _factors, _hydrology
 from metalsm.terrain._distance import _column_distances, _row_envelope
 from metalsm.terrain._local import _check_cell_size
