@@ -16,11 +16,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
+from metalsm import mapping
 from metalsm.blocks import _segmentation as segmentation
 from metalsm.cli import app
 from metalsm.config import BlocksConfig, load_config
 from metalsm.errors import MetalsmInputError
-from metalsm.mapping import _mapping as mapping
 from metalsm.pipeline._run import run_pipeline
 from metalsm.raster import cog_problems, iter_windows, read_aligned_window, read_cells
 from metalsm.samples import credibility_map, fit_membership, write_credibility

@@ -10,12 +10,11 @@ from rasterio.crs import CRS
 from sklearn.linear_model import LogisticRegression
 
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation import rate_curve
+from metalsm.evaluation import rate_curve, success_rate
 from metalsm.mapping import (
     classify_raster,
     classify_values,
     predict_raster,
-    success_rate,
     zone_breaks,
     zone_table,
 )

@@ -25,8 +25,8 @@ _API = {
     "make_model": ("metalsm.models.classic", "make_model"),
     "FrequencyRatioClassifier": ("metalsm.models.classic", "FrequencyRatioClassifier"),
     "evaluate_models": ("metalsm.evaluation._validation", "evaluate_models"),
-    "predict_raster": ("metalsm.mapping._mapping", "predict_raster"),
-    "zone_breaks": ("metalsm.mapping._mapping", "zone_breaks"),
+    "predict_raster": ("metalsm.mapping", "predict_raster"),
+    "zone_breaks": ("metalsm.mapping", "zone_breaks"),
     "cog_problems": ("metalsm.raster._cog", "cog_problems"),
 }
 

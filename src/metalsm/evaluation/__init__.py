@@ -16,6 +16,11 @@ from metalsm.evaluation._kshot import (
     query_mask,
     summarize,
 )
+from metalsm.evaluation._maps import (
+    SUCCESS_RATE_BINS,
+    block_map_statistics,
+    success_rate,
+)
 from metalsm.evaluation._validation import (
     METRICS,
     SCHEMES,
@@ -58,6 +63,9 @@ __all__ = [
     "validate",
     "validation_stage_name",
     "validation_tasks",
+    "SUCCESS_RATE_BINS",
+    "block_map_statistics",
+    "success_rate",
     "QUERY_METRICS",
     "RAW_COLUMNS",
     "AdaptedBlocks",

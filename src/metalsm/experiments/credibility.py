@@ -47,13 +47,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
 
+from metalsm import mapping
 from metalsm.atomic import write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.evaluation import classification_metrics
 from metalsm.experiments.common import ExperimentResult
 from metalsm.inputs import landslide_mask, positive_cells, read_inventory
-from metalsm.mapping import _mapping as mapping
 from metalsm.models.classic import make_model
 from metalsm.raster import Grid
 from metalsm.report.figures import plot_credibility

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import rasterio
 
+from metalsm import mapping
 from metalsm.atomic import write_csv
 from metalsm.config import BlocksConfig, StudyAreaConfig
 from metalsm.experiments.common import ExperimentResult, apply_preset, experiment_meta, since
-from metalsm.mapping import _mapping as mapping
 from metalsm.report.html import Section
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from metalsm import evaluation as validation
 from metalsm.atomic import write_csv
 from metalsm.config import StudyAreaConfig
-from metalsm.evaluation import _validation as validation
 from metalsm.experiments.common import ExperimentResult
 from metalsm.experiments.comparison import Context, begin_run
 from metalsm.experiments.methods import METHODS, resolve_methods

@@ -1,38 +1,34 @@
 """From fitted models to maps: windowed prediction, zones, zone tables, success
 rates and the uncertainty of the map over bootstrap refits."""
 
-from metalsm.mapping._mapping import (
-    DEFAULT_LABELS,
+from metalsm.mapping._predict import (
     GDAL_WRITE_THREADS,
-    SUCCESS_RATE_BINS,
-    ZONE_METHODS,
-    block_map_statistics,
-    classify_raster,
-    classify_values,
     predict_blockwise_raster,
     predict_raster,
     predict_spread_raster,
-    success_rate,
-    zone_breaks,
-    zone_table,
 )
 from metalsm.mapping._uncertainty import (
     bootstrap_refits,
     spread_statistics,
 )
+from metalsm.mapping._zones import (
+    DEFAULT_LABELS,
+    ZONE_METHODS,
+    classify_raster,
+    classify_values,
+    zone_breaks,
+    zone_table,
+)
 
 __all__ = [
-    "DEFAULT_LABELS",
     "GDAL_WRITE_THREADS",
-    "SUCCESS_RATE_BINS",
-    "ZONE_METHODS",
-    "block_map_statistics",
-    "classify_raster",
-    "classify_values",
     "predict_blockwise_raster",
     "predict_raster",
     "predict_spread_raster",
-    "success_rate",
+    "DEFAULT_LABELS",
+    "ZONE_METHODS",
+    "classify_raster",
+    "classify_values",
     "zone_breaks",
     "zone_table",
     "bootstrap_refits",

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from metalsm import evaluation as validation
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation import _validation as validation
 from metalsm.models.blockwise import adapt_blocks
 from metalsm.models.meta import MetaLearner
 

@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metalsm import mapping
 from metalsm.atomic import atomic_path, write_csv, write_json
 from metalsm.config import MetaConfig, StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.evaluation import AdaptedBlocks, Method, ZeroShot, compare_methods, summarize
-from metalsm.mapping import _mapping as mapping
 from metalsm.models.blockwise import BlockModels, adapt_blocks, load_intermediate
 from metalsm.models.meta import (
     MetaLearner,

@@ -13,12 +13,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metalsm import mapping
 from metalsm.atomic import staged_directory, write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation import _validation as validation
+from metalsm.evaluation import (
+    Evaluation,
+    RateCurve,
+    block_map_statistics,
+    prediction_rate,
+    roc_points,
+    success_rate,
+    validate,
+    validation_stage_name,
+    validation_tasks,
+)
 from metalsm.inputs import landslide_mask, read_inventory
-from metalsm.mapping import _mapping as mapping
 from metalsm.models.classic import make_model
 from metalsm.pipeline._manifest import RunResult, build_manifest, collect_warnings
 from metalsm.pipeline._preflight import check_run, fold_problems
@@ -129,10 +139,10 @@ def _run_raster_pipeline(
             t = timed("blocks", t)
 
         names = tuple(n for n in config.model.names if n != "meta-blockwise")
-        with progress.stage(validation.validation_stage_name(config),
-                            total=validation.validation_tasks(config, names)) as advance:
+        with progress.stage(validation_stage_name(config),
+                            total=validation_tasks(config, names)) as advance:
             area = area_sample(stack, samples.factor_names, config.validation.seed)
-            evaluation = validation.validate(config, names, samples, advance, area=area)
+            evaluation = validate(config, names, samples, advance, area=area)
             write_csv(out / "validation.csv", evaluation.table)
             write_samples_vector(out / "samples.gpkg", samples, stack.grid.crs,
                                  _sample_columns(evaluation, config.model.map_model))
@@ -202,7 +212,7 @@ def _run_raster_pipeline(
             }
             if meta_result is not None:
                 metrics["meta"] = meta_result.metrics
-                metrics["meta"]["map"] = mapping.block_map_statistics(
+                metrics["meta"]["map"] = block_map_statistics(
                     out / "susceptibility.tif", out / "blocks.tif", out / "zones.tif", mask,
                     block_stage.blocks.n_blocks,
                     block_stage.tasks.loc[block_stage.tasks["split"] == "meta-test", "block"])
@@ -281,9 +291,9 @@ def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
             if problems:
                 raise MetalsmInputError(problems[0])
             t = time.perf_counter()
-            with progress.stage(validation.validation_stage_name(config),
-                                total=validation.validation_tasks(config, names)) as advance:
-                evaluation = validation.validate(config, names, samples, advance)
+            with progress.stage(validation_stage_name(config),
+                                total=validation_tasks(config, names)) as advance:
+                evaluation = validate(config, names, samples, advance)
                 write_csv(out / "validation.csv", evaluation.table)
                 write_samples_vector(out / "samples.gpkg", samples, config.table.crs,
                                      _sample_columns(evaluation, config.model.map_model))
@@ -345,7 +355,7 @@ def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
 
 
 def _table_report(out: Path, config: StudyAreaConfig, metrics: dict,
-                  evaluation: validation.Evaluation | None, manifest: dict) -> None:
+                  evaluation: Evaluation | None, manifest: dict) -> None:
     samples = metrics["samples"]
     dropped = samples["dropped_incomplete_rows"]
     sections = [
@@ -396,7 +406,7 @@ def _by_scheme(table: pd.DataFrame) -> dict[str, dict[str, dict]]:
     return by_scheme
 
 
-def _sample_columns(evaluation: validation.Evaluation, map_model: str) -> dict:
+def _sample_columns(evaluation: Evaluation, map_model: str) -> dict:
     """Per sample: its fold under each scheme and repeat (``fold_<scheme>`` the first,
     ``fold_<scheme>_r<r>`` repeat ``r``, drawn with seed + r) and, for the map model,
     the out-of-fold probability of the first repeat (from the fold model that did not
@@ -423,15 +433,15 @@ def area_sample(stack, factor_names, seed: int, n: int = AREA_SAMPLE_CELLS) -> p
     return stack.sample(rows[pick], cols[pick])[list(factor_names)].reset_index(drop=True)
 
 
-def _rate_curves(out: Path, mask: np.ndarray, evaluation: validation.Evaluation,
-                 map_model: str) -> dict[str, validation.RateCurve]:
+def _rate_curves(out: Path, mask: np.ndarray, evaluation: Evaluation,
+                 map_model: str) -> dict[str, RateCurve]:
     """Success rate of the map (the inventory it was trained from) and prediction rates
     of the map model's held-out landslides under each fold scheme."""
-    rates = {"success_rate": mapping.success_rate(out / "susceptibility.tif", mask)}
+    rates = {"success_rate": success_rate(out / "susceptibility.tif", mask)}
     for scheme in ("spatial", "random"):
         shares = evaluation.area_shares(map_model, scheme)  # every repeat's ranks
         if shares is not None:
-            rates[f"prediction_rate_{scheme}"] = validation.prediction_rate(shares)
+            rates[f"prediction_rate_{scheme}"] = prediction_rate(shares)
     return rates
 
 
@@ -458,8 +468,8 @@ def _uncertainty_map(config: StudyAreaConfig, stack, samples: Samples, out: Path
                      zone_labels: list[str], *, window_size: int, compute) -> dict:
     """uncertainty.tif (+ .qml): the spread of the map model's probability over bootstrap
     refits, predicted window by window like the map; returns its statistics."""
-    from metalsm.mapping import _uncertainty as spread
-    from metalsm.raster._styles import write_uncertainty_style
+    from metalsm import mapping as spread
+    from metalsm.raster import write_uncertainty_style
 
     settings, name = config.uncertainty, config.model.map_model
     with progress.stage(f"uncertainty ({settings.refits} bootstrap refits of {name})",
@@ -483,7 +493,7 @@ def _uncertainty_figure(out: Path, config: StudyAreaConfig, stack, inventory,
                         uncertainty: dict) -> None:
     from matplotlib.colors import Normalize
 
-    from metalsm.raster._styles import uncertainty_colormap
+    from metalsm.raster import uncertainty_colormap
 
     array, grid = figures.read_decimated(out / "uncertainty.tif", MAP_FIGURE_SIDE)
     dem = None
@@ -520,7 +530,7 @@ def _uncertainty_section(out: Path, uncertainty: dict) -> Section:
                             out / "uncertainty.png")])
 
 
-def _rate_repeat_spread(evaluation: validation.Evaluation, map_model: str) -> dict:
+def _rate_repeat_spread(evaluation: Evaluation, map_model: str) -> dict:
     """Std over repeats of the map model's prediction-rate AUC per scheme (repeated
     cross-validations only)."""
     table = evaluation.table
@@ -566,7 +576,7 @@ def _input_paths(config: StudyAreaConfig) -> list[str]:
 
 
 def _metrics(
-    evaluation: validation.Evaluation,
+    evaluation: Evaluation,
     samples: Samples,
     zones: pd.DataFrame,
     config: StudyAreaConfig,
@@ -625,7 +635,7 @@ def _figures(out, stack, inventory, evaluation, y, zones, labels, config, rates,
     validation_figures(out, evaluation, y, config, coords, grid, dem)
 
 
-def validation_figures(out: Path, evaluation: validation.Evaluation, y: np.ndarray,
+def validation_figures(out: Path, evaluation: Evaluation, y: np.ndarray,
                        config: StudyAreaConfig, coords: np.ndarray, grid, dem=None) -> None:
     """roc.png (every model, spatial folds), roc_folds.png (the map model per fold, random
     and spatial) and folds.png (where the first repeat's folds lie, over ``grid``)."""
@@ -633,7 +643,7 @@ def validation_figures(out: Path, evaluation: validation.Evaluation, y: np.ndarr
     for (name, scheme), proba in evaluation.oof.items():
         if scheme != "spatial":
             continue
-        roc = validation.roc_points(y, proba)
+        roc = roc_points(y, proba)
         curves[name] = (roc.fpr, roc.tpr, roc.auc)
     figures.plot_roc(curves, out / "roc.png", title="ROC, spatial folds (out-of-fold)")
     per_fold = {}
@@ -641,7 +651,7 @@ def validation_figures(out: Path, evaluation: validation.Evaluation, y: np.ndarr
         proba = evaluation.oof.get((config.model.map_model, scheme))
         if proba is None:
             continue
-        per_fold[scheme] = [validation.roc_points(y[folds == k], proba[folds == k])[:2]
+        per_fold[scheme] = [roc_points(y[folds == k], proba[folds == k])[:2]
                             for k in np.unique(folds) if np.unique(y[folds == k]).size == 2]
     if per_fold:
         figures.plot_roc_by_scheme(per_fold, out / "roc_folds.png",
@@ -674,7 +684,7 @@ def repeat_caption(config: StudyAreaConfig) -> str:
 
 
 def validation_section(out: Path, config: StudyAreaConfig,
-                       evaluation: validation.Evaluation) -> Section:
+                       evaluation: Evaluation) -> Section:
     """The report's cross-validation section: summary and full tables, ROC and fold maps."""
     table = evaluation.table
     spatial = table[table.scheme == "spatial"].set_index("model")
