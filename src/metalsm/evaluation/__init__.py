@@ -2,6 +2,8 @@
 buffered), metrics and curves, and the one K-shot protocol."""
 
 from metalsm.evaluation._kshot import (
+    KSHOT_METRICS,
+    METHOD_LABELS,
     QUERY_METRICS,
     RAW_COLUMNS,
     AdaptedBlocks,
@@ -79,4 +81,6 @@ __all__ = [
     "fit_set",
     "query_mask",
     "summarize",
+    "KSHOT_METRICS",
+    "METHOD_LABELS",
 ]

@@ -35,9 +35,23 @@ if TYPE_CHECKING:
 QUERY_METRICS = (*validation.METRICS, "within_auc", "within_spread")
 RAW_COLUMNS = ("method", "family", "k", "repeat", "seed", *QUERY_METRICS, "n_query")
 
-__all__ = ["QUERY_METRICS", "RAW_COLUMNS", "AdaptedBlocks", "ArrayStore", "FittedMethod",
-           "KShotData", "Method", "ZeroShot", "compare_methods", "draw_support", "fit_set",
-           "query_mask", "summarize"]
+__all__ = [
+    "QUERY_METRICS",
+    "RAW_COLUMNS",
+    "AdaptedBlocks",
+    "ArrayStore",
+    "FittedMethod",
+    "KShotData",
+    "Method",
+    "ZeroShot",
+    "compare_methods",
+    "draw_support",
+    "fit_set",
+    "query_mask",
+    "summarize",
+    "KSHOT_METRICS",
+    "METHOD_LABELS",
+]
 
 
 class KShotData(Protocol):
@@ -200,3 +214,14 @@ def summarize(raw: pd.DataFrame, metrics: Sequence[str] = QUERY_METRICS) -> pd.D
     out = pd.concat(parts, axis=1).reset_index()
     out.attrs = {}
     return out
+
+
+METHOD_LABELS = {
+    "proposed": "meta-learned (pretraining + weighted tasks)",
+    "zero-shot": "meta-learned, zero-shot (no adaptation)",
+    "maml": "plain MAML (no pretraining, uniform weights)",
+    "mlp-ft": "global MLP, fine-tuned",
+}
+
+
+KSHOT_METRICS = ("accuracy", "f1", "auc", "within_auc", "within_spread")

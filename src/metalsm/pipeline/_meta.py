@@ -39,7 +39,15 @@ from metalsm import mapping
 from metalsm.atomic import atomic_path, write_csv, write_json
 from metalsm.config import MetaConfig, StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation import AdaptedBlocks, Method, ZeroShot, compare_methods, summarize
+from metalsm.evaluation import (
+    KSHOT_METRICS,
+    METHOD_LABELS,
+    AdaptedBlocks,
+    Method,
+    ZeroShot,
+    compare_methods,
+    summarize,
+)
 from metalsm.models.blockwise import BlockModels, adapt_blocks, load_intermediate
 from metalsm.models.meta import (
     MetaLearner,
@@ -52,17 +60,14 @@ from metalsm.models.pretrain import PretrainConfig, PretrainResult, pretrain_net
 from metalsm.models.tuning import TuningResult, tune_learner
 from metalsm.pipeline._blocks import BlockStage
 from metalsm.progress import RunProgress
-from metalsm.report.html import Section
 
 __all__ = [
     "FactorEncoder",
     "GLOBAL_BATCH",
     "GLOBAL_EPOCHS",
     "GLOBAL_LR",
-    "KSHOT_METRICS",
     "META_MODEL",
     "METHODS",
-    "METHOD_LABELS",
     "MetaData",
     "MetaResult",
     "adapt_all_blocks",
@@ -71,8 +76,6 @@ __all__ = [
     "fit_global_mlp",
     "fit_intermediate",
     "fit_plain_maml",
-    "headline_of",
-    "kshot_display",
     "kshot_table",
     "load_pretrained",
     "make_learner",
@@ -83,7 +86,6 @@ __all__ = [
     "prepare_stage",
     "pretrain_state",
     "pretrain_step",
-    "report_section",
     "run_meta_stage",
     "save_pretrained",
     "tune_settings",
@@ -96,12 +98,6 @@ log = logging.getLogger(__name__)
 
 META_MODEL = "meta-blockwise"
 METHODS = ("proposed", "zero-shot", "maml", "mlp-ft")
-METHOD_LABELS = {
-    "proposed": "meta-learned (pretraining + weighted tasks)",
-    "zero-shot": "meta-learned, zero-shot (no adaptation)",
-    "maml": "plain MAML (no pretraining, uniform weights)",
-    "mlp-ft": "global MLP, fine-tuned",
-}
 #: Global-MLP baseline: Adam on all meta-train samples (fixed, not tuned on meta-test).
 GLOBAL_EPOCHS = 60
 GLOBAL_LR = 1e-3
@@ -410,9 +406,6 @@ def _k_value(k: str | int) -> int | str:
     return int(k) if str(k).isdigit() else str(k)
 
 
-KSHOT_METRICS = ("accuracy", "f1", "auc", "within_auc", "within_spread")
-
-
 def _given_method(name: str, learner: MetaLearner) -> Method:
     """A K-shot protocol method around an already-fitted learner (every repeat reuses it;
     the repeats differ in their shots)."""
@@ -602,69 +595,8 @@ def meta_metrics(config: StudyAreaConfig, data: MetaData, learner: MetaLearner,
     return out
 
 
-def _step_text(settings: dict) -> str:
-    mode = settings.get("inner_lr_mode", "fixed")
-    if mode == "fixed":
-        return f"step size {settings['inner_lr']:g}"
-    return f"Meta-SGD step sizes learned {mode} from {settings['inner_lr']:g}"
-
-
 def _finite(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
-
-
-def kshot_display(kshot: pd.DataFrame) -> pd.DataFrame:
-    """Method × K table with ``mean ± std`` strings (report, CLI)."""
-    out = pd.DataFrame({
-        "method": kshot["method"].map(lambda m: METHOD_LABELS.get(m, m)),
-        "K": kshot["k"],
-    })
-    for metric in KSHOT_METRICS:
-        if f"{metric}_mean" not in kshot:  # a run saved before the within-block columns
-            continue
-        out[metric] = (kshot[f"{metric}_mean"].map("{:.3f}".format) + " ± "
-                       + kshot[f"{metric}_std"].map("{:.3f}".format))
-    out["query samples"] = kshot["n_query"].round(0).astype(int)
-    return out
-
-
-def report_section(metrics: dict, out: Path) -> Section:
-    """The report section of the block-wise model."""
-    settings, blocks = metrics["settings"], metrics["blocks"]
-    kshot = kshot_display(pd.DataFrame(metrics["kshot"]))
-    rules = ", ".join(f"{v} {k}" for k, v in metrics.get("block_rules", {}).items())
-    text = (
-        f"Intermediate model: network {len(metrics['features'])} → "
-        f"{' → '.join(str(h) for h in settings['hidden'])} → 1, "
-        f"{'RBM/RBM/DAE pretraining, ' if settings['pretrain'] else ''}"
-        f"{settings['iterations']} meta-iterations of {settings['task_weighting']}-weighted "
-        f"MAML on {blocks['meta_train']} meta-train blocks "
-        f"({blocks['meta_train_samples']} samples). Each block's model: {settings['inner_steps']} "
-        f"steps on K samples of the block ({_step_text(settings)}; support drawn "
-        f"{settings.get('support_rule', 'stratified')})"
-        + ("; a block keeps the zero-shot model unless adapting wins a cross-validation "
-           "on its own shots" if settings.get("adapt_guard") else "") + ".\n\n"
-        f"K-shot evaluation on {blocks['meta_test']} held-out meta-test blocks "
-        f"({blocks['meta_test_samples']} samples): each block adapted from K of its samples, "
-        f"scored on the rest (pooled over blocks), mean ± std over {settings['repeats']} "
-        "shot draws. Nothing was chosen on the meta-test blocks.\n\n"
-        f"Map: every block adapted with K = {metrics.get('map_k', settings['map_k'])}; "
-        f"blocks: {rules or 'n/a'} (fallback for blocks without samples or with one class: "
-        "the adapted model of the most similar block by centre features; see "
-        "`block_models.csv`)."
-    )
-    return Section("Block-wise meta-learning", text=text,
-                   tables=[("K-shot results on meta-test blocks", kshot)],
-                   preformatted=[("Timings (s)", metrics["timings_s"])])
-
-
-def headline_of(kshot: pd.DataFrame) -> dict[str, str]:
-    """One line per method at the largest integer K evaluated (CLI summary)."""
-    out = {}
-    for row in kshot.to_dict("records"):
-        out[f"K={row['k']} AUC ({row['method']})"] = (
-            f"{row['auc_mean']:.3f} ± {row['auc_std']:.3f}")
-    return out
 
 
 # --------------------------------------------------------------------------- CLI steps
