@@ -11,8 +11,8 @@ from conftest import HK_FACTORS, hongkong_table
 
 from metalsm.config import MetaConfig
 from metalsm.models.meta import MetaLearner
+from metalsm.models.recipes import FactorEncoder, MetaData, tune_settings
 from metalsm.models.tuning import tune_learner
-from metalsm.pipeline._meta import FactorEncoder, MetaData, tune_settings
 
 CANDIDATES = (("as configured", {}),
               ("fixed step 0.1", {"inner_lr_mode": "fixed", "inner_lr": 0.1}))

@@ -33,7 +33,7 @@ from metalsm.errors import MetalsmInputError
 from metalsm.evaluation import AdaptedBlocks, FittedMethod, Method, ZeroShot, fit_set, query_mask
 from metalsm.models.classic import make_model
 from metalsm.models.meta import MetaLearner
-from metalsm.pipeline._meta import (
+from metalsm.models.recipes import (
     MetaData,
     fit_global_mlp,
     fit_plain_maml,
