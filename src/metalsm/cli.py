@@ -240,6 +240,8 @@ def experiment(
         "--meta-iterations", min=1, help="Meta-training iterations; default [experiments] "
         "meta_iterations.")] = None,
     quiet: Quiet = False,
+    chunk_size: ChunkSize = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Run a named experiment into OUT/NAME/ (all: every one into OUT/NAME/, plus
     OUT/report.html and OUT/manifest.json)."""
@@ -259,6 +261,10 @@ def experiment(
         if meta_iterations is not None:  # recorded in the manifest's config like any setting
             cfg = replace(cfg, experiments=replace(cfg.experiments,
                                                    meta_iterations=meta_iterations))
+        if chunk_size is not None or scheduler is not None:  # the stack as `run` holds it
+            cfg = replace(cfg, compute=replace(cfg.compute,
+                                               chunk_size=chunk_size or cfg.compute.chunk_size,
+                                               scheduler=scheduler or cfg.compute.scheduler))
         return EXPERIMENTS[name](cfg, target, **kwargs)
 
     result = _guarded(config, quiet, run_experiment, adds_to=target)

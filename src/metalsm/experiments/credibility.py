@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import string
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from metalsm.atomic import write_csv, write_json
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.evaluation import classification_metrics
-from metalsm.experiments.common import ExperimentResult
+from metalsm.experiments.common import ExperimentResult, experiment_plan
 from metalsm.inputs import landslide_mask, positive_cells, read_inventory
 from metalsm.models.classic import make_model
 from metalsm.raster import Grid
@@ -67,7 +68,7 @@ from metalsm.samples import (
     sample_table,
     write_credibility,
 )
-from metalsm.stack import FactorStack, build_factor_stack
+from metalsm.stack import FactorStack, build_factor_stack, open_stack
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +138,27 @@ def run_credibility_experiment(
     inventory: Any = None,
 ) -> ExperimentResult:
     """Sweep ``config.credibility.bands`` × ``config.credibility.models``; write CSV +
-    figures. Settings come from ``[credibility]`` alone (no repeats, no preset)."""
+    figures. Settings come from ``[credibility]`` alone (no repeats, no preset); the
+    stack is built in memory, or on disk with ``[compute]`` (``--chunk-size``)."""
     started = time.perf_counter()
-    settings = config.credibility
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if stack is not None:
+        return _sweep(config, out, stack, inventory, started)
+    with experiment_plan(config) as (compute, chunk):
+        if chunk is None:
+            return _sweep(config, out, build_factor_stack(config), inventory, started)
+        with tempfile.TemporaryDirectory(prefix=".metalsm-stack-", dir=out) as tmp:
+            stack = open_stack(config, Path(tmp) / "factors.tif", compute, chunked=True,
+                               chunk_size=chunk, output=False)
+            return _sweep(config, out, stack, inventory, started, compute, chunk)
+
+
+def _sweep(config: StudyAreaConfig, out: Path, stack: Any, inventory: Any, started: float,
+           compute: Any = None, chunk: int | None = None) -> ExperimentResult:
+    settings = config.credibility
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    if stack is None:
-        stack = build_factor_stack(config)
+    t = started
     if inventory is None:
         inventory = read_inventory(
             config.inventory.path, stack.grid, crs=config.inventory.crs,
@@ -164,7 +177,8 @@ def run_credibility_experiment(
     log.info("spatial hold-out: %d training and %d test landslide cells", n_train, n_test)
 
     t = time.perf_counter()
-    cred, membership = credibility_map(stack, split.train, settings, config.factor_selection)
+    cred, membership = credibility_map(stack, split.train, settings, config.factor_selection,
+                                       compute=compute, chunk_size=chunk)
     timings["credibility_map"] = time.perf_counter() - t
     write_credibility(cred, stack.grid, out / "credibility.tif")
     plot_credibility(cred, stack.grid, out / "credibility.png", dem=dem, inventory=inventory,

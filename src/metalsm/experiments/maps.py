@@ -28,7 +28,13 @@ import rasterio
 from metalsm import mapping
 from metalsm.atomic import write_csv
 from metalsm.config import BlocksConfig, StudyAreaConfig
-from metalsm.experiments.common import ExperimentResult, apply_preset, experiment_meta, since
+from metalsm.experiments.common import (
+    ExperimentResult,
+    apply_preset,
+    experiment_meta,
+    experiment_plan,
+    since,
+)
 from metalsm.report.html import Section
 
 log = logging.getLogger(__name__)
@@ -72,8 +78,9 @@ def run_maps_experiment(config: StudyAreaConfig, out_dir: str | Path, *,
     t = time.perf_counter()
     stage_dir = out / "blocks"
     stage_dir.mkdir(parents=True, exist_ok=True)
-    with RunProgress(enabled=False) as progress:
-        stage, stack = prepare_blocks(config, stage_dir, progress)
+    with experiment_plan(config) as (compute, chunk), RunProgress(enabled=False) as progress:
+        stage, stack = prepare_blocks(config, stage_dir, progress, compute=compute,
+                                      chunk_size=chunk)
     data = meta_data(stage)
     factors, blocks_tif = stage_dir / "factors.tif", stage_dir / "blocks.tif"
     maps_dir = out / "maps"
