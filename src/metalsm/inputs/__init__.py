@@ -1,19 +1,6 @@
 """The landslide inventory (points, polygons, tables, rasters) as positive cells."""
 
-from metalsm.inputs._inventory import (
-    MIN_POSITIVES,
-    RASTER_SUFFIXES,
-    landslide_mask,
-    positive_cells,
-    raster_patches,
-    read_inventory,
-)
+from metalsm.inputs import _inventory
+from metalsm.inputs._inventory import *  # noqa: F403
 
-__all__ = [
-    "MIN_POSITIVES",
-    "RASTER_SUFFIXES",
-    "landslide_mask",
-    "positive_cells",
-    "raster_patches",
-    "read_inventory",
-]
+__all__ = [*_inventory.__all__]

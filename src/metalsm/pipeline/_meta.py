@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -375,15 +376,23 @@ def prepare_stage(config: StudyAreaConfig, out: Path, progress: RunProgress
     return prepare_blocks(config, out, progress)
 
 
+@contextmanager
+def _step_stage(config: StudyAreaConfig, out: Path, show_progress: bool
+                ) -> Iterator[tuple[RunProgress, Any, MetaData, Path]]:
+    """(progress, factor stack, encoded samples, models folder) of a CLI step: the
+    blocks prepared in ``out``, the encoder saved in ``out/models``."""
+    with RunProgress(enabled=show_progress) as progress:
+        stage, stack = prepare_stage(config, out, progress)
+        data = meta_data(stage)
+        yield progress, stack, data, prepare_models_dir(out, data.encoder)
+
+
 def pretrain_step(config: StudyAreaConfig, out: str | Path, *, show_progress: bool = True
                   ) -> dict[str, Any]:
     """``metalsm pretrain``: blocks, then RBM/RBM/DAE weights into ``out/models``."""
     meta = _meta(config)
     out = Path(out)
-    with RunProgress(enabled=show_progress) as progress:
-        stage, stack = prepare_stage(config, out, progress)
-        data = meta_data(stage)
-        models = prepare_models_dir(out, data.encoder)
+    with _step_stage(config, out, show_progress) as (progress, stack, data, models):
         unl = unlabelled_features(stack, meta, data.encoder)
         t = time.perf_counter()
         with progress.stage("pretraining (RBM, RBM, DAE)"):
@@ -402,10 +411,7 @@ def metatrain_step(config: StudyAreaConfig, out: str | Path, *, show_progress: b
 
     meta = _meta(config)
     out = Path(out)
-    with RunProgress(enabled=show_progress) as progress:
-        stage, stack = prepare_stage(config, out, progress)
-        data = meta_data(stage)
-        models = prepare_models_dir(out, data.encoder)
+    with _step_stage(config, out, show_progress) as (progress, stack, data, models):
         pretrained = load_pretrained(models) if meta.pretrain else None
         needs_pretraining = meta.pretrain and pretrained is None
         unl = unlabelled_features(stack, meta, data.encoder) if needs_pretraining else None

@@ -1,88 +1,17 @@
 """Terrain factors from a DEM: local 3x3 factors window by window, flow routing and
 distances over the whole grid (global steps), one GeoTIFF per factor."""
 
-from metalsm.terrain._distance import (
-    distance_to_mask,
-    extended_grid,
-    no_feature_error,
-    rasterize_vector_distance,
-    squared_edt,
-)
-from metalsm.terrain._factors import (
-    FLOW_FACTORS,
-    TERRAIN_FACTORS,
-    check_drainage,
-    check_factor_names,
-    derive_terrain,
-    window_factors,
-)
-from metalsm.terrain._hydrology import (
-    D8_COL_OFFSETS,
-    D8_NODATA,
-    D8_ROW_OFFSETS,
-    FLOW_ROUTINGS,
-    MFD_EXPONENT,
-    MIN_TWI_SLOPE_DEG,
-    check_routing,
-    d8_flow_directions,
-    drainage_network,
-    fill_depressions,
-    flow_accumulation,
-    flow_accumulation_counts,
-    flow_routing_counts,
-    log_spi,
-    mfd_flow_accumulation,
-    spi,
-    twi,
-)
-from metalsm.terrain._local import (
-    aspect,
-    aspect_from_gradient,
-    curvatures,
-    horn_gradient,
-    slope_degrees,
-    slope_from_gradient,
-)
-from metalsm.terrain._write import (
-    vector_distance_raster,
-    write_terrain_factors,
-)
+from metalsm.terrain import _distance, _factors, _hydrology, _local, _write
+from metalsm.terrain._distance import *  # noqa: F403
+from metalsm.terrain._factors import *  # noqa: F403
+from metalsm.terrain._hydrology import *  # noqa: F403
+from metalsm.terrain._local import *  # noqa: F403
+from metalsm.terrain._write import *  # noqa: F403
 
 __all__ = [
-    "aspect",
-    "aspect_from_gradient",
-    "curvatures",
-    "horn_gradient",
-    "slope_degrees",
-    "slope_from_gradient",
-    "D8_COL_OFFSETS",
-    "D8_NODATA",
-    "D8_ROW_OFFSETS",
-    "FLOW_ROUTINGS",
-    "MFD_EXPONENT",
-    "MIN_TWI_SLOPE_DEG",
-    "check_routing",
-    "d8_flow_directions",
-    "drainage_network",
-    "fill_depressions",
-    "flow_accumulation",
-    "flow_accumulation_counts",
-    "flow_routing_counts",
-    "log_spi",
-    "mfd_flow_accumulation",
-    "spi",
-    "twi",
-    "distance_to_mask",
-    "extended_grid",
-    "no_feature_error",
-    "rasterize_vector_distance",
-    "squared_edt",
-    "FLOW_FACTORS",
-    "TERRAIN_FACTORS",
-    "check_drainage",
-    "check_factor_names",
-    "derive_terrain",
-    "window_factors",
-    "vector_distance_raster",
-    "write_terrain_factors",
+    *_local.__all__,
+    *_hydrology.__all__,
+    *_distance.__all__,
+    *_factors.__all__,
+    *_write.__all__,
 ]
