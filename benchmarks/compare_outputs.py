@@ -1,7 +1,7 @@
 """Compare two run folders file by file: rasters array-equal, CSV and JSON equal apart
 from timings, vectors equal, text equal; pictures and pickled models listed, not compared.
 
-    python benchmarks/compare_outputs.py BEFORE AFTER
+    python benchmarks/compare_outputs.py BEFORE AFTER [--checkouts SRC_BEFORE SRC_AFTER]
 
 Used to show that a refactor leaves every output of a command as it was. Exit status 1
 when anything differs."""
@@ -29,7 +29,7 @@ def _strip(value, roots: tuple[str, str]):
     """``value`` without timing keys, with the run folder's own path made neutral."""
     if isinstance(value, dict):
         return {k: _strip(v, roots) for k, v in value.items() if k not in TIMING_KEYS
-                and not k.endswith("_seconds")}
+                and "seconds" not in k}
     if isinstance(value, list):
         return [_strip(v, roots) for v in value]
     if isinstance(value, str):
@@ -81,8 +81,9 @@ def _same_vector(a: Path, b: Path) -> str | None:
     return None
 
 
-def compare(before: Path, after: Path) -> tuple[list[str], dict[str, int]]:
-    roots = (str(before.resolve()), str(after.resolve()))
+def compare(before: Path, after: Path, checkouts: tuple[str, ...] = ()
+            ) -> tuple[list[str], dict[str, int]]:
+    roots = (str(before.resolve()), str(after.resolve()), *checkouts)
     differences, counts = [], {"raster": 0, "table": 0, "json": 0, "vector": 0, "text": 0,
                                "not compared": 0}
     names_a = {p.relative_to(before) for p in before.rglob("*") if p.is_file()}
@@ -119,8 +120,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
+    parser.add_argument("--checkouts", nargs=2, default=(), metavar=("BEFORE_SRC", "AFTER_SRC"),
+                        help="the source folders the two runs were made from (their paths "
+                        "in manifests, e.g. the config's, are not a difference)")
     args = parser.parse_args()
-    differences, counts = compare(args.before, args.after)
+    differences, counts = compare(args.before, args.after, tuple(args.checkouts))
     print(", ".join(f"{n} {k}" for k, n in counts.items()), "compared")
     print("\n".join(differences) if differences else "no differences")
     return 1 if differences else 0
