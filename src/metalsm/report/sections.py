@@ -49,8 +49,10 @@ def write_table_report(out: Path, config: StudyAreaConfig, metrics: dict,
             + (f", {dropped} rows with a missing value dropped" if dropped else "")
             + "), and no rasters. There is nothing to predict a map on, so this run has no "
             "susceptibility map, zones, success rate or prediction rate (both need the "
-            "mapped area); it cross-validates the models, which is what the samples can "
-            "honestly tell.")),
+            "mapped area); it cross-validates the models"
+            + (" and scores the block-wise models on held-out blocks" if "meta" in metrics
+               else "")
+            + ", which is what the samples can honestly tell.")),
     ]
     if "meta" in metrics:
         sections.append(meta_section(metrics["meta"], out))
