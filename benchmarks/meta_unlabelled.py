@@ -23,7 +23,7 @@ import pandas as pd
 
 from metalsm.config import load_config
 from metalsm.models.recipes import pretrain_state
-from metalsm.pipeline._meta import (
+from metalsm.pipeline import (
     fit_intermediate,
     kshot_table,
     meta_data,

@@ -137,11 +137,12 @@ def run_scheduler(name: str, compute, args, inputs: dict, grid: Grid, landslides
                   work: Path, results: list, memory: PeakMemory) -> dict:
     from metalsm.blocks import _segmentation as segmentation
     from metalsm.config import BlocksConfig, MetaConfig, OutputConfig, StudyAreaConfig
-    from metalsm.pipeline._blocks import BlockStage, task_table
-    from metalsm.pipeline._meta import (
+    from metalsm.pipeline import (
+        BlockStage,
         adapt_all_blocks,
         fit_intermediate,
         meta_data,
+        task_table,
         write_blockwise_map,
     )
     from metalsm.raster import read_cells

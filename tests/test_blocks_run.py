@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.datasets import EXAMPLES_DIR
-from metalsm.pipeline._run import run_pipeline
+from metalsm.pipeline import run_pipeline
 from metalsm.raster import cog_problems
 
 BLOCKS = "n_blocks = 12\ncompactness = 0.5\nmeta_train_fraction = 0.6\nseed = 3"

@@ -21,7 +21,7 @@ from metalsm.blocks import _segmentation as segmentation
 from metalsm.cli import app
 from metalsm.config import BlocksConfig, load_config
 from metalsm.errors import MetalsmInputError
-from metalsm.pipeline._run import run_pipeline
+from metalsm.pipeline import run_pipeline
 from metalsm.raster import cog_problems, iter_windows, read_aligned_window, read_cells
 from metalsm.samples import credibility_map, fit_membership, write_credibility
 from metalsm.scale import choose_plan, compute_context

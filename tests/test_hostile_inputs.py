@@ -34,7 +34,7 @@ from metalsm.cli import app
 from metalsm.config import TableConfig
 from metalsm.errors import MetalsmInputError
 from metalsm.inputs import landslide_mask, read_inventory
-from metalsm.pipeline._preflight import check_run
+from metalsm.pipeline import check_run
 from metalsm.raster import Grid
 from metalsm.samples import Samples, draw_samples, read_sample_table, warn_constant_factors
 from metalsm.stack import build_factor_stack
@@ -617,7 +617,7 @@ def test_many_more_blocks_than_samples_are_reported(hk_csv, tmp_path, caplog):
     counts them and the cells whose models fall back."""
     from metalsm.blocks import block_task_table
     from metalsm.config import BlocksConfig
-    from metalsm.pipeline._blocks import warn_sparse_blocks
+    from metalsm.pipeline import warn_sparse_blocks
 
     y = pd.read_csv(hk_csv)["label"].to_numpy()
     sample_blocks = np.random.default_rng(0).integers(0, 1500, size=y.size)

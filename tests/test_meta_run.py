@@ -18,7 +18,7 @@ from metalsm.datasets import EXAMPLES_DIR
 from metalsm.errors import MetalsmInputError
 from metalsm.models.blockwise import BlockModels
 from metalsm.models.recipes import FactorEncoder
-from metalsm.pipeline._meta import METHODS
+from metalsm.pipeline import METHODS
 
 BLOCKS = "n_blocks = 12\ncompactness = 0.5\nmeta_train_fraction = 0.6\nseed = 3"
 META = ("iterations = 40\npretrain_epochs = 2\nmeta_batch = 8\nk_shots = [\"1\", \"5\", "

@@ -16,7 +16,7 @@ from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
 from metalsm.evaluation import random_folds, rate_curve_from_counts
-from metalsm.pipeline._run import run_pipeline
+from metalsm.pipeline import run_pipeline
 from metalsm.raster import _styles as styles
 from metalsm.raster import cog_problems
 

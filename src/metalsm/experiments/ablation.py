@@ -35,7 +35,7 @@ from metalsm.experiments.common import (
 )
 from metalsm.experiments.comparison import Context, begin_run, method_rows
 from metalsm.experiments.methods import METHODS, fit_proposed
-from metalsm.pipeline._blocks import with_blocks
+from metalsm.pipeline import with_blocks
 from metalsm.report import figures
 from metalsm.report.html import Section
 

@@ -89,8 +89,7 @@ def experiment_data(config: StudyAreaConfig, out: Path, stack: Any = None,
     is redone; the stage's factor stack is ``stage.stack`` for such reuse.
     """
     from metalsm.inputs import read_inventory
-    from metalsm.pipeline._blocks import prepare_blocks, segment_stack
-    from metalsm.pipeline._meta import meta_data
+    from metalsm.pipeline import meta_data, prepare_blocks, segment_stack
     from metalsm.progress import RunProgress
 
     if config.blocks is None:

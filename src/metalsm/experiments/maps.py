@@ -54,8 +54,7 @@ def run_maps_experiment(config: StudyAreaConfig, out_dir: str | Path, *,
     from metalsm.experiments.methods import fit_maml, fit_proposed
     from metalsm.inputs import landslide_mask, read_inventory
     from metalsm.models.classic import make_model
-    from metalsm.pipeline._blocks import prepare_blocks
-    from metalsm.pipeline._meta import adapt_all_blocks, meta_data
+    from metalsm.pipeline import adapt_all_blocks, meta_data, prepare_blocks
     from metalsm.progress import RunProgress
     from metalsm.report.figures import plot_maps_side_by_side
 
