@@ -1,5 +1,6 @@
-"""Compiled tree ensembles (models/_trees.py) against the libraries' own predict, on real
-Kaghan cells: a crop's DEM-derived factors, geology and land cover, landslide polygons."""
+"""Compiled tree ensembles (models/_trees.py packed walk, models/_native.py machine code)
+against the libraries' own predict, on real Kaghan cells: a crop's DEM-derived factors,
+geology and land cover, landslide polygons."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import rasterio
 from metalsm.grid import Grid, read_aligned
 from metalsm.inventory import landslide_mask, read_inventory
 from metalsm.mapping import predict_raster
-from metalsm.models import make_model
-from metalsm.models._trees import compile_forest, compile_lightgbm
+from metalsm.models import _native, make_model
+from metalsm.models._native import NativeTrees, compile_native
+from metalsm.models._trees import CompiledTrees, compile_forest, compile_lightgbm
 from metalsm.stack import FactorStack
 from metalsm.terrain import aspect, slope_degrees
 
@@ -65,10 +67,11 @@ def fitted(crop):
     return get
 
 
-def test_lightgbm_predicts_compiled_and_equals_the_library(crop, fitted):
+def test_lightgbm_predicts_native_and_equals_the_library(crop, fitted):
     cells = crop[4][::3]  # every third valid cell: more than a map window
     model = fitted("lightgbm")
-    assert model.predictor_ == "compiled"
+    assert model.predictor_ == "native"
+    assert isinstance(model._fast_trees, NativeTrees) and model._fast_trees.compile_seconds > 0
     frame = pd.DataFrame(cells, columns=NAMES)
     expected = model.predict_proba_library(frame)
     assert cells.shape[0] >= model.COMPILE_MIN_ROWS  # predict_proba takes the compiled path
@@ -83,17 +86,21 @@ def test_lightgbm_predicts_compiled_and_equals_the_library(crop, fitted):
 
 
 @pytest.mark.parametrize("name", ["rf", "fr-rf"])
-def test_packed_forests_equal_sklearn(name, crop, fitted):
-    """Forests keep sklearn's walk (it is as fast); the packed walk the benchmark compares
-    with it gives the same probabilities."""
+def test_packed_and_native_forests_equal_sklearn(name, crop, fitted):
+    """Forests keep sklearn's walk below FOREST_NATIVE_MIN_CELLS; the packed walk and the
+    machine code give the same probabilities (the same sums, bit for bit)."""
     cells = crop[4][::3]
     model = fitted(name)
     assert model.predictor_ == "library"
     forest = model.steps[-1][1]
     encoded = model[:-1].transform(pd.DataFrame(cells, columns=NAMES))
     expected = forest.predict_proba(encoded)[:, 1]
-    np.testing.assert_allclose(compile_forest(forest).positive_proba(encoded), expected,
-                               rtol=0, atol=1e-6)
+    packed = compile_forest(forest)
+    native = compile_native(packed)
+    np.testing.assert_allclose(packed.positive_proba(encoded), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(native.positive_proba(encoded), expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(native.positive_proba(encoded, n_threads=1),
+                                  packed.positive_proba(encoded))
     # sklearn's threads add the trees in no fixed order: equal to the last bits only
     np.testing.assert_allclose(model.predict_cells(cells, NAMES), expected, rtol=0, atol=1e-12)
 
@@ -116,6 +123,8 @@ def test_ties_at_thresholds_follow_the_library(name, fitted):
         encoded[k * pick.size + np.arange(pick.size), packed.feature[pick]] = value
     expected = final.predict_proba(encoded)[:, 1]
     np.testing.assert_allclose(packed.positive_proba(encoded), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(compile_native(packed).positive_proba(encoded), expected,
+                               rtol=0, atol=1e-6)
 
 
 def test_unsupported_models_fall_back_to_the_library(crop, fitted):
@@ -123,7 +132,7 @@ def test_unsupported_models_fall_back_to_the_library(crop, fitted):
     zero_missing = make_model("lightgbm", CATEGORICAL, 5, n_estimators=40)
     zero_missing.named_steps["model"].set_params(zero_as_missing=True)
     zero_missing.fit(table, y)
-    assert zero_missing.predictor_ == "library"
+    assert zero_missing.predictor_ == "library"  # zero-as-missing: neither packed nor native
     frame = pd.DataFrame(cells[:2000], columns=NAMES)
     np.testing.assert_array_equal(zero_missing.predict_cells(cells[:2000], NAMES),
                                   zero_missing.predict_proba(frame)[:, 1])
@@ -134,22 +143,53 @@ def test_unsupported_models_fall_back_to_the_library(crop, fitted):
                                   lr.predict_proba(pd.DataFrame(cells, columns=NAMES))[:, 1])
 
 
-def test_pickled_models_keep_their_packed_trees(crop, fitted):
+def test_native_compilation_falls_back_to_the_packed_walk(crop, monkeypatch, caplog):
+    """Switched off, or LLVM failing: LightGBM predicts through the packed walk, same numbers."""
+    _, _, table, y, cells = crop
+    expected = None
+    for switch_off in (True, False):
+        with monkeypatch.context() as patch:
+            if switch_off:
+                patch.setenv(_native.ENV_SWITCH, "0")
+            else:
+                def broken(*_args):
+                    raise RuntimeError("LLVM ERROR: no target")
+                patch.setattr(_native, "_emit_objects", broken)
+            model = make_model("lightgbm", CATEGORICAL, 5, n_estimators=40).fit(table, y)
+            assert model.predictor_ == "packed"
+            assert isinstance(model._fast_trees, CompiledTrees)
+            got = model.predict_cells(cells, NAMES)
+        frame = pd.DataFrame(cells, columns=NAMES)
+        expected = model.predict_proba_library(frame)[:, 1] if expected is None else expected
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert "native tree compilation failed (RuntimeError: LLVM ERROR: no target)" in caplog.text
+    # a forest whose compilation fails keeps sklearn's walk
+    forest = make_model("rf", CATEGORICAL, 5, n_estimators=10).fit(table, y)
+    monkeypatch.setattr(_native, "_emit_objects", broken)
+    assert forest.prepare_prediction(10**9) == "library"
+
+
+def test_pickled_models_keep_their_compiled_trees(crop, fitted):
     _, _, _, _, cells = crop
     model = fitted("lightgbm")
     before = model.predict_cells(cells[:5000], NAMES)
     restored = pickle.loads(pickle.dumps(model))
     assert "_fast_encoder" in vars(model) and "_fast_encoder" not in vars(restored)
     assert restored._fast_trees.n_trees == model._fast_trees.n_trees == 120
+    # the machine code travels; the new process only loads it
+    assert restored._fast_trees.objects == model._fast_trees.objects
+    assert restored._fast_trees._entries is None
     np.testing.assert_array_equal(restored.predict_cells(cells[:5000], NAMES), before)
     restored.fit(*crop[2:4])  # a new fit never reuses the old trees
     assert "_fast_trees" not in vars(restored)
 
 
-@pytest.mark.parametrize("name", ["rf", "lightgbm", "lr", "fr"])
-def test_maps_match_the_library_prediction(name, crop, fitted, tmp_path):
+@pytest.mark.parametrize("name", ["rf", "lightgbm", "lr", "fr", "fr-rf"])
+def test_maps_match_the_library_prediction(name, crop, fitted, tmp_path, monkeypatch):
     path, valid, _, _, cells = crop
-    model = fitted(name)
+    model = pickle.loads(pickle.dumps(fitted(name)))  # a copy: the map may compile it
+    if name == "fr-rf":  # a map "large enough" for the forest to compile to machine code
+        monkeypatch.setattr(type(model), "FOREST_NATIVE_MIN_CELLS", valid.size)
     out = predict_raster(model, path, tmp_path / "s.tif", feature_names=NAMES, window_size=128,
                          overviews=())
     with rasterio.open(out) as src:
@@ -157,7 +197,9 @@ def test_maps_match_the_library_prediction(name, crop, fitted, tmp_path):
     assert np.array_equal(np.isfinite(mapped), valid)
     frame = pd.DataFrame(cells, columns=NAMES)
     library = getattr(model, "predict_proba_library", model.predict_proba)(frame)[:, 1]
-    if name in ("rf", "lightgbm"):  # compiled, or sklearn's threads (no fixed tree order)
+    expected = {"rf": "library", "fr-rf": "native", "lightgbm": "native"}.get(name, "library")
+    assert getattr(model, "predictor_", "library") == expected
+    if name in ("rf", "lightgbm", "fr-rf"):  # compiled, or sklearn's threads (no fixed order)
         np.testing.assert_allclose(mapped[valid], library, rtol=0, atol=1e-6)
     else:  # the same numbers as the DataFrame path, bit for bit
         np.testing.assert_array_equal(mapped[valid], library.astype(np.float32))
