@@ -203,3 +203,24 @@ def test_maps_match_the_library_prediction(name, crop, fitted, tmp_path, monkeyp
         np.testing.assert_allclose(mapped[valid], library, rtol=0, atol=1e-6)
     else:  # the same numbers as the DataFrame path, bit for bit
         np.testing.assert_array_equal(mapped[valid], library.astype(np.float32))
+
+
+def test_large_maps_get_optimised_or_native_code(crop, fitted):
+    """prepare_prediction compiles for the map's size: LightGBM optimised (-O2) from
+    OPTIMISE_MIN_CELLS, forests to machine code from FOREST_NATIVE_MIN_CELLS, else unchanged."""
+    _, _, table, y, cells = crop
+    frame = pd.DataFrame(cells, columns=NAMES)
+    booster = make_model("lightgbm", CATEGORICAL, 5, n_estimators=40).fit(table, y)
+    assert booster.prepare_prediction(1000) == "native" and booster._fast_trees.opt_level == 0
+    small = booster._fast_trees
+    assert booster.prepare_prediction(booster.OPTIMISE_MIN_CELLS) == "native"
+    assert booster._fast_trees.opt_level == 2 and booster._fast_trees is not small
+    np.testing.assert_allclose(booster.predict_cells(cells, NAMES),
+                               booster.predict_proba_library(frame)[:, 1], rtol=0, atol=1e-6)
+    forest = make_model("rf", CATEGORICAL, 5, n_estimators=10).fit(table, y)
+    assert forest.prepare_prediction(forest.FOREST_NATIVE_MIN_CELLS - 1) == "library"
+    assert forest.prepare_prediction(forest.FOREST_NATIVE_MIN_CELLS) == "native"
+    np.testing.assert_allclose(forest.predict_cells(cells, NAMES),
+                               forest.predict_proba_library(frame)[:, 1], rtol=0, atol=1e-6)
+    forest.fit(table, y)  # a new fit forgets the compiled trees
+    assert forest.predictor_ == "library"
