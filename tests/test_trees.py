@@ -179,6 +179,10 @@ def test_pickled_models_keep_their_compiled_trees(crop, fitted):
     # the machine code travels; the new process only loads it
     assert restored._fast_trees.objects == model._fast_trees.objects
     assert restored._fast_trees._entries is None
+    moved = pickle.loads(pickle.dumps(model))
+    moved._fast_trees.host = ("another-cpu", "+avx512f")  # unpickled on another machine
+    np.testing.assert_array_equal(moved.predict_cells(cells[:5000], NAMES), before)
+    assert moved._fast_trees.host == model._fast_trees.host  # compiled again for this one
     np.testing.assert_array_equal(restored.predict_cells(cells[:5000], NAMES), before)
     restored.fit(*crop[2:4])  # a new fit never reuses the old trees
     assert "_fast_trees" not in vars(restored)

@@ -51,7 +51,7 @@ _PART_NODES = 120_000
 #: Set to ``0`` to never compile trees natively (the packed walk or the library predicts).
 ENV_SWITCH = "METALSM_NATIVE_TREES"
 
-_LLVM_LOCK = threading.Lock()
+_LLVM_LOCK = threading.RLock()  # _load may compile again while holding it
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
 
