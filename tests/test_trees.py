@@ -105,6 +105,21 @@ def test_packed_and_native_forests_equal_sklearn(name, crop, fitted):
     np.testing.assert_allclose(model.predict_cells(cells, NAMES), expected, rtol=0, atol=1e-12)
 
 
+def test_float32_keys_keep_the_order_of_the_floats():
+    """The forests' machine code compares int32 keys: every pair of floats, signed zeros,
+    subnormals, extremes and infinities included, must compare as the floats do."""
+    rng = np.random.default_rng(1)
+    tiny = np.finfo(np.float32).smallest_subnormal
+    edges = np.array([-np.inf, -3.4e38, -1.0, -tiny, -0.0, 0.0, tiny, 1e-38, 1.0, 3.4e38,
+                      np.inf], dtype=np.float32)
+    values = np.concatenate([edges, rng.normal(0, 1e3, 300).astype(np.float32),
+                             rng.normal(0, 1e-3, 300).astype(np.float32)])
+    keys = _native.float32_keys(values)
+    assert keys.dtype == np.int32
+    np.testing.assert_array_equal(keys[:, None] <= keys[None, :],
+                                  values[:, None] <= values[None, :])
+
+
 @pytest.mark.parametrize("name", ["rf", "lightgbm"])
 def test_ties_at_thresholds_follow_the_library(name, fitted):
     """Cells exactly at split thresholds and one float step either side: sklearn compares

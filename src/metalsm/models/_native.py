@@ -18,14 +18,16 @@ into parts of at most :data:`_PART_NODES` nodes (bounded compile memory), all
 loaded into one execution engine.
 
 The comparisons are the libraries' own, as in :mod:`~metalsm.models._trees`: a
-forest reads float32 rows and ``x <= t`` with float64 ``t`` is compiled as
-``x <= t32``, ``t32`` the largest float32 not above ``t`` (the same answer for
-every float32 ``x``, so no conversion per node); LightGBM compares float64 rows with
-float64 thresholds. Compiling takes seconds (LLVM's fast instruction selection,
-``opt_level=0``: the optimising levels took 10-40 times longer on these functions
-for 1.4 times faster code), so callers compile where a prediction is large enough
-to repay it. The machine code travels in pickles (a Dask worker loads it; compiled
-again only on a different CPU). Any failure to compile yields ``None`` and the
+forest reads float32 rows, and ``x <= t`` with float64 ``t`` holds exactly when
+``x <= t32``, ``t32`` the largest float32 not above ``t``; the rows and ``t32`` are
+then turned into int32 keys of the same order (:func:`float32_keys`), so a node is
+one compare of memory with an immediate and a jump. LightGBM compares float64 rows
+with float64 thresholds. Compiling takes seconds (LLVM's fast instruction
+selection, ``opt_level=0``; LLVM's optimising levels cost 10-40 times longer on the
+forests' large functions, ~5 s on LightGBM's 300 small trees for 1.3-1.4 times
+faster code), so callers compile where a prediction is large enough to repay it.
+The machine code travels in pickles (a Dask worker loads it; compiled again only on
+a different CPU). Any failure to compile yields ``None`` and the
 caller keeps its other path.
 """
 
@@ -75,10 +77,26 @@ def _float32_floor(threshold: np.ndarray) -> np.ndarray:
     return down.astype(np.float64)
 
 
+def float32_keys(values: np.ndarray) -> np.ndarray:
+    """int32 keys in the order of float32 ``values`` (not NaN): ``a <= b`` exactly when
+    ``key(a) <= key(b)``. A float's sign-magnitude bits read as an integer sort the
+    positives; flipping the magnitude bits of the negatives sorts them below, in reverse.
+    ``-0.0`` is read as ``0.0`` first (the two compare equal as floats)."""
+    bits = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.int32)
+    return np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int32)
+
+
+def _row_type(packed: CompiledTrees) -> str:
+    """Forests read float32 rows as int32 keys (a compare with an immediate, no constant
+    to load); LightGBM compares float64 rows (keys measured no faster there)."""
+    return "i32" if packed.float32_inputs else "double"
+
+
 def _tree_ir(k: int, packed: CompiledTrees, lo: int, hi: int, thresholds: list[str],
              leaves: list[str], ty: str) -> str:
     """IR of tree ``k`` (packed nodes ``lo:hi``; ``thresholds``/``leaves``: its constants)
     as a loop over rows around the tree's branches."""
+    compare = "icmp sle i32" if ty == "i32" else f"fcmp ole {ty}"
     right = (packed.right[lo:hi] - lo).tolist()
     feature = packed.feature[lo:hi].tolist()
     body, incoming = [], []
@@ -88,7 +106,7 @@ def _tree_ir(k: int, packed: CompiledTrees, lo: int, hi: int, thresholds: list[s
             incoming.append(f"[{leaves[j]},%n{j}]")
         else:
             body.append(f"n{j}:\n%p{j}=getelementptr inbounds {ty},ptr %r,i64 {f}\n"
-                        f"%x{j}=load {ty},ptr %p{j}\n%c{j}=fcmp ole {ty} %x{j},{thresholds[j]}\n"
+                        f"%x{j}=load {ty},ptr %p{j}\n%c{j}={compare} %x{j},{thresholds[j]}\n"
                         f"br i1 %c{j},label %n{j + 1},label %n{r}")
     return "\n".join([
         f"define internal void @t{k}(ptr noalias %X,ptr noalias %out,i64 %n) noinline nounwind {{",
@@ -108,13 +126,14 @@ def _tree_ir(k: int, packed: CompiledTrees, lo: int, hi: int, thresholds: list[s
 
 def _part_ir(part: int, packed: CompiledTrees, trees: range) -> str:
     """One LLVM module: trees ``trees`` and the entry ``predict_{part}`` over blocks of rows."""
-    ty = "float" if packed.float32_inputs else "double"
+    ty = _row_type(packed)
     first = int(packed.roots[trees[0]])
     threshold = packed.threshold[first:_tree_end(packed, trees[-1])]
     threshold = np.where(np.isfinite(threshold), threshold, 0.0)  # leaves' -inf: unused
-    if packed.float32_inputs:
-        threshold = _float32_floor(threshold)
-    thresholds = _hex_doubles(threshold)  # this part's constants, from node ``first`` on
+    if packed.float32_inputs:  # from node ``first`` on
+        thresholds = float32_keys(_float32_floor(threshold)).astype(str).tolist()
+    else:
+        thresholds = _hex_doubles(threshold)
     leaves = _hex_doubles(packed.value[first:first + len(thresholds)])
     functions = []
     for k in trees:
@@ -230,6 +249,8 @@ class NativeTrees:
 
         entries = self._load()
         rows = self.packed.rows(X)
+        if self.packed.float32_inputs:
+            rows = float32_keys(rows)
         total = np.zeros(rows.shape[0])
         width = rows.shape[1] * rows.itemsize
 
@@ -274,4 +295,5 @@ def compile_native(packed: CompiledTrees | None, opt_level: int = 0) -> NativeTr
         return None
     native.compile_seconds = time.perf_counter() - started
     return native
+
 
