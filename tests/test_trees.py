@@ -82,6 +82,7 @@ def test_lightgbm_predicts_native_and_equals_the_library(crop, fitted):
     reordered = NAMES[::-1]
     np.testing.assert_allclose(model.predict_cells(cells[:, ::-1], reordered), expected[:, 1],
                                rtol=0, atol=1e-6)
+    assert set(model._fast_trees.objects) == {True}  # raster cells: float32 keys only
     assert 0.05 < expected[:, 1].mean() < 0.95  # a real model, not a constant
 
 
@@ -138,8 +139,10 @@ def test_ties_at_thresholds_follow_the_library(name, fitted):
         encoded[k * pick.size + np.arange(pick.size), packed.feature[pick]] = value
     expected = final.predict_proba(encoded)[:, 1]
     np.testing.assert_allclose(packed.positive_proba(encoded), expected, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(compile_native(packed).positive_proba(encoded), expected,
-                               rtol=0, atol=1e-6)
+    native = compile_native(packed)
+    np.testing.assert_allclose(native.positive_proba(encoded), expected, rtol=0, atol=1e-6)
+    # LightGBM's float64 steps are no float32 values: its float64 code was compiled too
+    assert set(native.objects) == ({True, False} if name == "lightgbm" else {True})
 
 
 def test_unsupported_models_fall_back_to_the_library(crop, fitted):
@@ -193,7 +196,7 @@ def test_pickled_models_keep_their_compiled_trees(crop, fitted):
     assert restored._fast_trees.n_trees == model._fast_trees.n_trees == 120
     # the machine code travels; the new process only loads it
     assert restored._fast_trees.objects == model._fast_trees.objects
-    assert restored._fast_trees._entries is None
+    assert restored._fast_trees._entries == {}
     moved = pickle.loads(pickle.dumps(model))
     moved._fast_trees.host = ("another-cpu", "+avx512f")  # unpickled on another machine
     np.testing.assert_array_equal(moved.predict_cells(cells[:5000], NAMES), before)

@@ -21,8 +21,10 @@ The comparisons are the libraries' own, as in :mod:`~metalsm.models._trees`: a
 forest reads float32 rows, and ``x <= t`` with float64 ``t`` holds exactly when
 ``x <= t32``, ``t32`` the largest float32 not above ``t``; the rows and ``t32`` are
 then turned into int32 keys of the same order (:func:`float32_keys`), so a node is
-one compare of memory with an immediate and a jump. LightGBM compares float64 rows
-with float64 thresholds. Compiling takes seconds (LLVM's fast instruction
+one compare of memory with an immediate and a jump. LightGBM compares float64 values
+with float64 thresholds, which for a float32 value is the same test, so rows whose
+values are all float32 (raster cells) take the same int32 path; other rows take code
+that compares float64 (compiled when first needed). Compiling takes seconds (LLVM's fast instruction
 selection, ``opt_level=0``; LLVM's optimising levels cost 10-40 times longer on the
 forests' large functions, ~5 s on LightGBM's 300 small trees for 1.3-1.4 times
 faster code), so callers compile where a prediction is large enough to repay it.
@@ -86,12 +88,6 @@ def float32_keys(values: np.ndarray) -> np.ndarray:
     return np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int32)
 
 
-def _row_type(packed: CompiledTrees) -> str:
-    """Forests read float32 rows as int32 keys (a compare with an immediate, no constant
-    to load); LightGBM compares float64 rows (keys measured no faster there)."""
-    return "i32" if packed.float32_inputs else "double"
-
-
 def _tree_ir(k: int, packed: CompiledTrees, lo: int, hi: int, thresholds: list[str],
              leaves: list[str], ty: str) -> str:
     """IR of tree ``k`` (packed nodes ``lo:hi``; ``thresholds``/``leaves``: its constants)
@@ -124,13 +120,14 @@ def _tree_ir(k: int, packed: CompiledTrees, lo: int, hi: int, thresholds: list[s
     ])
 
 
-def _part_ir(part: int, packed: CompiledTrees, trees: range) -> str:
-    """One LLVM module: trees ``trees`` and the entry ``predict_{part}`` over blocks of rows."""
-    ty = _row_type(packed)
+def _part_ir(part: int, packed: CompiledTrees, trees: range, keys: bool) -> str:
+    """One LLVM module: trees ``trees`` and the entry ``predict_{part}`` over blocks of rows
+    (``keys``: rows of int32 keys of float32 values, else float64 rows)."""
+    ty = "i32" if keys else "double"
     first = int(packed.roots[trees[0]])
     threshold = packed.threshold[first:_tree_end(packed, trees[-1])]
     threshold = np.where(np.isfinite(threshold), threshold, 0.0)  # leaves' -inf: unused
-    if packed.float32_inputs:  # from node ``first`` on
+    if keys:  # from node ``first`` on
         thresholds = float32_keys(_float32_floor(threshold)).astype(str).tolist()
     else:
         thresholds = _hex_doubles(threshold)
@@ -201,18 +198,20 @@ class NativeTrees:
     """A :class:`~metalsm.models._trees.CompiledTrees` ensemble as machine code.
 
     Same ``positive_proba`` as the packed trees (and the same numbers, bit for bit);
-    ``compile_seconds`` is what compiling cost. Build with :func:`compile_native`.
+    ``compile_seconds`` is what compiling cost. Two variants: rows as int32 keys of
+    float32 values (forests always; LightGBM whenever every value is a float32, as
+    raster cells are: 1.3 times faster than comparing doubles, measured) and float64
+    rows (LightGBM otherwise, compiled on first need). Build with :func:`compile_native`.
     """
 
-    def __init__(self, packed: CompiledTrees, objects: list[bytes], host: tuple[str, str],
-                 opt_level: int, compile_seconds: float) -> None:
+    def __init__(self, packed: CompiledTrees, opt_level: int) -> None:
         self.packed = packed
-        self.objects = objects
-        self.host = host
         self.opt_level = opt_level
-        self.compile_seconds = compile_seconds
-        self._entries: list[Any] | None = None
-        self._engine: Any = None
+        self.objects: dict[bool, list[bytes]] = {}  # keys variant? -> object code per part
+        self.host = _host()
+        self.compile_seconds = 0.0
+        self._entries: dict[bool, list[Any]] = {}
+        self._engines: list[Any] = []
 
     @property
     def n_trees(self) -> int:
@@ -220,37 +219,49 @@ class NativeTrees:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_entries"] = state["_engine"] = None  # machine code travels, not the engine
+        state["_entries"], state["_engines"] = {}, []  # machine code travels, not engines
         return state
 
-    def _load(self) -> list[Any]:
-        """The parts' entry points, loading the machine code into this process once."""
-        if self._entries is None:
+    def _load(self, keys: bool) -> list[Any]:
+        """The parts' entry points of a variant, compiled if missing (or made for another
+        CPU) and loaded into this process once."""
+        if keys not in self._entries:
             import llvmlite.binding as llvm
 
             with _LLVM_LOCK:
-                if self._entries is None:
-                    if self.host != _host():  # another CPU: code for this one
-                        self.objects, _ = _emit_objects(self.packed, self.opt_level)
-                        self.host = _host()
+                if self.host != _host():  # unpickled on another CPU: code for this one
+                    self.objects, self.host = {}, _host()
+                if keys not in self.objects:
+                    started = time.perf_counter()
+                    self.objects[keys] = _emit_objects(self.packed, self.opt_level, keys)
+                    self.compile_seconds += time.perf_counter() - started
+                if keys not in self._entries:
                     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""),
                                                         _target_machine(self.opt_level))
-                    for code in self.objects:
+                    for code in self.objects[keys]:
                         engine.add_object_file(llvm.ObjectFileRef.from_data(code))
                     engine.finalize_object()
-                    entries = [_ENTRY(engine.get_function_address(f"predict_{p}"))
-                               for p in range(len(self.objects))]
-                    self._engine, self._entries = engine, entries
-        return self._entries
+                    self._engines.append(engine)
+                    self._entries[keys] = [
+                        _ENTRY(engine.get_function_address(f"predict_{p}"))
+                        for p in range(len(self.objects[keys]))]
+        return self._entries[keys]
 
     def positive_proba(self, X: np.ndarray, n_threads: int | None = None) -> np.ndarray:
         """P(class 1) for every row of the encoded feature matrix ``X`` (finite values)."""
         from metalsm.models._trees import run_in_tasks
 
-        entries = self._load()
         rows = self.packed.rows(X)
-        if self.packed.float32_inputs:
-            rows = float32_keys(rows)
+        single = rows.astype(np.float32)
+        keys = self.packed.float32_inputs or bool(np.array_equal(single, rows))
+        try:
+            entries = self._load(keys)
+        except Exception as error:  # noqa: BLE001 - the float64 variant failed to compile
+            log.warning("native tree compilation failed (%s: %s); using the packed walk",
+                        type(error).__name__, error)
+            return self.packed.positive_proba(X, n_threads)
+        if keys:
+            rows = float32_keys(single)
         total = np.zeros(rows.shape[0])
         width = rows.shape[1] * rows.itemsize
 
@@ -262,7 +273,7 @@ class NativeTrees:
         return self.packed.combine_leaves(total)
 
 
-def _emit_objects(packed: CompiledTrees, opt_level: int) -> tuple[list[bytes], tuple[str, str]]:
+def _emit_objects(packed: CompiledTrees, opt_level: int, keys: bool) -> list[bytes]:
     """Object code of every part of ``packed`` for this CPU."""
     import llvmlite.binding as llvm
 
@@ -270,13 +281,13 @@ def _emit_objects(packed: CompiledTrees, opt_level: int) -> tuple[list[bytes], t
         machine = _target_machine(opt_level)
         objects = []
         for p, trees in enumerate(_parts(packed)):
-            module = llvm.parse_assembly(_part_ir(p, packed, trees))
+            module = llvm.parse_assembly(_part_ir(p, packed, trees, keys))
             module.triple = llvm.get_process_triple()
             module.data_layout = str(machine.target_data)
             module.verify()
             objects.append(machine.emit_object(module))
             del module
-        return objects, _host()
+        return objects
 
 
 def compile_native(packed: CompiledTrees | None, opt_level: int = 0) -> NativeTrees | None:
@@ -284,16 +295,13 @@ def compile_native(packed: CompiledTrees | None, opt_level: int = 0) -> NativeTr
     or LLVM failed: the reason is logged) so the caller keeps its other path."""
     if packed is None or not native_enabled():
         return None
-    started = time.perf_counter()
-    try:
-        objects, host = _emit_objects(packed, opt_level)
-        native = NativeTrees(packed, objects, host, opt_level, 0.0)
-        native._load()
+    native = NativeTrees(packed, opt_level)
+    try:  # the keys variant: what maps use (raster cells are float32)
+        native._load(keys=True)
     except Exception as error:  # noqa: BLE001 - any compiler failure means: keep the other path
         log.warning("native tree compilation failed (%s: %s); using the fallback predictor",
                     type(error).__name__, error)
         return None
-    native.compile_seconds = time.perf_counter() - started
     return native
 
 
