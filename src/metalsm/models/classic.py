@@ -413,7 +413,7 @@ class FactorPipeline(Pipeline):
     #: Map cells from which a random forest is compiled to machine code.
     FOREST_NATIVE_MIN_CELLS = 10_000_000
     #: Map cells from which LightGBM's machine code is optimised by LLVM (``-O2``: about
-    #: 5 s to compile instead of under 1 s, for code about 1.4 times faster).
+    #: 4-7 s to compile instead of under 1 s, for code 1.3-1.4 times faster).
     OPTIMISE_MIN_CELLS = 20_000_000
     _CACHED = ("_fast_encoder", "_fast_trees", "_compiled_large")
 
