@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from metalsm.grid import iter_windows
+from metalsm.raster import iter_windows
 
 
 def status_mb(field: str) -> float:

@@ -51,9 +51,9 @@ class StageTimer:
 def child(dem: str, out_dir: str, chunk_size: int, threshold: float, factors: list[str],
           scheduler: str) -> None:
     """Run the derivation in this (fresh) process and print timings and peak memory."""
-    from metalsm.chunked_terrain import write_terrain_factors
-    from metalsm.compute import compute_context
-    from metalsm.grid import Grid
+    from metalsm.raster import Grid
+    from metalsm.scale import compute_context
+    from metalsm.terrain import write_terrain_factors
 
     grid = Grid.from_raster(dem)
     baseline = status_mb("VmRSS")  # interpreter + numpy/numba/rasterio imports

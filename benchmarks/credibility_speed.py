@@ -25,8 +25,8 @@ from _support import status_mb
 
 def child(run: Path, rows: int, cols: int) -> None:
     from metalsm.config import CredibilityConfig, FactorSelectionConfig
-    from metalsm.credibility import credibility_map
-    from metalsm.grid import Grid
+    from metalsm.raster import Grid
+    from metalsm.samples import credibility_map
     from metalsm.stack import FactorStack
 
     stack = FactorStack.read(run / "factors.tif")

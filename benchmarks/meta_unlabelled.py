@@ -22,12 +22,12 @@ from pathlib import Path
 import pandas as pd
 
 from metalsm.config import load_config
-from metalsm.meta_run import (
+from metalsm.models.recipes import pretrain_state
+from metalsm.pipeline._meta import (
     fit_intermediate,
     kshot_table,
     meta_data,
     prepare_stage,
-    pretrain_state,
     unlabelled_cells,
 )
 from metalsm.progress import RunProgress

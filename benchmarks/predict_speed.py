@@ -37,10 +37,10 @@ import numpy as np
 import pandas as pd
 import rasterio
 
-from metalsm.grid import iter_windows
 from metalsm.mapping import predict_raster
 from metalsm.models import _native, _trees
 from metalsm.models.classic import FactorPipeline, make_model
+from metalsm.raster import iter_windows
 from metalsm.stack import stack_metadata
 
 LIBRARY_THREADS = {"rf": "2 (n_jobs=2)", "fr-rf": "2 (n_jobs=2)", "lightgbm": "1 (n_jobs=1)"}
@@ -49,8 +49,8 @@ LIBRARY_THREADS = {"rf": "2 (n_jobs=2)", "fr-rf": "2 (n_jobs=2)", "lightgbm": "1
 def build_inputs(config_path: Path, out: Path) -> Path:
     """``factors.tif`` and ``samples.csv`` as ``metalsm run`` draws them, into ``out``."""
     from metalsm.config import load_config
-    from metalsm.inventory import landslide_mask, read_inventory
-    from metalsm.pipeline import draw_samples
+    from metalsm.inputs import landslide_mask, read_inventory
+    from metalsm.pipeline._run import draw_samples
     from metalsm.stack import build_factor_stack
 
     config = load_config(config_path)

@@ -12,7 +12,7 @@ inventory points replicated into every tile, mirrored like the rasters.
 Stages (wall time, cells/s and peak RSS of this process and all its children,
 i.e. LocalCluster workers, sampled every 0.1 s by a thread):
 
-* ``derive``: 9 terrain factors by :func:`metalsm.chunked_terrain.write_terrain_factors`
+* ``derive``: 9 terrain factors by :func:`metalsm.terrain._write.write_terrain_factors`
   (once; it does not use Dask);
 * per scheduler (``threads``: Dask's local threaded scheduler; ``localcluster``: a
   ``distributed.LocalCluster`` of 2 worker processes, addressed like a remote cluster):
@@ -47,7 +47,7 @@ import psutil
 import rasterio
 from _support import mirror_tile
 
-from metalsm.grid import Grid
+from metalsm.raster import Grid
 
 TERRAIN = ("elevation", "slope", "aspect_sin", "aspect_cos", "plan_curvature",
            "profile_curvature", "twi", "spi", "distance_to_drainage")
@@ -135,12 +135,17 @@ def mirrored_landslides(kaghan: Path, size: int) -> tuple[np.ndarray, np.ndarray
 
 def run_scheduler(name: str, compute, args, inputs: dict, grid: Grid, landslides,
                   work: Path, results: list, memory: PeakMemory) -> dict:
-    from metalsm import segmentation
-    from metalsm.blocks_run import BlockStage, task_table
+    from metalsm.blocks import _segmentation as segmentation
     from metalsm.config import BlocksConfig, MetaConfig, OutputConfig, StudyAreaConfig
-    from metalsm.grid import read_cells
-    from metalsm.meta_run import adapt_all_blocks, fit_intermediate, meta_data, write_blockwise_map
-    from metalsm.sample_table import Samples
+    from metalsm.pipeline._blocks import BlockStage, task_table
+    from metalsm.pipeline._meta import (
+        adapt_all_blocks,
+        fit_intermediate,
+        meta_data,
+        write_blockwise_map,
+    )
+    from metalsm.raster import read_cells
+    from metalsm.samples import Samples
     from metalsm.stack import LayerSource, write_factor_stack
 
     out = work / name
@@ -236,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep intermediates and outputs")
     args = parser.parse_args(argv)
 
-    from metalsm.chunked_terrain import write_terrain_factors
-    from metalsm.compute import compute_context
     from metalsm.datasets import study_area
+    from metalsm.scale import compute_context
+    from metalsm.terrain import write_terrain_factors
 
     kaghan = study_area("kaghan")
     work = args.out

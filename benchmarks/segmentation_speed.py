@@ -24,9 +24,9 @@ import time
 import numpy as np
 from affine import Affine
 
-from metalsm import segmentation
+from metalsm.blocks import _segmentation as segmentation
 from metalsm.datasets import study_area
-from metalsm.grid import Grid, read_aligned
+from metalsm.raster import Grid, read_aligned
 from metalsm.stack import FactorStack
 
 

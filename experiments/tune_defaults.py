@@ -21,7 +21,7 @@ from pathlib import Path
 from metalsm.config import load_config
 from metalsm.experiments.common import experiment_data, experiment_meta
 from metalsm.experiments.methods import pretrained_state
-from metalsm.meta_run import make_learner
+from metalsm.models.recipes import make_learner
 from metalsm.models.tuning import CANDIDATES, tune_learner
 
 

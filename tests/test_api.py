@@ -9,7 +9,7 @@ from conftest import hk_slice
 
 import metalsm
 from metalsm.config import load_config
-from metalsm.pipeline import run_pipeline
+from metalsm.pipeline._run import run_pipeline
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -11,10 +11,10 @@ from conftest import write_config
 from typer.testing import CliRunner
 
 from metalsm.cli import app
-from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.datasets import EXAMPLES_DIR
-from metalsm.pipeline import run_pipeline
+from metalsm.pipeline._run import run_pipeline
+from metalsm.raster import cog_problems
 
 BLOCKS = "n_blocks = 12\ncompactness = 0.5\nmeta_train_fraction = 0.6\nseed = 3"
 

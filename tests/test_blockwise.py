@@ -14,7 +14,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from metalsm.datasets import study_area
-from metalsm.grid import Grid, read_aligned
+from metalsm.evaluation._validation import within_group_metrics
 from metalsm.models.blockwise import (
     BlockModels,
     adapt_blocks,
@@ -24,8 +24,8 @@ from metalsm.models.blockwise import (
 )
 from metalsm.models.meta import MetaLearner
 from metalsm.models.pretrain import PretrainConfig
+from metalsm.raster import Grid, read_aligned
 from metalsm.terrain import derive_terrain
-from metalsm.validation import within_group_metrics
 
 torch.set_num_threads(1)
 

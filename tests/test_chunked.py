@@ -16,15 +16,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
-from metalsm import mapping, segmentation
+from metalsm import mapping
+from metalsm.blocks import _segmentation as segmentation
 from metalsm.cli import app
-from metalsm.cog import cog_problems
-from metalsm.compute import choose_plan, compute_context
 from metalsm.config import BlocksConfig, load_config
-from metalsm.credibility import credibility_map, fit_membership, write_credibility
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import iter_windows, read_aligned_window, read_cells
-from metalsm.pipeline import run_pipeline
+from metalsm.pipeline._run import run_pipeline
+from metalsm.raster import cog_problems, iter_windows, read_aligned_window, read_cells
+from metalsm.samples import credibility_map, fit_membership, write_credibility
+from metalsm.scale import choose_plan, compute_context
 from metalsm.stack import FactorStack, FileFactorStack
 
 FAST = {"model": 'names = ["lr"]\nmap_model = "lr"\nseed = 7',
@@ -249,7 +249,7 @@ def test_chunked_alignment_of_a_geographic_categorical_raster(kaghan_crop,
     """Window by window, land cover in EPSG:4326 is aligned by nearest neighbour like the
     in-memory path: >= 98 % of cells keep their original class, and the two paths agree
     but for near-ties of nearest neighbour (GDAL rounds a window's offsets its own way)."""
-    from metalsm.grid import Grid, read_aligned
+    from metalsm.raster import Grid, read_aligned
 
     grid = Grid.from_raster(kaghan_crop / "AW3D30.tif")
     with rasterio.open(kaghan_crop / "Landcover.tif") as src:

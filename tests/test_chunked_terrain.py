@@ -15,11 +15,12 @@ from hypothesis.extra.numpy import arrays
 from rasterio.windows import Window
 from scipy import ndimage
 
-from metalsm import chunked_terrain, terrain
-from metalsm.compute import compute_context
+from metalsm import terrain
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
+from metalsm.raster import Grid
+from metalsm.scale import compute_context
 from metalsm.stack import read_dem
+from metalsm.terrain import _write as chunked_terrain
 
 
 class RecordingProgress:
@@ -90,12 +91,13 @@ def test_full_kaghan_dem_flow_factors_equal_in_memory(kaghan, tmp_path):
     assert all(total == done for total, done in progress.stages.values())
     with rasterio.open(out["slope"]) as src:
         assert src.crs == grid.crs and src.transform == grid.transform
-        assert src.profile["tiled"] and src.compression.value == "DEFLATE"
+        assert src.profile["tiled"] and src.compression.value == "ZSTD"  # intermediate layer
         assert src.descriptions == ("slope",)
     assert not list(tmp_path.glob(".*"))  # no partial files or scratch left behind
 
 
-def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monkeypatch):
+@pytest.mark.parametrize("routing", ["d8", "mfd"])
+def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monkeypatch, routing):
     monkeypatch.setattr(chunked_terrain, "BAND_CELLS", 100)  # 3-row bands inside windows
     monkeypatch.setattr(chunked_terrain, "EDT_STRIP_CELLS", 0)  # EDT strips of 31**2 cells
     grid = Grid.from_raster(holed_dem)
@@ -104,9 +106,11 @@ def test_chunk_edges_and_nodata_holes_match_in_memory(holed_dem, tmp_path, monke
     names = ["spi", "slope", "aspect_sin", "aspect_cos", "plan_curvature", "profile_curvature",
              "elevation", "twi", "log_flow_accumulation", "flow_accumulation",
              "distance_to_drainage"]
-    expected = terrain.derive_terrain(dem, grid, names, drainage_threshold_cells=50)
+    expected = terrain.derive_terrain(dem, grid, names, drainage_threshold_cells=50,
+                                      routing=routing)
     out = chunked_terrain.write_terrain_factors(
-        holed_dem, grid, names, tmp_path, chunk_size=31, drainage_threshold_cells=50
+        holed_dem, grid, names, tmp_path, chunk_size=31, drainage_threshold_cells=50,
+        routing=routing,
     )
     assert_same(out, expected)
     assert np.isnan(read(out["distance_to_drainage"])[40:47, 60:95]).all()
@@ -169,7 +173,7 @@ def test_lean_accumulation_equals_the_general_one_on_real_dem(holed_dem):
 )
 def test_squared_edt_equals_scipy(mask):
     expected = ndimage.distance_transform_edt(~mask)
-    got = np.sqrt(chunked_terrain.squared_edt(mask))
+    got = np.sqrt(terrain.squared_edt(mask))
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
 
 

@@ -8,8 +8,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
-from metalsm.cog import atomic_cog, cog_problems
-from metalsm.grid import Grid
+from metalsm.raster import Grid, atomic_cog, cog_problems
 
 
 def _grid(shape):
@@ -65,7 +64,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
 def test_windowed_writer_takes_windows_in_any_order_and_leaves_a_cog(tmp_path):
     from rasterio.windows import Window
 
-    from metalsm.cog import windowed_geotiff
+    from metalsm.raster import windowed_geotiff
 
     grid = _grid((600, 700))
     values = np.arange(600 * 700, dtype=np.float32).reshape(600, 700)
@@ -87,7 +86,7 @@ def test_windowed_writer_takes_windows_in_any_order_and_leaves_a_cog(tmp_path):
 
 
 def test_windowed_writer_leaves_nothing_when_the_block_fails(tmp_path):
-    from metalsm.cog import windowed_geotiff
+    from metalsm.raster import windowed_geotiff
 
     path = tmp_path / "out.tif"
     with pytest.raises(RuntimeError, match="window failed"):

@@ -12,16 +12,16 @@ from conftest import write_config
 from typer.testing import CliRunner
 
 from metalsm.cli import app
-from metalsm.cog import cog_problems
 from metalsm.config import load_config
-from metalsm.credibility import credibility_map
 from metalsm.errors import MetalsmInputError
 from metalsm.experiments.credibility import spatial_holdout
-from metalsm.inventory import landslide_mask, positive_cells, read_inventory
-from metalsm.sampling import (
+from metalsm.inputs import landslide_mask, positive_cells, read_inventory
+from metalsm.raster import cog_problems
+from metalsm.samples import (
     CredibilityBandWarning,
     NegativeRequest,
     band_mask,
+    credibility_map,
     draw_negatives,
     draw_samples,
 )

@@ -19,7 +19,7 @@ from metalsm.experiments.common import apply_preset, experiment_data, experiment
 from metalsm.experiments.cross_area import SCHEMES, scheme_splits
 from metalsm.experiments.embeddings import representations_of, run_embeddings
 from metalsm.experiments.methods import fit_maml, fit_proposed
-from metalsm.grid import Grid
+from metalsm.raster import Grid
 from metalsm.report.figures import plot_maps_side_by_side
 
 UTM = "EPSG:32643"
@@ -196,7 +196,7 @@ def test_maps_experiment_on_a_kaghan_crop(kaghan, kaghan_crop, tmp_path):
 
 
 def test_each_scheme_gets_its_own_blocks_and_a_fresh_cache(hk_config, tmp_path, monkeypatch):
-    from metalsm.evaluation import kshot
+    from metalsm import evaluation
 
     config, _ = hk_config
     seen = []
@@ -205,10 +205,10 @@ def test_each_scheme_gets_its_own_blocks_and_a_fresh_cache(hk_config, tmp_path, 
         data.cache["touched"] = True
         seen.append((data.train_blocks.copy(), data.test_blocks.copy(), data.cache))
         return pd.DataFrame([{"method": "lr", "family": "global", "k": "5", "repeat": 0,
-                              "seed": seed, **dict.fromkeys(kshot.METRICS, 0.5),
+                              "seed": seed, **dict.fromkeys(evaluation.QUERY_METRICS, 0.5),
                               "n_query": int(data.test.sum())}])
 
-    monkeypatch.setattr(kshot, "compare_methods", fake)
+    monkeypatch.setattr(evaluation, "compare_methods", fake)  # cross_area's look-up
     EXPERIMENTS["cross-area"](config, tmp_path, preset="small")
     roles = pd.read_csv(tmp_path / "cross_area_blocks.csv")
     assert len(seen) == 4 and len({id(c) for *_, c in seen}) == 4

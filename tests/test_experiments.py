@@ -14,13 +14,7 @@ from typer.testing import CliRunner
 from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation.kshot import (
-    compare_methods,
-    draw_support,
-    fit_set,
-    query_mask,
-    summarize,
-)
+from metalsm.evaluation import compare_methods, draw_support, fit_set, query_mask, summarize
 from metalsm.experiments import EXPERIMENTS
 from metalsm.experiments.common import apply_preset, experiment_data, experiment_meta
 from metalsm.experiments.methods import METHODS, resolve_methods
@@ -213,3 +207,38 @@ def test_cli_meta_iterations_reaches_the_experiment(tmp_path, monkeypatch):
     assert seen["iterations"] == 5000
     clash = CliRunner().invoke(app, [*args, "--meta-iterations", "50", "--preset", "small"])
     assert clash.exit_code != 0 and "--meta-iterations" in clash.output
+
+
+def test_chunk_size_reaches_the_experiments_and_changes_nothing(kaghan_crop, kaghan, tmp_path,
+                                                                 monkeypatch):
+    """`--chunk-size` keeps an experiment's stack on disk, window by window, with the
+    same samples and blocks as in memory."""
+    from conftest import write_config
+
+    from metalsm.config import load_config
+    from metalsm.stack import FileFactorStack
+
+    config = load_config(write_config(tmp_path / "crop.toml", kaghan_crop, kaghan,
+                                      blocks="n_blocks = 6\nseed = 3",
+                                      terrain='factors = ["elevation", "slope"]'))
+    in_memory, _ = experiment_data(config, tmp_path / "memory")
+    chunked_config = replace(config, compute=replace(config.compute, chunk_size=64))
+    chunked, stage = experiment_data(chunked_config, tmp_path / "chunked")
+    assert isinstance(stage.stack, FileFactorStack)
+    np.testing.assert_array_equal(chunked.X, in_memory.X)
+    np.testing.assert_array_equal(chunked.blocks, in_memory.blocks)
+
+    import metalsm.experiments as registry
+    seen = {}
+
+    def record(config, out, **kwargs):
+        seen["chunk_size"] = config.compute.chunk_size
+        from metalsm.experiments.common import ExperimentResult
+
+        return ExperimentResult(paths={}, seconds=0.0)
+
+    monkeypatch.setitem(registry.EXPERIMENTS, "kshot", record)
+    args = ["experiment", "kshot", str(tmp_path / "crop.toml"), "--out", str(tmp_path / "o"),
+            "--quiet", "--chunk-size", "128"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen["chunk_size"] == 128

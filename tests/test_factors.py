@@ -6,15 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from metalsm.analysis import differentiation, factor_classes, fr_table, mic, select_factors, vif
 from metalsm.errors import MetalsmInputError
-from metalsm.factors import (
-    differentiation,
-    factor_classes,
-    fr_table,
-    mic,
-    select_factors,
-    vif,
-)
 
 
 def test_fr_table_on_a_hand_made_categorical_raster():

@@ -8,7 +8,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import (
+from metalsm.raster import (
     Grid,
     read_aligned,
     read_class_names,
@@ -147,7 +147,7 @@ def test_categorical_raster_in_degrees_is_aligned_by_nearest_not_mode(kaghan_cro
 
 
 def test_windows_cover_the_grid_row_major_with_smaller_edges():
-    from metalsm.grid import iter_windows, strips
+    from metalsm.raster import iter_windows, strips
 
     windows = [(w.row_off, w.col_off, w.height, w.width) for w in iter_windows((5, 7), 3)]
     assert windows == [(0, 0, 3, 3), (0, 3, 3, 3), (0, 6, 3, 1),
@@ -163,7 +163,7 @@ def test_windows_cover_the_grid_row_major_with_smaller_edges():
 
 
 def test_halo_grows_a_window_by_one_cell_clipped_at_the_grid_edge():
-    from metalsm.grid import halo
+    from metalsm.raster import halo
 
     inner, crop = halo(Window(3, 2, 4, 3), (10, 8))  # col 3, row 2, 4 wide, 3 high
     assert (inner.row_off, inner.col_off, inner.height, inner.width) == (1, 2, 5, 6)
@@ -180,7 +180,7 @@ def test_halo_grows_a_window_by_one_cell_clipped_at_the_grid_edge():
 
 
 def test_one_cleanup_turns_declared_nodata_sentinels_and_infinities_into_nan(tmp_path):
-    from metalsm.grid import nodata_to_nan, read_cells, read_window
+    from metalsm.raster import nodata_to_nan, read_cells, read_window
 
     values = np.array([[1.0, -9999.0, np.inf], [-3.4e38, 2.5, np.nan]], dtype=np.float32)
     cleaned = nodata_to_nan(values.copy(), -9999.0)

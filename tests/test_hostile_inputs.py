@@ -33,11 +33,10 @@ from metalsm.atomic import staged_directory
 from metalsm.cli import app
 from metalsm.config import TableConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
-from metalsm.inventory import landslide_mask, read_inventory
-from metalsm.preflight import check_run
-from metalsm.sample_table import Samples, read_sample_table, warn_constant_factors
-from metalsm.sampling import draw_samples
+from metalsm.inputs import landslide_mask, read_inventory
+from metalsm.pipeline._preflight import check_run
+from metalsm.raster import Grid
+from metalsm.samples import Samples, draw_samples, read_sample_table, warn_constant_factors
 from metalsm.stack import build_factor_stack
 
 WINDOW = Window(col_off=150, row_off=550, width=200, height=200)
@@ -616,9 +615,9 @@ def test_a_killed_rerun_leaves_the_previous_run_byte_identical(how, finished_run
 def test_many_more_blocks_than_samples_are_reported(hk_csv, tmp_path, caplog):
     """2,000 samples in 1,500 blocks: most blocks are empty or one-class; the warning
     counts them and the cells whose models fall back."""
-    from metalsm.blocks_run import warn_sparse_blocks
+    from metalsm.blocks import block_task_table
     from metalsm.config import BlocksConfig
-    from metalsm.tasks import block_task_table
+    from metalsm.pipeline._blocks import warn_sparse_blocks
 
     y = pd.read_csv(hk_csv)["label"].to_numpy()
     sample_blocks = np.random.default_rng(0).integers(0, 1500, size=y.size)

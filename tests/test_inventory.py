@@ -4,8 +4,8 @@ import pytest
 import shapely
 
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
-from metalsm.inventory import landslide_mask, positive_cells, read_inventory
+from metalsm.inputs import landslide_mask, positive_cells, read_inventory
+from metalsm.raster import Grid
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_preflight_accepts_a_raster_inventory_and_names_a_bad_one(
     from conftest import write_config
 
     from metalsm.config import load_config
-    from metalsm.preflight import check_run
+    from metalsm.pipeline._preflight import check_run
 
     _burn(inventory, grid, tmp_path / "mask.tif", np.ones(len(inventory)))
     config = write_config(tmp_path / "ok.toml", kaghan_crop, kaghan,

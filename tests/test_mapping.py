@@ -10,17 +10,16 @@ from rasterio.crs import CRS
 from sklearn.linear_model import LogisticRegression
 
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid, read_aligned
+from metalsm.evaluation import rate_curve, success_rate
 from metalsm.mapping import (
     classify_raster,
     classify_values,
     predict_raster,
-    success_rate,
     zone_breaks,
     zone_table,
 )
+from metalsm.raster import Grid, read_aligned
 from metalsm.stack import FactorStack
-from metalsm.validation import rate_curve
 
 FEATURES = ["elevation", "geology"]
 

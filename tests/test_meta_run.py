@@ -16,8 +16,9 @@ from metalsm.cli import app
 from metalsm.config import load_config
 from metalsm.datasets import EXAMPLES_DIR
 from metalsm.errors import MetalsmInputError
-from metalsm.meta_run import METHODS, FactorEncoder
 from metalsm.models.blockwise import BlockModels
+from metalsm.models.recipes import FactorEncoder
+from metalsm.pipeline._meta import METHODS
 
 BLOCKS = "n_blocks = 12\ncompactness = 0.5\nmeta_train_fraction = 0.6\nseed = 3"
 META = ("iterations = 40\npretrain_epochs = 2\nmeta_batch = 8\nk_shots = [\"1\", \"5\", "
@@ -180,7 +181,15 @@ def test_hong_kong_slice_runs_without_rasters(tmp_path):
     assert result.exit_code == 0, result.output
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"blocks.csv", "tasks.csv", "kshot.csv", "metrics.json", "report.html",
-            "block_models.csv"} <= names
+            "block_models.csv", "validation.csv", "samples.gpkg", "roc.png", "folds.png",
+            "manifest.json"} <= names
+    # one table-area report: the K-shot table and the same validation section as a
+    # table run without [meta] (summary with fold spread, all metrics, fold map)
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "K-shot results on meta-test blocks" in report
+    assert "Mean ± std over folds" in report and "Where the folds lie" in report
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert set(manifest["seeds"]) == {"validation", "blocks", "meta"}
     assert not {"susceptibility.tif", "blocks.tif"} & names
     kshot = pd.read_csv(tmp_path / "run" / "kshot.csv")
     assert len(kshot) == 12 and kshot["auc_mean"].between(0, 1).all()

@@ -214,3 +214,11 @@ def test_fr_rejects_bad_settings():
         FrequencyRatioClassifier(binning="jenks").fit(X, y)
     with pytest.raises(MetalsmInputError, match=r"categorical feature\(s\) \['geology'\]"):
         FrequencyRatioClassifier(categorical_features=["geology"]).fit(X, y)
+
+
+def test_the_config_vocabulary_is_the_model_registry():
+    from metalsm.models import classic
+
+    assert tuple(classic._REGISTRY) == MODEL_NAMES
+    with pytest.raises(MetalsmInputError, match="valid names: lr, rf"):
+        make_model("xgboost", [], seed=0)

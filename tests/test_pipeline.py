@@ -12,13 +12,13 @@ import rasterio
 from conftest import write_config
 from typer.testing import CliRunner
 
-from metalsm import styles
 from metalsm.cli import app
-from metalsm.cog import cog_problems
 from metalsm.config import load_config
 from metalsm.errors import MetalsmInputError
-from metalsm.pipeline import run_pipeline
-from metalsm.validation import random_folds, rate_curve_from_counts
+from metalsm.evaluation import random_folds, rate_curve_from_counts
+from metalsm.pipeline._run import run_pipeline
+from metalsm.raster import _styles as styles
+from metalsm.raster import cog_problems
 
 EXPECTED_OUTPUTS = {
     "factors.tif", "samples.csv", "validation.csv", "susceptibility.tif", "zones.tif",
@@ -301,7 +301,7 @@ def test_run_on_a_sample_table_validates_without_a_map(tmp_path):
     report says there is no map."""
     from conftest import hk_slice
 
-    from metalsm.validation import evaluate_models
+    from metalsm.evaluation import evaluate_models
 
     hk_slice(600, seed=1).to_csv(tmp_path / "hk.csv", index=False)
     config = tmp_path / "hk.toml"

@@ -8,7 +8,7 @@ import rasterio
 from rasterio.crs import CRS
 from shapely.geometry import Point, box
 
-from metalsm.grid import Grid
+from metalsm.raster import Grid
 from metalsm.report.figures import (
     hillshade,
     plot_raster_map,

@@ -3,14 +3,9 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
-from metalsm.inventory import landslide_mask, read_inventory
-from metalsm.sampling import (
-    NEGATIVE_SAMPLERS,
-    NegativeRequest,
-    draw_negatives,
-    random_negatives,
-)
+from metalsm.inputs import landslide_mask, read_inventory
+from metalsm.raster import Grid
+from metalsm.samples import NEGATIVE_SAMPLERS, NegativeRequest, draw_negatives, random_negatives
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import rasterio
 from affine import Affine
 from scipy import ndimage
 
-from metalsm import segmentation as seg
+from metalsm.blocks import _segmentation as seg
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid, read_aligned
+from metalsm.raster import Grid, read_aligned
 from metalsm.stack import FactorStack
 
 

@@ -8,9 +8,9 @@ import rasterio
 from conftest import write_config
 
 from metalsm import terrain
-from metalsm.compute import compute_context
 from metalsm.config import load_config
-from metalsm.grid import read_aligned, reference_grid
+from metalsm.raster import read_aligned, reference_grid
+from metalsm.scale import compute_context
 from metalsm.stack import (
     FactorStack,
     FileFactorStack,
@@ -51,3 +51,17 @@ def test_one_window_and_many_windows_give_the_same_stack(kaghan_crop, kaghan, tm
     window = rasterio.windows.Window(40, 30, 70, 55)
     np.testing.assert_array_equal(on_disk.read_window(window), stack.read_window(window))
     np.testing.assert_array_equal(on_disk.valid, stack.valid)
+
+
+def test_terrain_routing_setting_reaches_the_flow_factors(kaghan_crop, kaghan, tmp_path):
+    config = load_config(write_config(
+        tmp_path / "mfd.toml", kaghan_crop, kaghan,
+        terrain='factors = ["slope", "twi"]\nrouting = "mfd"'))
+    stack = FactorStack.read(write_factors(config, tmp_path / "mfd" / "factors.tif"))
+    grid = reference_grid(config)
+    dem = read_dem(config.dem, grid)
+    mfd = terrain.derive_terrain(dem, grid, ["twi"], routing="mfd")["twi"]
+    d8 = terrain.derive_terrain(dem, grid, ["twi"])["twi"]
+    np.testing.assert_array_equal(stack.layer("twi"), mfd)
+    valid = ~np.isnan(dem)
+    assert np.abs(mfd[valid] - d8[valid]).mean() > 0.1  # a different routing, not D8

@@ -7,11 +7,12 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 
-from metalsm.grid import Grid, read_class_names
 from metalsm.mapping import classify_raster
-from metalsm.styles import (
+from metalsm.raster import (
+    Grid,
     block_colours,
     hex_colour,
+    read_class_names,
     write_blocks_style,
     write_credibility_style,
     zone_colours,

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metalsm import tasks
+from metalsm.blocks import _tasks as tasks
 from metalsm.errors import MetalsmInputError
 
 
 @pytest.fixture(scope="module")
 def hk_tasks():
     """Real Hong Kong samples grouped into point blocks."""
+    from metalsm.blocks import segment_points
     from metalsm.datasets import study_area
-    from metalsm.segmentation import segment_points
 
     table = pd.read_csv(study_area("hongkong") / "samples_HK_noTS.csv", encoding="utf-8-sig")
     table = table.iloc[:3000].reset_index(drop=True)
@@ -41,8 +41,8 @@ def test_block_task_table_with_raster_blocks():
     from affine import Affine
     from rasterio.crs import CRS
 
-    from metalsm.grid import Grid
-    from metalsm.segmentation import Blocks
+    from metalsm.blocks import Blocks
+    from metalsm.raster import Grid
 
     labels = np.array([[0, 0, 1], [2, 2, 1], [-1, 2, 1]], dtype=np.int32)
     grid = Grid(CRS.from_epsg(32643), Affine(100, 0, 0, 0, -100, 0), 3, 3)

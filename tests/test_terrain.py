@@ -20,7 +20,7 @@ from shapely.geometry import LineString, Point
 
 from metalsm import terrain
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import Grid
+from metalsm.raster import Grid
 
 L = 10.0  # cell size of synthetic DEMs, metres
 
@@ -312,6 +312,55 @@ def test_accumulation_with_weights_and_cycle_detection():
     cycle = np.array([[0, 4]], dtype=np.int8)  # E then W: a two-cell loop
     with pytest.raises(MetalsmInputError, match="cycle"):
         terrain.flow_accumulation(cycle)
+
+
+# -------------------------------------------------------------- multiple flow directions
+
+
+def test_mfd_splits_a_peak_by_freeman_weights():
+    dem = np.full((3, 3), 9.0)
+    dem[1, 1] = 10.0  # drops of 1 to every neighbour; the ring itself is flat
+    acc = terrain.mfd_flow_accumulation(dem)
+    assert acc.dtype == np.float32
+    diagonal = (1 / math.sqrt(2)) ** terrain.MFD_EXPONENT  # (tan beta) ** 1.1
+    total = 4 * 1.0 + 4 * diagonal
+    expected = np.array([[1 + diagonal / total, 1 + 1 / total, 1 + diagonal / total],
+                         [1 + 1 / total, 1.0, 1 + 1 / total],
+                         [1 + diagonal / total, 1 + 1 / total, 1 + diagonal / total]])
+    np.testing.assert_allclose(acc, expected, rtol=1e-6)
+    # exponent 1 splits in proportion to the gradient; on a tilted plane (one lower
+    # column) flow goes straight down the column as in D8
+    tilted = terrain.mfd_flow_accumulation(plane(-0.2, 0.0, h=6, w=9))
+    d8 = terrain.flow_accumulation(terrain.d8_flow_directions(plane(-0.2, 0.0, h=6, w=9)))
+    assert tilted[:, -1].sum() == pytest.approx(54)  # everything leaves by the east edge
+    assert (tilted[:, 0] == 1).all() and (np.diff(tilted, axis=1) > 0).all()
+    assert not np.array_equal(tilted, d8)  # diagonal receivers share the flow
+    with pytest.raises(MetalsmInputError, match="exponent"):
+        terrain.mfd_flow_accumulation(dem, exponent=0)
+
+
+def test_mfd_on_real_dem_conserves_cells_and_disperses(kaghan_dem):
+    dem, grid = kaghan_dem
+    dem = dem.copy()
+    dem[50:60, 70:90] = np.nan  # a no-data hole
+    valid = ~np.isnan(dem)
+    filled = terrain.fill_depressions(dem)
+    mfd = terrain.mfd_flow_accumulation(filled)
+    d8 = terrain.flow_accumulation_counts(terrain.d8_flow_directions(filled))
+    assert (mfd[~valid] == 0).all() and (mfd[valid] >= 1).all()
+    outlets = (terrain.d8_flow_directions(filled) == -1) & valid  # no lower neighbour
+    assert mfd[outlets].sum() == pytest.approx(valid.sum(), rel=1e-5)
+    # hillslopes: D8 leaves ~18 % of cells with no upstream cell, MFD almost none
+    assert (d8[valid] == 1).mean() > 0.1 > 10 * (mfd[valid] < 1.01).mean()
+    # the same landscape: TWI ranks agree, and the routing used is the one asked for
+    out = terrain.derive_terrain(dem, grid, ["twi", "flow_accumulation"], routing="mfd")
+    np.testing.assert_allclose(out["flow_accumulation"][valid], mfd[valid], rtol=1e-6)
+    reference = terrain.derive_terrain(dem, grid, ["twi"])["twi"][valid]
+    ranks = np.corrcoef(np.argsort(np.argsort(out["twi"][valid])),
+                        np.argsort(np.argsort(reference)))[0, 1]
+    assert 0.5 < ranks < 0.95
+    with pytest.raises(MetalsmInputError, match="unknown flow routing 'dinf'"):
+        terrain.derive_terrain(dem, grid, ["twi"], routing="dinf")
 
 
 # ------------------------------------------------------------------------ TWI / SPI / drainage

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import rasterio
 
-from metalsm.grid import Grid, read_aligned
-from metalsm.inventory import landslide_mask, read_inventory
+from metalsm.inputs import landslide_mask, read_inventory
 from metalsm.mapping import predict_raster
 from metalsm.models import _native, make_model
 from metalsm.models._native import NativeTrees, compile_native
 from metalsm.models._trees import CompiledTrees, compile_forest, compile_lightgbm
+from metalsm.raster import Grid, read_aligned
 from metalsm.stack import FactorStack
 from metalsm.terrain import aspect, slope_degrees
 

@@ -10,8 +10,8 @@ import pytest
 from conftest import HK_FACTORS, hongkong_table
 
 from metalsm.config import MetaConfig
-from metalsm.meta_run import FactorEncoder, MetaData, tune_settings
 from metalsm.models.meta import MetaLearner
+from metalsm.models.recipes import FactorEncoder, MetaData, tune_settings
 from metalsm.models.tuning import tune_learner
 
 CANDIDATES = (("as configured", {}),

@@ -9,8 +9,7 @@ from conftest import hk_slice, hongkong_table
 from sklearn.metrics import auc as sk_auc
 
 from metalsm.errors import MetalsmInputError
-from metalsm.models import MODEL_NAMES, make_model
-from metalsm.validation import (
+from metalsm.evaluation._validation import (
     METRICS,
     CVResult,
     Evaluation,
@@ -26,6 +25,7 @@ from metalsm.validation import (
     spatial_folds,
     within_group_metrics,
 )
+from metalsm.models import MODEL_NAMES, make_model
 
 CATEGORICAL = ["land use", "lithology"]
 
@@ -399,7 +399,7 @@ def test_repeats_redraw_the_folds_and_give_the_spread_over_repeats():
     assert np.array_equal(once.folds["spatial"],  # one draw: the grid stays where it was
                           spatial_folds(xy["X"], xy["Y"], 3, seed=5, method="grid"))
     # what a raster run's metrics.json gives as the map model's prediction-rate spread
-    from metalsm.pipeline import _rate_repeat_spread
+    from metalsm.pipeline._run import _rate_repeat_spread
 
     spread = _rate_repeat_spread(ev, "fr")
     assert spread["repeats"] == 3

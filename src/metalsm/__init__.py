@@ -9,8 +9,7 @@ The public API, loaded on first use so that ``import metalsm`` stays light::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from metalsm._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -18,29 +17,21 @@ __version__ = "0.1.0"
 _API = {
     "load_config": ("metalsm.config", "load_config"),
     "StudyAreaConfig": ("metalsm.config", "StudyAreaConfig"),
-    "run": ("metalsm.pipeline", "run_pipeline"),
-    "RunResult": ("metalsm.manifest", "RunResult"),
-    "Samples": ("metalsm.sample_table", "Samples"),
+    "run": ("metalsm.pipeline._run", "run_pipeline"),
+    "RunResult": ("metalsm.pipeline._manifest", "RunResult"),
+    "Samples": ("metalsm.samples._table", "Samples"),
     "MetalsmInputError": ("metalsm.errors", "MetalsmInputError"),
     "MODEL_NAMES": ("metalsm.models.classic", "MODEL_NAMES"),
     "make_model": ("metalsm.models.classic", "make_model"),
     "FrequencyRatioClassifier": ("metalsm.models.classic", "FrequencyRatioClassifier"),
-    "evaluate_models": ("metalsm.validation", "evaluate_models"),
+    "evaluate_models": ("metalsm.evaluation._validation", "evaluate_models"),
     "predict_raster": ("metalsm.mapping", "predict_raster"),
     "zone_breaks": ("metalsm.mapping", "zone_breaks"),
-    "cog_problems": ("metalsm.cog", "cog_problems"),
+    "cog_problems": ("metalsm.raster._cog", "cog_problems"),
 }
 
 __all__ = ["__version__", *_API]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _API:
-        raise AttributeError(f"module 'metalsm' has no attribute '{name}'")
-    module, attribute = _API[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value  # later look-ups skip this function
-    return value
+__getattr__, _dir = lazy_exports(__name__, _API)
 
 
 def __dir__() -> list[str]:

@@ -73,7 +73,7 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     import rasterio.errors
     from pyproj.exceptions import CRSError
 
-    from metalsm.preflight import first_line
+    from metalsm.pipeline import first_line
 
     first = first_line(exc)
     if isinstance(exc, MetalsmInputError):
@@ -109,7 +109,7 @@ def _guarded(config_path: Path, quiet: bool, work, *, staged: bool = False,
     interruption changed nothing; ``adds_to``: the folder a step-by-step command writes
     into, checked with the inputs before any work."""
     from metalsm.config import load_config
-    from metalsm.preflight import check_run
+    from metalsm.pipeline import check_run
 
     _setup_logging(quiet)
     try:
@@ -196,7 +196,7 @@ def factors(
     scheduler: Scheduler = None,
 ) -> None:
     """Frequency ratio tables, MIC, collinearity and the factor selection."""
-    from metalsm.factors import run_factor_analysis
+    from metalsm.pipeline import run_factor_analysis
 
     analysis, paths = _guarded(config, quiet, lambda cfg: run_factor_analysis(
         cfg, out, chunk_size=chunk_size, scheduler=scheduler), staged=True)
@@ -215,7 +215,7 @@ def credibility(
     scheduler: Scheduler = None,
 ) -> None:
     """Credibility of every cell as a non-landslide sample (credibility.tif, credibility.png)."""
-    from metalsm.credibility import run_credibility
+    from metalsm.pipeline import run_credibility
 
     paths, seconds = _guarded(config, quiet, lambda cfg: run_credibility(
         cfg, out, chunk_size=chunk_size, scheduler=scheduler), staged=True)
@@ -240,6 +240,8 @@ def experiment(
         "--meta-iterations", min=1, help="Meta-training iterations; default [experiments] "
         "meta_iterations.")] = None,
     quiet: Quiet = False,
+    chunk_size: ChunkSize = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Run a named experiment into OUT/NAME/ (all: every one into OUT/NAME/, plus
     OUT/report.html and OUT/manifest.json)."""
@@ -259,6 +261,10 @@ def experiment(
         if meta_iterations is not None:  # recorded in the manifest's config like any setting
             cfg = replace(cfg, experiments=replace(cfg.experiments,
                                                    meta_iterations=meta_iterations))
+        if chunk_size is not None or scheduler is not None:  # the stack as `run` holds it
+            cfg = replace(cfg, compute=replace(cfg.compute,
+                                               chunk_size=chunk_size or cfg.compute.chunk_size,
+                                               scheduler=scheduler or cfg.compute.scheduler))
         return EXPERIMENTS[name](cfg, target, **kwargs)
 
     result = _guarded(config, quiet, run_experiment, adds_to=target)
@@ -283,7 +289,7 @@ def segment(
     scheduler: Scheduler = None,
 ) -> None:
     """Segment the study area into blocks (weighted SLIC); write blocks, tasks and a map."""
-    from metalsm.blocks_run import block_statistics, segment_study_area, with_blocks
+    from metalsm.pipeline import block_statistics, segment_study_area, with_blocks
 
     stage = _guarded(config, quiet, lambda cfg: segment_study_area(
         with_blocks(cfg, blocks, compactness, iterations), out, show_progress=not quiet,
@@ -307,7 +313,7 @@ Config = Annotated[Path, typer.Argument(help="Study-area TOML configuration with
 @app.command()
 def pretrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
     """Blocks, then RBM/RBM/DAE pretraining: OUT/models/pretrained.pt."""
-    from metalsm.meta_run import pretrain_step
+    from metalsm.pipeline import pretrain_step
 
     result = _guarded(config, quiet, lambda cfg: pretrain_step(cfg, out,
                                                                show_progress=not quiet),
@@ -321,7 +327,7 @@ def pretrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
 @app.command()
 def metatrain(config: Config, out: OutDir, quiet: Quiet = False) -> None:
     """Meta-train the intermediate model (starts from OUT/models/pretrained.pt if present)."""
-    from metalsm.meta_run import metatrain_step
+    from metalsm.pipeline import metatrain_step
 
     result = _guarded(config, quiet, lambda cfg: metatrain_step(cfg, out,
                                                                 show_progress=not quiet),
@@ -340,7 +346,7 @@ def adapt(
     quiet: Quiet = False,
 ) -> None:
     """Adapt every block from OUT/models/intermediate.pt; write block models and the map."""
-    from metalsm.meta_run import adapt_step
+    from metalsm.pipeline import adapt_step
 
     result = _guarded(config, quiet, lambda cfg: adapt_step(cfg, out, k,
                                                             show_progress=not quiet),

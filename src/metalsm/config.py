@@ -20,6 +20,27 @@ from metalsm.errors import MetalsmInputError
 FactorKind = Literal["continuous", "categorical"]
 
 
+#: Terrain factors metalsm derives from a DEM (:func:`metalsm.terrain.derive_terrain`):
+#: the vocabulary of ``[terrain] factors``.
+TERRAIN_FACTORS: tuple[str, ...] = (
+    "elevation",
+    "slope",
+    "aspect_sin",
+    "aspect_cos",
+    "plan_curvature",
+    "profile_curvature",
+    "flow_accumulation",
+    "log_flow_accumulation",
+    "twi",
+    "spi",
+    "distance_to_drainage",
+)
+
+#: The classic models of :func:`metalsm.models.make_model`: the vocabulary of
+#: ``[model] names`` (besides ``"meta-blockwise"``).
+MODEL_NAMES: tuple[str, ...] = ("lr", "rf", "svm", "mlp", "fr", "fr-rf", "lightgbm")
+
+
 @dataclass(frozen=True)
 class RasterInput:
     """A thematic raster factor (geology, land cover, rainfall...)."""
@@ -59,6 +80,7 @@ class TerrainConfig:
         "distance_to_drainage",
     )
     drainage_threshold_km2: float = 0.5
+    routing: Literal["d8", "mfd"] = "d8"
 
 
 @dataclass(frozen=True)
@@ -170,7 +192,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Out-of-core / distributed execution (:mod:`metalsm.compute`).
+    """Out-of-core / distributed execution (:mod:`metalsm.scale._compute`).
 
     ``chunk_size`` (cells per window edge) forces the chunked path; ``scheduler`` is
     ``threads`` or a ``dask.distributed`` scheduler address; without either, runs go
@@ -190,7 +212,7 @@ class BlocksConfig:
 
     ``weighting``: ``equal`` (all 1), ``given`` (``factor_weights``, others 1),
     ``fr_differentiation`` or ``rf_importance`` (learnt from the samples, see
-    :func:`metalsm.segmentation.weights_from_data`).
+    :func:`metalsm.blocks.weights_from_data`).
     """
 
     n_blocks: int = 64
@@ -604,9 +626,6 @@ def _check_consistency(config: StudyAreaConfig, path: Path) -> None:
 
 def _check_ranges(config: StudyAreaConfig, path: Path, problems: list[str]) -> None:
     """Numbers and names that parse but cannot work (caught here, before any input is read)."""
-    from metalsm.models.classic import MODEL_NAMES
-    from metalsm.terrain import TERRAIN_FACTORS
-
     known = (*MODEL_NAMES, "meta-blockwise")
     for i, name in enumerate(config.model.names):
         if name not in known:

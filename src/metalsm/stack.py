@@ -23,11 +23,9 @@ import pandas as pd
 import rasterio
 from rasterio.windows import Window
 
-from metalsm.cog import windowed_geotiff
-from metalsm.compute import Compute
 from metalsm.config import StudyAreaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.grid import (
+from metalsm.raster import (
     Grid,
     iter_windows,
     open_raster,
@@ -36,7 +34,9 @@ from metalsm.grid import (
     read_class_names,
     read_window,
     reference_grid,
+    windowed_geotiff,
 )
+from metalsm.scale import Compute
 
 __all__ = [
     "FactorStack",
@@ -276,11 +276,11 @@ def write_factors(
     ``cog=False`` for a stack that is not an output (a plain GeoTIFF, no overviews).
 
     Terrain factors and vector distances are written one GeoTIFF per layer by
-    :mod:`metalsm.chunked_terrain` into a ``.layers`` folder beside the output
+    :mod:`metalsm.terrain._write` into a ``.layers`` folder beside the output
     (removed afterwards); thematic rasters are aligned window by window. Band
     order: terrain factors (config order), thematic rasters, vector distances.
     """
-    from metalsm.chunked_terrain import vector_distance_raster, write_terrain_factors
+    from metalsm.terrain import vector_distance_raster, write_terrain_factors
 
     step = progress or (lambda _m: None)
     out_path = Path(out_path)
@@ -297,7 +297,7 @@ def write_factors(
         compress = chunk_size is not None  # one window: the layers are read straight back
         paths = write_terrain_factors(dem, grid, factors, work, chunk_size=max(3, chunk),
                                       drainage_threshold_cells=threshold, compute=compute,
-                                      compress=compress)
+                                      compress=compress, routing=config.terrain.routing)
         sources = [LayerSource(n, str(paths[n]), origin=str(config.dem)) for n in factors]
         class_names: dict[str, dict[int, str]] = {}
         for raster in config.rasters:

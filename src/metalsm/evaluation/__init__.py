@@ -1,17 +1,9 @@
-"""Scoring what the models predict: the one K-shot protocol (:mod:`.kshot`)."""
+"""Scoring what the models predict: cross-validation (random, spatial, repeated,
+buffered), metrics and curves, and the one K-shot protocol."""
 
-from metalsm.evaluation.kshot import (
-    METRICS,
-    AdaptedBlocks,
-    FittedMethod,
-    Method,
-    ZeroShot,
-    compare_methods,
-    draw_support,
-    fit_set,
-    query_mask,
-    summarize,
-)
+from metalsm.evaluation import _kshot, _maps, _validation
+from metalsm.evaluation._kshot import *  # noqa: F403
+from metalsm.evaluation._maps import *  # noqa: F403
+from metalsm.evaluation._validation import *  # noqa: F403
 
-__all__ = ["METRICS", "AdaptedBlocks", "FittedMethod", "Method", "ZeroShot",
-           "compare_methods", "draw_support", "fit_set", "query_mask", "summarize"]
+__all__ = [*_validation.__all__, *_maps.__all__, *_kshot.__all__]

@@ -10,7 +10,7 @@
 * **class-balanced adaptation** off/on (``[meta] balanced``: the inner loop weights
   each class of a support set equally, in meta-training and in adaptation).
 * **number of blocks K** (``[experiments] ablation_blocks``): the study area
-  re-segmented into that many blocks (:func:`metalsm.blocks_run.with_blocks`), the
+  re-segmented into that many blocks (:func:`metalsm.pipeline.with_blocks`), the
   proposed method retrained. Different K give different meta-test blocks, so these
   rows compare settings, not the same query samples.
 
@@ -27,15 +27,15 @@ from pathlib import Path
 import pandas as pd
 
 from metalsm.atomic import write_csv
-from metalsm.blocks_run import with_blocks
 from metalsm.config import ABLATION_TABLES, BlocksConfig, MetaConfig, StudyAreaConfig
-from metalsm.evaluation.kshot import Method, summarize
+from metalsm.evaluation import Method, summarize
 from metalsm.experiments.common import (
     ExperimentResult,
     experiment_data,
 )
 from metalsm.experiments.comparison import Context, begin_run, method_rows
 from metalsm.experiments.methods import METHODS, fit_proposed
+from metalsm.pipeline._blocks import with_blocks
 from metalsm.report import figures
 from metalsm.report.html import Section
 

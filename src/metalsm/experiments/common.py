@@ -9,6 +9,8 @@ samples, segmentation; tables: the sample table) and encodes the samples once.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,20 @@ def repeats_of(config: StudyAreaConfig, repeats: int | None) -> int:
     return r
 
 
+@contextmanager
+def experiment_plan(config: StudyAreaConfig) -> Iterator[tuple[Any, int | None]]:
+    """(executor, window size) of the factor stack as ``metalsm run`` would choose it
+    (``[compute]``, i.e. ``--chunk-size``/``--scheduler``); (None, None) in memory."""
+    from metalsm.scale import choose_plan
+
+    plan = choose_plan(config)
+    if not plan.chunked:
+        yield None, None
+        return
+    with plan.compute() as compute:
+        yield compute, plan.chunk_size
+
+
 def experiment_data(config: StudyAreaConfig, out: Path, stack: Any = None,
                     samples: Any = None) -> tuple[Any, Any]:
     """(MetaData, BlockStage) of ``config``: blocks written to ``out`` (quietly).
@@ -72,23 +88,25 @@ def experiment_data(config: StudyAreaConfig, out: Path, stack: Any = None,
     Rasters: with ``stack`` and ``samples`` (a previous stage's) only the segmentation
     is redone; the stage's factor stack is ``stage.stack`` for such reuse.
     """
-    from metalsm.blocks_run import prepare_blocks, segment_stack
-    from metalsm.inventory import read_inventory
-    from metalsm.meta_run import meta_data
+    from metalsm.inputs import read_inventory
+    from metalsm.pipeline._blocks import prepare_blocks, segment_stack
+    from metalsm.pipeline._meta import meta_data
     from metalsm.progress import RunProgress
 
     if config.blocks is None:
         config = replace(config, blocks=BlocksConfig())
     out.mkdir(parents=True, exist_ok=True)
-    with RunProgress(enabled=False) as progress:
+    with experiment_plan(config) as (compute, chunk), RunProgress(enabled=False) as progress:
         if stack is not None and samples is not None and config.table is None:
             inventory = read_inventory(config.inventory.path, stack.grid,
                                        crs=config.inventory.crs,
                                        x_column=config.inventory.x_column,
                                        y_column=config.inventory.y_column)
-            stage = segment_stack(config, stack, samples, inventory, out, progress)
+            stage = segment_stack(config, stack, samples, inventory, out, progress,
+                                  compute=compute, chunk_size=chunk)
         else:
-            stage, stack = prepare_blocks(config, out, progress)
+            stage, stack = prepare_blocks(config, out, progress, compute=compute,
+                                          chunk_size=chunk)
     stage.stack = stack
     return meta_data(stage), stage
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from metalsm.atomic import write_csv
 from metalsm.config import MetaConfig, StudyAreaConfig
-from metalsm.evaluation.kshot import ArrayStore, Method, compare_methods, summarize
+from metalsm.evaluation import ArrayStore, Method, compare_methods, roc_points, summarize
 from metalsm.experiments.common import (
     ExperimentResult,
     apply_preset,
@@ -39,7 +39,6 @@ from metalsm.experiments.common import (
 from metalsm.experiments.methods import METHODS, display_table, resolve_methods
 from metalsm.report import figures
 from metalsm.report.html import Section
-from metalsm.validation import roc_points
 
 __all__ = ["Context", "method_rows", "run_kshot", "run_overall"]
 

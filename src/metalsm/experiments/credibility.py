@@ -13,7 +13,7 @@ How bands are compared on equal terms (:func:`spatial_holdout`):
   landslides is the *test region*. Its landslides are the test positives; all
   other landslides are the training positives.
 * **Credibility from training landslides only**: the map is fitted on the
-  training positives (:func:`metalsm.credibility.credibility_map`).
+  training positives (:func:`metalsm.samples.credibility_map`).
 * **One fixed test set.** Test negatives are drawn once, uniformly at random
   from valid cells of the test region outside every landslide (and the buffer),
   as many as ``sampling.ratio`` times the test positives, and reused for every
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import string
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,22 +51,24 @@ from sklearn.cluster import KMeans
 from metalsm import mapping
 from metalsm.atomic import write_csv, write_json
 from metalsm.config import StudyAreaConfig
-from metalsm.credibility import credibility_map, plot_credibility, write_credibility
 from metalsm.errors import MetalsmInputError
-from metalsm.experiments.common import ExperimentResult
-from metalsm.grid import Grid
-from metalsm.inventory import landslide_mask, positive_cells, read_inventory
+from metalsm.evaluation import classification_metrics
+from metalsm.experiments.common import ExperimentResult, experiment_plan
+from metalsm.inputs import landslide_mask, positive_cells, read_inventory
 from metalsm.models.classic import make_model
+from metalsm.raster import Grid
+from metalsm.report.figures import plot_credibility
 from metalsm.report.html import Section
-from metalsm.sampling import (
+from metalsm.samples import (
     CredibilityBandWarning,
     NegativeRequest,
+    credibility_map,
     credibility_negatives,
     random_negatives,
     sample_table,
+    write_credibility,
 )
-from metalsm.stack import FactorStack, build_factor_stack
-from metalsm.validation import classification_metrics
+from metalsm.stack import FactorStack, build_factor_stack, open_stack
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +138,27 @@ def run_credibility_experiment(
     inventory: Any = None,
 ) -> ExperimentResult:
     """Sweep ``config.credibility.bands`` × ``config.credibility.models``; write CSV +
-    figures. Settings come from ``[credibility]`` alone (no repeats, no preset)."""
+    figures. Settings come from ``[credibility]`` alone (no repeats, no preset); the
+    stack is built in memory, or on disk with ``[compute]`` (``--chunk-size``)."""
     started = time.perf_counter()
-    settings = config.credibility
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if stack is not None:
+        return _sweep(config, out, stack, inventory, started)
+    with experiment_plan(config) as (compute, chunk):
+        if chunk is None:
+            return _sweep(config, out, build_factor_stack(config), inventory, started)
+        with tempfile.TemporaryDirectory(prefix=".metalsm-stack-", dir=out) as tmp:
+            stack = open_stack(config, Path(tmp) / "factors.tif", compute, chunked=True,
+                               chunk_size=chunk, output=False)
+            return _sweep(config, out, stack, inventory, started, compute, chunk)
+
+
+def _sweep(config: StudyAreaConfig, out: Path, stack: Any, inventory: Any, started: float,
+           compute: Any = None, chunk: int | None = None) -> ExperimentResult:
+    settings = config.credibility
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    if stack is None:
-        stack = build_factor_stack(config)
+    t = started
     if inventory is None:
         inventory = read_inventory(
             config.inventory.path, stack.grid, crs=config.inventory.crs,
@@ -162,7 +177,8 @@ def run_credibility_experiment(
     log.info("spatial hold-out: %d training and %d test landslide cells", n_train, n_test)
 
     t = time.perf_counter()
-    cred, membership = credibility_map(stack, split.train, settings, config.factor_selection)
+    cred, membership = credibility_map(stack, split.train, settings, config.factor_selection,
+                                       compute=compute, chunk_size=chunk)
     timings["credibility_map"] = time.perf_counter() - t
     write_credibility(cred, stack.grid, out / "credibility.tif")
     plot_credibility(cred, stack.grid, out / "credibility.png", dem=dem, inventory=inventory,
@@ -275,7 +291,7 @@ def run_credibility_experiment(
 
 
 def _band(cred: np.ndarray, band: tuple[float, float]) -> np.ndarray:
-    from metalsm.sampling import band_mask
+    from metalsm.samples import band_mask
 
     return band_mask(cred, band)
 

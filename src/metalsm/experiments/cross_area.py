@@ -5,7 +5,7 @@ cross_area_split`` = ``west-east``, ``north-south`` or a polygon file; every blo
 goes to area 1 or 2). Two *different* study areas sharing factors are not supported
 here: the split is always of one study area (one sample table or one factor stack).
 The blocks of the meta run (same ``[blocks]`` segmentation, same encoding) are then
-re-split by :func:`metalsm.tasks.split_by_area`, ``fraction`` =
+re-split by :func:`metalsm.blocks.split_by_area`, ``fraction`` =
 ``[experiments] cross_area_fraction``:
 
 * **A**: meta-train on part of area 1, test on the rest of area 1 (area 2 unused);
@@ -16,7 +16,7 @@ re-split by :func:`metalsm.tasks.split_by_area`, ``fraction`` =
 For each scheme every method (``[experiments] methods``, default the transfer and
 meta-learning methods plus a global RF and MLP for reference) is trained on the
 scheme's meta-train blocks and scored on the query samples of its meta-test blocks at
-each K (:func:`metalsm.evaluation.kshot.compare_methods`: same shots for every
+each K (:func:`metalsm.evaluation.compare_methods`: same shots for every
 method, ``repeats`` seeds). Global methods also train on the support samples.
 
 Outputs: ``cross_area_raw.csv`` (one row per scheme, method, K, repeat),
@@ -39,6 +39,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from metalsm.atomic import write_csv, write_json
+from metalsm.blocks import split_by_area
 from metalsm.config import StudyAreaConfig
 from metalsm.experiments.areas import SPLITS, area_of_blocks, check_areas
 from metalsm.experiments.common import (
@@ -50,7 +51,6 @@ from metalsm.experiments.common import (
     since,
 )
 from metalsm.report.html import Section
-from metalsm.tasks import split_by_area
 
 __all__ = ["DEFAULT_METHODS", "SCHEMES", "area_of_blocks", "run_cross_area", "scheme_splits"]
 
@@ -92,7 +92,7 @@ def run_cross_area(config: StudyAreaConfig, out_dir: str | Path, *,
                    repeats: int | None = None, preset: str | None = None
                    ) -> ExperimentResult:
     """Schemes A–D × methods × K on one study area split in two; tables, figures, section."""
-    from metalsm.evaluation.kshot import compare_methods, summarize
+    from metalsm.evaluation import compare_methods, summarize
     from metalsm.experiments.methods import display_table, resolve_methods
 
     started = time.perf_counter()

@@ -194,7 +194,7 @@ def representations_of(data, learners: Mapping[str, MetaLearner], max_points: in
                        seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Raw (z-scored) and hidden representations of a seeded subsample of meta-test samples.
 
-    ``data`` is a :class:`metalsm.meta_run.MetaData`; ``learners`` maps a representation
+    ``data`` is a :class:`metalsm.pipeline.MetaData`; ``learners`` maps a representation
     name (``maml``, ``proposed``) to its fitted learner.
     """
     test = np.flatnonzero(data.test)

@@ -6,7 +6,7 @@ Four maps of the same study area, at one scale and one colour ramp (0–1):
   on all samples, predicted cell by cell (:func:`metalsm.mapping.predict_raster`);
 * block-wise **proposed** (pretraining + weighted tasks) and block-wise **plain MAML**:
   meta-trained on the meta-train blocks, every block then adapted with ``[meta] map_k``
-  of its samples (:func:`metalsm.meta_run.adapt_all_blocks`) and each cell predicted by
+  of its samples (:func:`metalsm.pipeline.adapt_all_blocks`) and each cell predicted by
   its block's model (:func:`metalsm.mapping.predict_blockwise_raster`).
 
 Writes ``maps/<method>.tif`` (probability rasters), ``maps.png`` (side by side, the
@@ -28,7 +28,13 @@ import rasterio
 from metalsm import mapping
 from metalsm.atomic import write_csv
 from metalsm.config import BlocksConfig, StudyAreaConfig
-from metalsm.experiments.common import ExperimentResult, apply_preset, experiment_meta, since
+from metalsm.experiments.common import (
+    ExperimentResult,
+    apply_preset,
+    experiment_meta,
+    experiment_plan,
+    since,
+)
 from metalsm.report.html import Section
 
 log = logging.getLogger(__name__)
@@ -45,11 +51,11 @@ def run_maps_experiment(config: StudyAreaConfig, out_dir: str | Path, *,
     """Map RF, MLP, proposed and plain MAML over the study area; one side-by-side figure."""
     from dataclasses import replace
 
-    from metalsm.blocks_run import prepare_blocks
     from metalsm.experiments.methods import fit_maml, fit_proposed
-    from metalsm.inventory import landslide_mask, read_inventory
-    from metalsm.meta_run import adapt_all_blocks, meta_data
+    from metalsm.inputs import landslide_mask, read_inventory
     from metalsm.models.classic import make_model
+    from metalsm.pipeline._blocks import prepare_blocks
+    from metalsm.pipeline._meta import adapt_all_blocks, meta_data
     from metalsm.progress import RunProgress
     from metalsm.report.figures import plot_maps_side_by_side
 
@@ -72,8 +78,9 @@ def run_maps_experiment(config: StudyAreaConfig, out_dir: str | Path, *,
     t = time.perf_counter()
     stage_dir = out / "blocks"
     stage_dir.mkdir(parents=True, exist_ok=True)
-    with RunProgress(enabled=False) as progress:
-        stage, stack = prepare_blocks(config, stage_dir, progress)
+    with experiment_plan(config) as (compute, chunk), RunProgress(enabled=False) as progress:
+        stage, stack = prepare_blocks(config, stage_dir, progress, compute=compute,
+                                      chunk_size=chunk)
     data = meta_data(stage)
     factors, blocks_tif = stage_dir / "factors.tif", stage_dir / "blocks.tif"
     maps_dir = out / "maps"

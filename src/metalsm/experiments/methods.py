@@ -14,7 +14,7 @@ Every method is a :class:`Method` in :data:`METHODS` (adding one = one entry):
   ``proposed``: pretraining + weighted tasks): meta-trained on the meta-train
   blocks, adapted per meta-test block from its support set.
 
-Protocol: :func:`metalsm.evaluation.kshot.compare_methods` (the same shots for every
+Protocol: :func:`metalsm.evaluation.compare_methods` (the same shots for every
 method of a repeat; ``metalsm run`` scores its K-shot table the same way).
 """
 
@@ -30,23 +30,16 @@ import pandas as pd
 
 from metalsm.config import MetaConfig
 from metalsm.errors import MetalsmInputError
-from metalsm.evaluation.kshot import (
-    AdaptedBlocks,
-    FittedMethod,
-    Method,
-    ZeroShot,
-    fit_set,
-    query_mask,
-)
-from metalsm.meta_run import (
+from metalsm.evaluation import AdaptedBlocks, FittedMethod, Method, ZeroShot, fit_set, query_mask
+from metalsm.models.classic import make_model
+from metalsm.models.meta import MetaLearner
+from metalsm.models.recipes import (
     MetaData,
     fit_global_mlp,
     fit_plain_maml,
     make_learner,
     pretrain_state,
 )
-from metalsm.models.classic import make_model
-from metalsm.models.meta import MetaLearner
 
 FAMILIES = ("global", "transfer", "meta")
 #: The columns of the report tables (the CSVs keep every metric).

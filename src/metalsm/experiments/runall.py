@@ -52,7 +52,7 @@ def run_all(config: StudyAreaConfig, out_dir: str | Path, *, repeats: int | None
             experiments: dict[str, Callable[..., Any]] | None = None) -> ExperimentResult:
     """Run every experiment of ``experiments`` (default: the registry) into ``out_dir``."""
     from metalsm.experiments import EXPERIMENTS
-    from metalsm.manifest import build_manifest
+    from metalsm.pipeline._manifest import build_manifest
 
     started = time.perf_counter()
     registry = {k: v for k, v in (experiments or EXPERIMENTS).items() if k != "all"}

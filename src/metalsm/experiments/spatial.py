@@ -1,7 +1,7 @@
 """``validation``: the global models under random versus spatial folds.
 
 The same models, the same samples, the same seed, cross-validated twice
-(:func:`metalsm.validation.evaluate_models`): random stratified folds and spatial
+(:func:`metalsm.evaluation.evaluate_models`): random stratified folds and spatial
 folds (``[validation] spatial_method`` clusters of the sample coordinates). The
 difference random − spatial is the optimism of random folds: how much a random
 split flatters a model because its test samples sit next to training samples.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from metalsm import validation
+from metalsm import evaluation as validation
 from metalsm.atomic import write_csv
 from metalsm.config import StudyAreaConfig
 from metalsm.experiments.common import ExperimentResult

@@ -33,6 +33,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
+from metalsm.config import MODEL_NAMES
 from metalsm.errors import MetalsmInputError
 
 __all__ = [
@@ -796,7 +797,6 @@ _REGISTRY: dict[str, Callable[[list[Any], int], BaseEstimator]] = {
     "lightgbm": _make_lightgbm,
 }
 
-MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def make_model(

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from metalsm import validation
+from metalsm import evaluation as validation
 from metalsm.errors import MetalsmInputError
 from metalsm.models.blockwise import adapt_blocks
 from metalsm.models.meta import MetaLearner

@@ -32,8 +32,8 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from metalsm.atomic import atomic_path
-from metalsm.grid import Grid
-from metalsm.styles import _ZONE_RAMP_RANGE, zone_colours, zone_legend_labels
+from metalsm.raster import Grid
+from metalsm.raster._styles import _ZONE_RAMP_RANGE, zone_colours, zone_legend_labels
 
 __all__ = [
     "CURVE_COLOURS",
@@ -61,11 +61,14 @@ __all__ = [
     "save_figure",
     "shaded_colours",
     "zone_colors",
+    "plot_correlation",
+    "plot_credibility",
+    "plot_fr_tables",
 ]
 
 DPI = 150
 #: Low-to-high susceptibility colours: the zone ramp of the QGIS styles and colour tables
-#: (pale yellow -> dark red, ordered by lightness; see :mod:`metalsm.styles`).
+#: (pale yellow -> dark red, ordered by lightness; see :mod:`metalsm.raster._styles`).
 ZONE_CMAP = LinearSegmentedColormap.from_list(
     "metalsm_zones", matplotlib.colormaps["YlOrRd"](np.linspace(*_ZONE_RAMP_RANGE, 256)))
 #: How strongly the hillshade modulates map colours; flat ground shows the exact colour.
@@ -693,7 +696,7 @@ def plot_candles(
 ) -> Path:
     """Candle chart of ``metric`` against K: per method and K a mean marker, a ±σ bar
     and min/max whiskers; methods side by side within each K (summary as
-    :func:`metalsm.evaluation.kshot.summarize` gives it)."""
+    :func:`metalsm.evaluation.summarize` gives it)."""
     candles = candle_table(summary, metric)
     ks = list(dict.fromkeys(candles["k"]))
     methods = list(dict.fromkeys(candles["method"]))
@@ -721,3 +724,63 @@ def plot_candles(
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_fr_tables(fr_tables: pd.DataFrame, path: str | Path) -> Path:
+    """One bar panel per factor: FR per class, with the FR = 1 line."""
+    factors = list(dict.fromkeys(fr_tables["factor"]))
+    ncol = 3
+    nrow = math.ceil(len(factors) / ncol)
+    fig = Figure(figsize=(4.2 * ncol, 2.9 * nrow))
+    for i, name in enumerate(factors):
+        ax = fig.add_subplot(nrow, ncol, i + 1)
+        t = fr_tables[fr_tables["factor"] == name]
+        fr = t["fr"].to_numpy(float)
+        ax.bar(np.arange(len(t)), fr, color=np.where(fr > 1, "#c0392b", "#7f8c8d"))
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        labels = [str(s)[:14] for s in t["label"]]
+        ax.set_xticks(np.arange(len(t)), labels, rotation=60, ha="right", fontsize=6)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("FR", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("Frequency ratio per class (landslide share / area share)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_correlation(pearson: pd.DataFrame, spearman: pd.DataFrame, path: str | Path) -> Path:
+    """Pearson and Spearman heatmaps side by side, values written in the cells."""
+    n = len(pearson)
+    size = max(4.5, 0.45 * n + 2)
+    fig = Figure(figsize=(2 * size + 1, size))
+    for i, (title, m) in enumerate((("Pearson", pearson), ("Spearman", spearman))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        image = ax.imshow(m.to_numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_xticks(range(n), list(m.columns), rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(n), list(m.index), fontsize=7)
+        for r in range(n):
+            for c in range(n):
+                v = m.iat[r, c]
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=5,
+                        color="white" if abs(v) > 0.6 else "black")
+        ax.set_title(f"{title} correlation")
+        fig.colorbar(image, ax=ax, shrink=0.7)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_credibility(
+    credibility: np.ndarray,
+    grid: Grid,
+    path: str | Path,
+    *,
+    dem: np.ndarray | None = None,
+    inventory=None,
+    title: str = "Credibility as a non-landslide sample",
+) -> Path:
+    """``credibility.png``: the map over a hillshade with the inventory (report.figures)."""
+    return plot_raster_map(
+        credibility, grid, path, dem=dem, inventory=inventory, cmap="cividis",
+        norm=Normalize(0.0, 1.0), title=title,
+        colorbar_label="credibility (1 = surely stable ground)",
+    )
