@@ -11,14 +11,16 @@ pipeline fitted on the samples. The first ``--cells`` valid cells are read windo
 by window (``--window-size``) once; then, window by window, the library path (a
 DataFrame per window through ``predict_proba_library``: the pipeline's own
 transform and the estimator's own ``predict_proba``, which is what the map did
-before) and ours (``predict_cells``: NumPy encoding, packed trees for LightGBM)
+before) and ours (``predict_cells``: NumPy encoding, trees compiled to machine code
+as for a map of ``--plan-cells`` cells: by default the size from which forests and
+LightGBM's optimised code are compiled)
 predict the same cells one after the other, so both see the same load on a shared
-machine. The first window is predicted once before timing (packing the trees,
-numba's compiled kernel from its cache) and that cost is reported apart. For the
-tree ensembles the walk alone is also compared (CPU seconds, encoded windows): the
-estimator's ``predict_proba`` vs the packed trees, forests included although they
-keep sklearn's walk. Wall and CPU seconds are both kept: on a shared machine the
-CPU ratio is the steadier one. ``--map`` also writes the whole Kaghan map both
+machine. Compiling is timed apart (``compile_s``), and so is the first window
+(loading code, numba's kernel from its cache). For the tree ensembles the walk
+alone is also compared on the encoded windows, interleaved the same way: the
+estimator's ``predict_proba``, the packed numba walk (models/_trees.py) and the
+machine code (models/_native.py). Wall and CPU seconds are both kept: on a shared
+machine the CPU ratio is the steadier one. ``--map`` also writes the whole Kaghan map both
 ways with ``predict_raster`` (reading, predicting, deflating, overviews) and
 compares the rasters.
 """
@@ -36,8 +38,8 @@ import pandas as pd
 import rasterio
 
 from metalsm.mapping import predict_raster
-from metalsm.models import _trees
-from metalsm.models.classic import make_model
+from metalsm.models import _native, _trees
+from metalsm.models.classic import FactorPipeline, make_model
 from metalsm.raster import iter_windows
 from metalsm.stack import stack_metadata
 
@@ -87,11 +89,16 @@ class LibraryOnly:
         self.predict_proba = getattr(model, "predict_proba_library", model.predict_proba)
 
 
-def compare(model, windows: list[np.ndarray], names: list[str]) -> dict:
-    """Cells/s of the library and of ours on the same windows, and their largest difference."""
+def compare(model, windows: list[np.ndarray], names: list[str], plan_cells: int) -> dict:
+    """Cells/s of the library and of ours on the same windows, and their largest difference;
+    ours compiled as for a map of ``plan_cells`` cells."""
     library = getattr(model, "predict_proba_library", model.predict_proba)
     started = time.perf_counter()
-    model.predict_cells(windows[0], names)  # pack trees, load the cached kernel
+    if hasattr(model, "prepare_prediction"):
+        model.prepare_prediction(plan_cells)
+    compile_s = time.perf_counter() - started
+    started = time.perf_counter()
+    model.predict_cells(windows[0], names)  # load the code / numba's kernel from its cache
     first_call = time.perf_counter() - started
     wall = {"library": 0.0, "ours": 0.0}
     cpu = {"library": 0.0, "ours": 0.0}
@@ -114,32 +121,53 @@ def compare(model, windows: list[np.ndarray], names: list[str]) -> dict:
         "library_cpu_s": cpu["library"],
         "ours_cpu_s": cpu["ours"],
         "max_abs_diff": diff,
+        "compile_s": compile_s,
         "first_call_s": first_call,
     }
 
 
 def compare_walks(model, windows: list[np.ndarray], names: list[str]) -> dict:
-    """Tree walk only, on the encoded windows: the estimator's ``predict_proba`` vs the
-    packed trees (for forests too, which keep sklearn's walk in the models)."""
+    """Tree walk only, on the encoded windows, interleaved per window: the estimator's
+    ``predict_proba``, the packed walk and the machine code (same threads as in maps;
+    LightGBM's at LLVM's -O0 and -O2, forests' at -O0 only: -O1 took 45 s for 30 trees)."""
     estimator = model.steps[-1][1]
     packed = _trees.compile_forest(estimator) or _trees.compile_lightgbm(estimator)
     if packed is None:
         return {}
-    cpu = {"library": 0.0, "packed": 0.0}
-    diff = 0.0
+    walkers = {"library": lambda X: estimator.predict_proba(X)[:, 1],
+               "packed": packed.positive_proba}
+    compiled = getattr(model, "_fast_trees", None)  # compiled by ``compare`` already
+    row = {}
+    for opt_level in (0, 2) if packed.combine == "sigmoid" else (0,):
+        native = compiled if getattr(compiled, "opt_level", None) == opt_level else None
+        native = native or _native.compile_native(packed, opt_level)
+        if native is not None:
+            walkers[f"native -O{opt_level}"] = native.positive_proba
+            row[f"walk_native -O{opt_level}_compile_s"] = native.compile_seconds
+    first = model[:-1].transform(pd.DataFrame(windows[0][:1000], columns=names))
+    for walk in walkers.values():  # load numba's kernel from its cache, threads, ...
+        walk(first)
+    wall = dict.fromkeys(walkers, 0.0)
+    cpu = dict.fromkeys(walkers, 0.0)
+    diff = dict.fromkeys(walkers, 0.0)
     for cells in windows:
         encoded = model[:-1].transform(pd.DataFrame(cells, columns=names))
-        c = time.process_time()
-        expected = estimator.predict_proba(encoded)[:, 1]
-        cpu["library"] += time.process_time() - c
-        c = time.process_time()
-        got = packed.positive_proba(encoded)
-        cpu["packed"] += time.process_time() - c
-        diff = max(diff, float(np.abs(got - expected).max()))
+        expected = None
+        for label, walk in walkers.items():
+            t, c = time.perf_counter(), time.process_time()
+            got = walk(encoded)
+            wall[label] += time.perf_counter() - t
+            cpu[label] += time.process_time() - c
+            expected = got if expected is None else expected
+            diff[label] = max(diff[label], float(np.abs(got - expected).max()))
     n = sum(len(w) for w in windows)
-    return {"walk_library_cells_per_cpu_s": n / cpu["library"],
-            "walk_packed_cells_per_cpu_s": n / cpu["packed"],
-            "walk_cpu_ratio": cpu["library"] / cpu["packed"], "walk_max_abs_diff": diff}
+    for label in walkers:
+        row[f"walk_{label}_cells_per_s"] = n / wall[label]
+        row[f"walk_{label}_cells_per_cpu_s"] = n / cpu[label]
+        row[f"walk_{label}_ratio"] = wall["library"] / wall[label]
+        row[f"walk_{label}_cpu_ratio"] = cpu["library"] / cpu[label]
+        row[f"walk_{label}_max_abs_diff"] = diff[label]
+    return row
 
 
 def compare_maps(model, factors: Path, names: list[str], tmp: Path, size: int) -> dict:
@@ -177,6 +205,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=_trees.PREDICT_THREADS,
                         help="threads of the compiled traversal")
     parser.add_argument("--map", action="store_true", help="also write the whole map both ways")
+    parser.add_argument("--plan-cells", type=int, default=FactorPipeline.OPTIMISE_MIN_CELLS,
+                        help="compile ours as for a map of this many cells (default: the "
+                             "size from which forests and optimised LightGBM code compile)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=Path, help="write the rows here as JSON too")
     args = parser.parse_args()
@@ -198,11 +229,11 @@ def main() -> None:
         for name in args.models:
             model = make_model(name, list(class_names), args.seed)
             model.fit(samples[names], samples["label"])
-            predictor = getattr(model, "predictor_", "library")
             library_threads = LIBRARY_THREADS.get(name, "1")
-            row = {"model": name, "predictor": predictor, "library_threads": library_threads,
-                   "ours_threads": args.threads if predictor == "compiled" else library_threads}
-            row.update(compare(model, windows, names))
+            row = {"model": name, "library_threads": library_threads}
+            row.update(compare(model, windows, names, args.plan_cells))
+            row["predictor"] = predictor = getattr(model, "predictor_", "library")
+            row["ours_threads"] = library_threads if predictor == "library" else args.threads
             if name in LIBRARY_THREADS:
                 row.update(compare_walks(model, windows, names))
             if args.map:
@@ -214,23 +245,27 @@ def main() -> None:
         args.json.write_text(json.dumps(rows, indent=1))
     print()
     print("| model | predictor | threads library / ours | library cells/s | ours cells/s | "
-          "ratio (wall) | ratio (CPU s) | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
+          "ratio (wall) | ratio (CPU s) | max abs diff | compile (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['predictor']} | {r['library_threads']} / "
               f"{r['ours_threads']} | {r['library_cells_per_s']:,.0f} | "
               f"{r['ours_cells_per_s']:,.0f} | {r['ratio']:.2f} | "
-              f"{r['library_cpu_s'] / r['ours_cpu_s']:.2f} | {r['max_abs_diff']:.1e} |")
-    walks = [r for r in rows if "walk_cpu_ratio" in r]
+              f"{r['library_cpu_s'] / r['ours_cpu_s']:.2f} | {r['max_abs_diff']:.1e} | "
+              f"{r['compile_s']:.2f} |")
+    walks = [r for r in rows if "walk_library_cells_per_s" in r]
     if walks:
         print()
-        print("| model | tree walk: library cells/CPU s | packed cells/CPU s | CPU ratio | "
+        print("| model | walk | cells/s | cells/CPU s | ratio (wall) | ratio (CPU s) | "
               "max abs diff |")
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for r in walks:
-            print(f"| {r['model']} | {r['walk_library_cells_per_cpu_s']:,.0f} | "
-                  f"{r['walk_packed_cells_per_cpu_s']:,.0f} | {r['walk_cpu_ratio']:.2f} | "
-                  f"{r['walk_max_abs_diff']:.1e} |")
+            for label in ("library", "packed", "native -O0", "native -O2"):
+                if f"walk_{label}_cells_per_s" in r:
+                    print(f"| {r['model']} | {label} | {r[f'walk_{label}_cells_per_s']:,.0f} | "
+                          f"{r[f'walk_{label}_cells_per_cpu_s']:,.0f} | "
+                          f"{r[f'walk_{label}_ratio']:.2f} | {r[f'walk_{label}_cpu_ratio']:.2f} | "
+                          f"{r[f'walk_{label}_max_abs_diff']:.1e} |")
     if args.map:
         print()
         print("| model | map library (s) | map ours (s) | ratio | rasters array-equal | "

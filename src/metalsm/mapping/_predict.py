@@ -120,6 +120,14 @@ def _cell_proba(model: Any, cells: np.ndarray, feature_names: list[str]) -> np.n
     return proba[:, 1]
 
 
+def _prepare_prediction(model: Any, n_cells: int) -> None:
+    """Let a registry model compile its trees for a map of ``n_cells`` cells once, before
+    the windows (and before Dask ships it to workers: the compiled code travels with it)."""
+    prepare = getattr(model, "prepare_prediction", None)
+    if prepare is not None:
+        prepare(n_cells)
+
+
 @gdal_cache()
 def predict_raster(
     model: Any,
@@ -158,6 +166,7 @@ def predict_raster(
 
     with open_raster(factors_path) as src:
         indexes = _band_indexes(src, factors_path, feature_names, "the model")
+        _prepare_prediction(model, src.height * src.width)
     return _write_probability_raster(
         factors_path, indexes, out_path, predict_window,
         description="landslide susceptibility (probability)",
@@ -200,6 +209,8 @@ def predict_spread_raster(
 
     with open_raster(factors_path) as src:
         indexes = _band_indexes(src, factors_path, feature_names, "the models")
+        for model in models:
+            _prepare_prediction(model, src.height * src.width)
     return _write_probability_raster(
         factors_path, indexes, out_path, spread_window, description=description,
         window_size=window_size, overviews=overviews, progress=progress, compute=compute)

@@ -31,6 +31,7 @@ the library's own predict.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -92,27 +93,43 @@ class CompiledTrees:
     def positive_proba(self, X: np.ndarray, n_threads: int | None = None) -> np.ndarray:
         """P(class 1) for every row of the encoded feature matrix ``X`` (finite values),
         on ``n_threads`` threads (default :data:`PREDICT_THREADS`)."""
+        rows = self.rows(X)
+        total = np.zeros(rows.shape[0])
+        args = (self.roots, self.feature, self.threshold, self.right, self.value)
+        run_in_tasks(lambda lo, hi: _sum_leaves(rows[lo:hi], *args, total[lo:hi]),
+                     rows.shape[0], n_threads)
+        return self.combine_leaves(total)
+
+    def rows(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as the traversal reads it: C-ordered float32 (forests) or float64 with
+        LightGBM's near-zero values set to zero."""
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"expected an (n, {self.n_features}) array, got {X.shape}")
         if self.float32_inputs:  # compared as float32 -> float64 against float64 thresholds
-            X = np.ascontiguousarray(X, dtype=np.float32)
-        else:
-            X = np.asarray(X, dtype=np.float64)
-            X = np.ascontiguousarray(np.where(np.abs(X) <= _LIGHTGBM_ZERO, 0.0, X))
-        total = np.zeros(X.shape[0])
-        args = (self.roots, self.feature, self.threshold, self.right, self.value)
-        n_threads = PREDICT_THREADS if n_threads is None else n_threads
-        n_threads = max(1, min(int(n_threads), os.cpu_count() or 1))
-        parts = [slice(lo, lo + _TASK_ROWS) for lo in range(0, X.shape[0], _TASK_ROWS)]
-        if n_threads == 1 or len(parts) == 1:
-            _sum_leaves(X, *args, total)
-        else:  # many small tasks, so a thread that the OS holds back does not hold up the rest
-            with ThreadPoolExecutor(min(n_threads, len(parts))) as pool:
-                list(pool.map(lambda s: _sum_leaves(X[s], *args, total[s]), parts))
+            return np.ascontiguousarray(X, dtype=np.float32)
+        X = np.asarray(X, dtype=np.float64)
+        return np.ascontiguousarray(np.where(np.abs(X) <= _LIGHTGBM_ZERO, 0.0, X))
+
+    def combine_leaves(self, total: np.ndarray) -> np.ndarray:
+        """P(class 1) from the per-row sums of leaf values over all trees."""
         if self.combine == "mean":
             return total / self.n_trees
         return 1.0 / (1.0 + np.exp(-self.sigmoid_scale * total))
+
+
+def run_in_tasks(walk: Callable[[int, int], None], n_rows: int, n_threads: int | None) -> None:
+    """``walk(lo, hi)`` over row ranges of :data:`_TASK_ROWS`, on ``n_threads`` threads
+    (default :data:`PREDICT_THREADS`); ``walk`` must release the GIL to gain from them."""
+    n_threads = PREDICT_THREADS if n_threads is None else n_threads
+    n_threads = max(1, min(int(n_threads), os.cpu_count() or 1))
+    parts = [(lo, min(n_rows, lo + _TASK_ROWS)) for lo in range(0, n_rows, _TASK_ROWS)]
+    if n_threads == 1 or len(parts) <= 1:
+        walk(0, n_rows)
+        return
+    # many small tasks, so a thread that the OS holds back does not hold up the rest
+    with ThreadPoolExecutor(min(n_threads, len(parts))) as pool:
+        list(pool.map(lambda part: walk(*part), parts))
 
 
 def _pack(trees: list[tuple[np.ndarray, ...]], n_features: int, **kind: Any) -> CompiledTrees:

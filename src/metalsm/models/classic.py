@@ -394,19 +394,29 @@ class FactorPipeline(Pipeline):
     ``fit`` runs :func:`check_binary_target` (single-class ``y`` rejected), so every
     registry model fails with the same clear :class:`MetalsmInputError`.
 
-    LightGBM predicts through a compiled traversal of the fitted trees
-    (:mod:`metalsm.models._trees`, :func:`compile_ensemble`) with the library's own
-    numbers to rounding; :attr:`predictor_` says which path a model takes. Packing
-    the trees costs up to a few tenths of a second, so ``predict_proba`` switches to
-    it from the first call of at least ``COMPILE_MIN_ROWS`` rows (a map window)
-    and the small predictions of cross-validation keep the library's.
+    Tree ensembles can predict through compiled code that gives the library's own
+    numbers (:func:`compile_ensemble`); :attr:`predictor_` says which path a model
+    takes: ``"native"`` (machine code per tree, :mod:`metalsm.models._native`),
+    ``"packed"`` (the numba walk of :mod:`metalsm.models._trees`) or ``"library"``.
+    LightGBM compiles from the first ``predict_proba`` of at least
+    ``COMPILE_MIN_ROWS`` rows (under a second; cross-validation's small predictions
+    keep the library) or the first map window, optimised for maps of at least
+    ``OPTIMISE_MIN_CELLS`` cells. Forests compile natively only for a
+    map of at least ``FOREST_NATIVE_MIN_CELLS`` cells (:meth:`prepare_prediction`):
+    compiling 300 deep trees takes 15-30 s and their code is ~1.7 times faster than
+    scikit-learn's walk, which repays it only on large maps.
     :meth:`predict_cells` is the map's path for every registry model: raster cells
     as a NumPy array, encoded without pandas.
     """
 
-    #: Rows from which ``predict_proba`` packs the trees (a 128 x 128 window and up).
+    #: Rows from which ``predict_proba`` compiles LightGBM (a 128 x 128 window and up).
     COMPILE_MIN_ROWS = 16_384
-    _CACHED = ("_fast_encoder", "_fast_trees")
+    #: Map cells from which a random forest is compiled to machine code.
+    FOREST_NATIVE_MIN_CELLS = 10_000_000
+    #: Map cells from which LightGBM's machine code is optimised by LLVM (``-O2``: about
+    #: 4-7 s to compile instead of under 1 s, for code 1.3-1.4 times faster).
+    OPTIMISE_MIN_CELLS = 20_000_000
+    _CACHED = ("_fast_encoder", "_fast_trees", "_compiled_large")
 
     def _categorical(self) -> list[Any]:
         prep = self.steps[0][1]
@@ -444,7 +454,7 @@ class FactorPipeline(Pipeline):
 
     def predict_proba(self, X: Any, **params: Any) -> np.ndarray:
         X = self._check_predict_X(X)
-        if params or not self._compiled_for(X.shape[0]):
+        if params or not self._compiled_for(X.shape[0] >= self.COMPILE_MIN_ROWS):
             return super().predict_proba(X, **params)
         proba = self._fast_trees.positive_proba(self._encode_cells(X.to_numpy()))
         return np.column_stack([1.0 - proba, proba])
@@ -464,25 +474,49 @@ class FactorPipeline(Pipeline):
         values = _in_order(np.asarray(values, dtype=np.float64), feature_names,
                            self._input_columns())
         encoded = self._encode_cells(values)
-        if self._compiled_for(values.shape[0], force=True):
+        if self._compiled_for(True):
             return self._fast_trees.positive_proba(encoded)
         return np.asarray(self.steps[-1][1].predict_proba(encoded))[:, 1]
 
+    def prepare_prediction(self, n_cells: int) -> str:
+        """Compile for a map of about ``n_cells`` cells where that pays (see the class
+        docstring), before its first window; returns :attr:`predictor_`. The compiled
+        trees are kept with the fitted model (and in its pickles), so a map compiles once."""
+        check_is_fitted(self)
+        final = self.steps[-1][1] if len(self.steps) == 2 else None
+        large = "_compiled_large" not in self.__dict__  # once per fit, even if it failed
+        if large and _is_forest(final) and n_cells >= self.FOREST_NATIVE_MIN_CELLS:
+            from metalsm.models._native import compile_native
+
+            self._compiled_large = True
+            self._fast_trees = compile_native(_trees_module().compile_forest(final))
+        elif large and _is_lightgbm(final) and n_cells >= self.OPTIMISE_MIN_CELLS:
+            self._compiled_large = True
+            optimised = compile_ensemble(final, opt_level=2)
+            if optimised is not None and not isinstance(optimised,
+                                                        _trees_module().CompiledTrees):
+                self._fast_trees = optimised
+        self._compiled_for(True)
+        return self.predictor_
+
     @property
     def predictor_(self) -> str:
-        """``"compiled"`` when the final estimator runs as packed trees, else ``"library"``."""
+        """``"native"`` or ``"packed"`` when the final estimator runs compiled (native:
+        machine code per tree; packed: the numba walk), else ``"library"``."""
         check_is_fitted(self)
-        return "compiled" if self._compiled_for(0, force=True) else "library"
+        if not self._compiled_for(True):
+            return "library"
+        return "packed" if isinstance(self._fast_trees, _trees_module().CompiledTrees) else "native"
 
     # -- fast paths (built once per fit, on first use) -----------------------------------
     def _input_columns(self) -> list[Any]:
         names = getattr(self, "feature_names_in_", None)
         return list(names) if names is not None else list(range(self.n_features_in_))
 
-    def _compiled_for(self, n_rows: int, force: bool = False) -> bool:
-        """Whether to predict compiled; packs the trees on first need."""
+    def _compiled_for(self, large: bool) -> bool:
+        """Whether to predict compiled; compiles LightGBM on the first ``large`` need."""
         if "_fast_trees" not in self.__dict__:
-            if not force and n_rows < self.COMPILE_MIN_ROWS:
+            if not large:
                 return False
             self._fast_trees = compile_ensemble(self.steps[-1][1]) if len(self.steps) == 2 else None
         return self._fast_trees is not None
@@ -500,19 +534,36 @@ class FactorPipeline(Pipeline):
         return self[:-1].transform(frame)
 
 
-def compile_ensemble(estimator: Any) -> Any:
-    """The fitted ``estimator`` as packed trees, or ``None`` where the library predicts.
+def compile_ensemble(estimator: Any, opt_level: int = 0) -> Any:
+    """The fitted ``estimator`` compiled for prediction, or ``None`` where the library predicts.
 
-    LightGBM only. Random forests stay on scikit-learn's own walk: it is compiled
-    (Cython) already, and the packed walk (:func:`metalsm.models._trees.compile_forest`,
-    equal to it to rounding) measured 0.7-1.0 times its speed on the Kaghan map
-    (``benchmarks/predict_speed.py``), so it would only slow the default map down.
+    LightGBM: machine code per tree (:func:`metalsm.models._native.compile_native` at
+    LLVM's ``opt_level``), else (native compilation off or failed) the packed numba
+    walk, else ``None`` for a model the packing does not cover. Forests: ``None``
+    here; scikit-learn's walk is Cython already, and native code (1.7 times faster,
+    15-30 s to compile) is built only for large maps by
+    :meth:`FactorPipeline.prepare_prediction`.
     """
-    if type(estimator).__module__.startswith("lightgbm"):
-        from metalsm.models._trees import compile_lightgbm  # numba: loaded when needed
+    if _is_lightgbm(estimator):
+        from metalsm.models._native import compile_native  # llvmlite/numba: loaded when needed
 
-        return compile_lightgbm(estimator)
+        packed = _trees_module().compile_lightgbm(estimator)
+        return compile_native(packed, opt_level) or packed
     return None
+
+
+def _trees_module() -> Any:
+    from metalsm.models import _trees  # numba: loaded when needed
+
+    return _trees
+
+
+def _is_forest(estimator: Any) -> bool:
+    return type(estimator) is RandomForestClassifier
+
+
+def _is_lightgbm(estimator: Any) -> bool:
+    return type(estimator).__module__.startswith("lightgbm")
 
 
 def _in_order(values: np.ndarray, feature_names: Sequence[Any], columns: list[Any]) -> np.ndarray:

@@ -148,7 +148,7 @@ def _run_raster_pipeline(
         t = timed("validation", t)
 
         meta_result = None
-        predictor: dict[str, str] = {}  # map model -> "compiled" (packed trees) or "library"
+        predictor: dict[str, str] = {}  # map model -> "native", "packed" or "library"
         if config.model.map_model == "meta-blockwise":  # block-wise models (meta_run.py)
             from metalsm.pipeline._meta import run_meta_stage
 
