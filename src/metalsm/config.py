@@ -68,17 +68,10 @@ class GridConfig:
 
 @dataclass(frozen=True)
 class TerrainConfig:
-    factors: tuple[str, ...] = (
-        "elevation",
-        "slope",
-        "aspect_sin",
-        "aspect_cos",
-        "plan_curvature",
-        "profile_curvature",
-        "twi",
-        "spi",
-        "distance_to_drainage",
-    )
+    #: every factor but the raw accumulations (TWI and SPI carry them, on scales a model
+    #: can use)
+    factors: tuple[str, ...] = tuple(
+        n for n in TERRAIN_FACTORS if n not in ("flow_accumulation", "log_flow_accumulation"))
     drainage_threshold_km2: float = 0.5
     routing: Literal["d8", "mfd"] = "d8"
 
