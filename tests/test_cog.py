@@ -93,3 +93,15 @@ def test_windowed_writer_leaves_nothing_when_the_block_fails(tmp_path):
         with windowed_geotiff(path, _grid((300, 300)), dtype="int32", nodata=-1, cog=False):
             raise RuntimeError("window failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gdal_cache_is_bounded_in_bytes():
+    """rasterio passes an integer GDAL_CACHEMAX to GDAL as bytes: the bounded cache must
+    be GDAL_CACHE_MB megabytes, not GDAL_CACHE_MB bytes (which disables caching and made
+    the factor stack's COG copy 6x slower)."""
+    from metalsm.raster import GDAL_CACHE_MB, gdal_cache
+
+    with gdal_cache():
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == GDAL_CACHE_MB * 1024 * 1024
+    with rasterio.Env(GDAL_CACHEMAX=10 * 1024 * 1024), gdal_cache():  # the user's choice wins
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 10 * 1024 * 1024

@@ -96,7 +96,9 @@ def gdal_cache() -> Iterator[None]:
     if user_set:
         yield
         return
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64: bytes, not MB (256
+    # would be a 256-byte cache, and every tile read more than once decompressed again)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
         yield
 
 
