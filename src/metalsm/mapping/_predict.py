@@ -154,22 +154,11 @@ def predict_raster(
     (``n_new`` plugs straight into a rich progress ``advance``). ``compute``: run the
     windows on Dask (see :func:`_write_probability_raster`); the result is the same.
     """
-    feature_names = list(feature_names)
-    if not feature_names:
+    if not list(feature_names):
         raise MetalsmInputError("predict_raster needs at least one feature name")
-
-    def predict_window(values: np.ndarray, _win: Window) -> tuple[np.ndarray, np.ndarray]:
-        valid = np.isfinite(values).all(axis=0)
-        if not valid.any():
-            return valid, np.empty(0)
-        return valid, _cell_proba(model, values[:, valid].T, feature_names)
-
-    with open_raster(factors_path) as src:
-        indexes = _band_indexes(src, factors_path, feature_names, "the model")
-        _prepare_prediction(model, src.height * src.width)
-    return _write_probability_raster(
-        factors_path, indexes, out_path, predict_window,
-        description="landslide susceptibility (probability)",
+    return _write_model_map(
+        [model], lambda probabilities: probabilities[0], factors_path, out_path,
+        feature_names, "the model", description="landslide susceptibility (probability)",
         window_size=window_size, overviews=overviews, progress=progress, compute=compute,
     )
 
@@ -195,25 +184,34 @@ def predict_spread_raster(
     predicted by every model; ``len(models)`` probabilities per cell held at once),
     into a float32 Cloud-Optimized GeoTIFF with NaN nodata.
     """
-    feature_names = list(feature_names)
     if len(models) < 2:
         raise MetalsmInputError(f"a spread needs at least 2 models, got {len(models)}")
+    return _write_model_map(
+        models, lambda probabilities: np.stack(probabilities).std(axis=0, ddof=1),
+        factors_path, out_path, feature_names, "the models", description=description,
+        window_size=window_size, overviews=overviews, progress=progress, compute=compute)
 
-    def spread_window(values: np.ndarray, _win: Window) -> tuple[np.ndarray, np.ndarray]:
+
+def _write_model_map(models: Sequence[Any], combine: Callable[[list[np.ndarray]], np.ndarray],
+                     factors_path: str | Path, out_path: str | Path,
+                     feature_names: Sequence[str], who: str, **write: Any) -> Path:
+    """The map of :func:`predict_raster` and :func:`predict_spread_raster`: per window,
+    every model's probability of the cells with all factors finite, ``combine``d into
+    one value per cell, written by :func:`_write_probability_raster`."""
+    feature_names = list(feature_names)
+
+    def window_values(values: np.ndarray, _win: Window) -> tuple[np.ndarray, np.ndarray]:
         valid = np.isfinite(values).all(axis=0)
         if not valid.any():
             return valid, np.empty(0)
         cells = values[:, valid].T
-        return valid, np.stack([_cell_proba(m, cells, feature_names)
-                                for m in models]).std(axis=0, ddof=1)
+        return valid, combine([_cell_proba(m, cells, feature_names) for m in models])
 
     with open_raster(factors_path) as src:
-        indexes = _band_indexes(src, factors_path, feature_names, "the models")
+        indexes = _band_indexes(src, factors_path, feature_names, who)
         for model in models:
             _prepare_prediction(model, src.height * src.width)
-    return _write_probability_raster(
-        factors_path, indexes, out_path, spread_window, description=description,
-        window_size=window_size, overviews=overviews, progress=progress, compute=compute)
+    return _write_probability_raster(factors_path, indexes, out_path, window_values, **write)
 
 
 @gdal_cache()
