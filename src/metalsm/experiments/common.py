@@ -78,7 +78,7 @@ def experiment_plan(config: StudyAreaConfig) -> Iterator[tuple[Any, int | None]]
         yield None, None
         return
     with plan.compute() as compute:
-        yield compute, plan.chunk_size
+        yield compute, plan.stage_chunk_size
 
 
 def experiment_data(config: StudyAreaConfig, out: Path, stack: Any = None,

@@ -103,7 +103,7 @@ def segment_study_area(
     plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
     with plan.compute() as compute, RunProgress(enabled=show_progress) as progress:
         return prepare_blocks(config, out, progress, compute=compute,
-                              chunk_size=plan.chunk_size if plan.chunked else None)[0]
+                              chunk_size=plan.stage_chunk_size)[0]
 
 
 def prepare_blocks(

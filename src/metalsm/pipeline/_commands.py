@@ -34,7 +34,7 @@ def _stack_and_inventory(config, out_dir: str | Path, command: str, chunk_size: 
     decides, built into a hidden file that is gone before the folder is swapped in."""
     check_run(config, out_dir, needs_rasters=True, command=command)
     plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
-    chunk = plan.chunk_size if plan.chunked else None
+    chunk = plan.stage_chunk_size
     with staged_directory(out_dir) as out, plan.compute() as compute:  # replaced when complete
         stack = open_stack(config, out / ".factors.tif", compute, chunked=plan.chunked,
                            chunk_size=chunk, output=False)

@@ -100,7 +100,7 @@ def _run_raster_pipeline(
     from metalsm.scale import choose_plan
 
     plan = choose_plan(config, chunk_size=chunk_size, scheduler=scheduler)
-    chunk = plan.chunk_size if plan.chunked else None
+    chunk = plan.stage_chunk_size
     window_size = plan.window_size(config.output.window_size)
     with plan.compute() as compute, RunProgress(enabled=show_progress) as progress:
         if plan.chunked:
@@ -273,8 +273,9 @@ def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
     t = started
     with RunProgress(enabled=show_progress) as progress:
         block_stage = None
+        blocks_settings = config.blocks or BlocksConfig()  # [meta] needs blocks: defaults
         if config.blocks is not None or config.meta is not None:
-            block_stage = segment_table(config, config.blocks or BlocksConfig(), out, progress)
+            block_stage = segment_table(config, blocks_settings, out, progress)
             samples = block_stage.samples
             timings["blocks"] = round(time.perf_counter() - t, 3)
         else:
@@ -326,7 +327,7 @@ def _run_table(config: StudyAreaConfig, out: Path, warned: list[str], *,
             outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             seeds = {"validation": config.validation.seed}
             if block_stage is not None:
-                seeds["blocks"] = (config.blocks or BlocksConfig()).seed
+                seeds["blocks"] = blocks_settings.seed
             if config.meta is not None:
                 seeds["meta"] = config.meta.seed
             manifest = build_manifest(

@@ -243,6 +243,11 @@ class Plan:
         """The executor of this plan (serial when in memory)."""
         return compute_context(self.scheduler if self.chunked else "serial")
 
+    @property
+    def stage_chunk_size(self) -> int | None:
+        """The ``chunk_size`` a stage takes: the chunk edge, or None in memory (one window)."""
+        return self.chunk_size if self.chunked else None
+
     def window_size(self, output_window: int) -> int:
         """Prediction windows: never larger than ``[output] window_size`` (features of a
         window take ~0.5 kB per cell), smaller when the chunks are."""
