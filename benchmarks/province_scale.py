@@ -23,7 +23,9 @@ i.e. LocalCluster workers, sampled every 0.1 s by a thread):
   by window), ``train`` (weighted MAML on the meta-train blocks, no pretraining,
   ``--meta-iterations``; every block adapted with K = 5) and ``map`` (block-wise
   susceptibility.tif over Dask in windows of at most 256 x 256 cells: the one-hot
-  float64 features of a window take ~0.5 kB per cell; zones.tif).
+  float64 features of a window take ~0.5 kB per cell; zones.tif); with ``--rf-map``
+  also ``rf fit`` and ``rf map`` (the README's default map model, 300 trees, fitted
+  on the same samples and mapped over every cell with its trees compiled: rf.tif).
 
 Results are printed and written to ``OUT/province_scale.json`` and ``.md``.
 Intermediates are deleted as soon as they are no longer needed unless ``--keep``.
@@ -201,14 +203,39 @@ def run_scheduler(name: str, compute, args, inputs: dict, grid: Grid, landslides
         block_models = adapt_all_blocks(learner, data, meta.map_k, meta.seed)
     with stage(results, memory, name, "map", cells):
         paths = write_blockwise_map(config, block_models, data.encoder, out, compute=compute)
+    if args.rf_map:
+        rf_path = rf_map(samples, names, out, compute, config.output.window_size, results,
+                         memory, name, cells)
     with rasterio.open(paths["susceptibility"]) as src:
         overview = src.read(1, out_shape=(1, 256, 256))
     summary = {"scheduler": name, "blocks": int(coarse.blocks.n_blocks), "coarse_factor": factor,
                "positives": int((samples.y == 1).sum()), "negatives": int((samples.y == 0).sum()),
                "mean_probability_overview": float(np.nanmean(overview))}
+    if args.rf_map:
+        with rasterio.open(rf_path) as src:
+            summary["rf_mean_probability_overview"] = float(np.nanmean(
+                src.read(1, out_shape=(1, 256, 256))))
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
     return summary
+
+
+def rf_map(samples, names, out: Path, compute, window_size: int, results: list,
+           memory: PeakMemory, scheduler: str, cells: int) -> Path:
+    """The README's default map model (``rf``, 300 trees) fitted on the stage's samples
+    and mapped over every cell (its trees compiled for the map, as ``metalsm run`` does)."""
+    from metalsm.mapping import predict_raster
+    from metalsm.models.classic import make_model
+
+    with stage(results, memory, scheduler, "rf fit", cells):
+        model = make_model("rf", list(THEMATIC), 7)
+        model.fit(samples.table[list(names)], samples.table["label"])
+    with stage(results, memory, scheduler, "rf map", cells):
+        path = predict_raster(model, out / "factors.tif", out / "rf.tif",
+                              feature_names=list(names), window_size=window_size,
+                              compute=compute)
+    results[-1]["predictor"] = model.predictor_
+    return path
 
 
 # --------------------------------------------------------------------------- main
@@ -239,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="at most this many cells on the segmentation grid")
     parser.add_argument("--max-positives", type=int, default=20_000)
     parser.add_argument("--meta-iterations", type=int, default=300)
+    parser.add_argument("--rf-map", action="store_true",
+                        help="also fit the rf model on the samples and map it (rf.tif)")
     parser.add_argument("--keep", action="store_true", help="keep intermediates and outputs")
     args = parser.parse_args(argv)
 
