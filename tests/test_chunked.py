@@ -127,6 +127,24 @@ class _BlockModels:
         return 1 / (1 + np.exp(-(self.ids * 0.3 + features[:, 0] / 1000 - 3)))
 
 
+@pytest.mark.parametrize("private", [False, True])
+def test_thread_tasks_share_what_they_capture_unless_private(private):
+    """Terrain windows capture the whole grid's upstream counts: on local threads they
+    must read that one array, not a copy per thread (1.6 GB each at 400 M cells); a
+    model map asks for private copies because its models need not be thread-safe."""
+    counts = np.arange(1000, dtype=np.uint32)
+
+    def task(win):
+        return int(counts[win.col_off]), counts.__array_interface__["data"][0]
+
+    windows = list(iter_windows((10, 1000), 100))
+    with compute_context(None, num_workers=2) as compute:
+        results = dict(compute.map_windows(task, windows, private=private))
+    assert sorted(v for v, _ in results.values()) == [w.col_off for w in windows]
+    shared = {address == counts.__array_interface__["data"][0] for _, address in results.values()}
+    assert shared == ({False} if private else {True})
+
+
 def test_blockwise_prediction_on_dask_threads_equals_serial(runs, tmp_path):
     _, memory, _ = runs
     with rasterio.open(memory / "factors.tif") as src:

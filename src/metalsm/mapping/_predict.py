@@ -94,8 +94,9 @@ def _write_probability_raster(
     with windowed_geotiff(out_path, grid, descriptions=[description], overviews=overviews,
                           lock=compute.lock(str(out_path)), predictor=3,
                           num_threads=GDAL_WRITE_THREADS) as dst:
-        for win, (out, n_new) in compute.map_windows(task, iter_windows(grid.shape,
-                                                                         window_size)):
+        # models need not be thread-safe (PyTorch's functional_call is not): a copy per thread
+        for win, (out, n_new) in compute.map_windows(task, iter_windows(grid.shape, window_size),
+                                                     private=True):
             dst.write(out, win)
             done += n_new
             if progress is not None:

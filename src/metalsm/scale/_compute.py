@@ -79,14 +79,18 @@ class Compute:
                 self._locks[name] = threading.Lock()
         return self._locks[name]
 
-    def map_windows(self, func: Callable[[Window], Any], windows: Iterable[Window]
-                    ) -> Iterator[tuple[Window, Any]]:
+    def map_windows(self, func: Callable[[Window], Any], windows: Iterable[Window],
+                    *, private: bool = False) -> Iterator[tuple[Window, Any]]:
         """``(window, func(window))`` for every window: in window order when serial, in
         completion order otherwise.
 
         At most ``max_in_flight`` windows are computed or held at once, so memory
         stays bounded whatever the number of windows. ``func`` must be picklable
         (cloudpickle) when the client's workers are other processes.
+        ``private``: on local threads, each thread runs its own copy of ``func``, for
+        tasks whose captured objects are not thread-safe (a model). Off by default:
+        a copy costs what ``func`` captures once per thread, and the terrain windows
+        capture the whole grid's upstream counts (1.6 GB at 400 M cells).
         """
         windows = iter(windows)
         task = _with_gdal_cache(func)
@@ -99,7 +103,7 @@ class Compute:
             return
         import dask
 
-        own = _per_thread_copy(task)
+        own = _per_thread_copy(task) if private else task
         while True:
             batch = [w for _, w in zip(range(self.max_in_flight), windows, strict=False)]
             if not batch:
