@@ -249,6 +249,19 @@ def test_dask_schedulers_give_the_same_files(holed_dem, tmp_path):
         )
     for name in names:
         np.testing.assert_array_equal(read(out[name]), read(reference[name]), err_msg=name)
+    assert not list((tmp_path / "cluster").glob(".counts-*"))  # the workers' scratch is gone
+
+
+def test_cluster_tasks_carry_a_file_name_not_the_counts(tmp_path):
+    """A cluster's window task captures the upstream counts as a scratch file: what is
+    pickled to every worker stays small whatever the grid, and slices read back exact."""
+    import pickle
+
+    counts = np.arange(600 * 500, dtype=np.uint32).reshape(600, 500)
+    spilled = chunked_terrain._CountsFile.spill(counts, str(tmp_path))
+    assert len(pickle.dumps(spilled)) < 1_000 < counts.nbytes
+    window = Window(col_off=30, row_off=70, width=100, height=40)
+    np.testing.assert_array_equal(spilled[window.toslices()], counts[window.toslices()])
 
 
 def test_dem_off_the_grid_is_warped_window_by_window(kaghan, tmp_path):

@@ -22,7 +22,9 @@ three strategies:
   (the counts) kept while the factor windows are written. 400 M cells: ~2.4 GB.
   Multiple flow directions (``routing="mfd"``) keep the DEM for the proportions:
   4 + 1 (waiting count) + 4 (float32 totals) = 9 bytes per cell (400 M: ~3.6 GB).
-  TWI, SPI, log accumulation read the counts and a windowed slope.
+  TWI, SPI, log accumulation read the counts and a windowed slope. Local threads
+  slice the counts in memory; a cluster's workers map them from a scratch file
+  beside the layers (not shipped with every task).
 * **Euclidean distances** (to drainage, to vector features) are **global** too, by
   an exact separable squared-EDT written here: a 1-D pass down column strips (result,
   the distance in rows, kept on disk as uint32 in a temporary file next to the
@@ -160,11 +162,17 @@ def write_terrain_factors(
         if window_names:
             dem_file = str(dem_path)
 
-            def task(window: Window) -> dict[str, np.ndarray]:
-                return _factor_window(dem_file, grid, window, window_names,
-                                      None if counts is None else counts[window.toslices()])
-
             with ExitStack() as stack, _stage(progress, "terrain factors", len(windows)) as adv:
+                upstream = counts
+                if counts is not None and compute.client is not None:
+                    upstream = _CountsFile.spill(counts, stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix=".counts-", dir=out_dir)))
+
+                def task(window: Window) -> dict[str, np.ndarray]:
+                    return _factor_window(
+                        dem_file, grid, window, window_names,
+                        None if upstream is None else upstream[window.toslices()])
+
                 writers = {name: stack.enter_context(windowed_geotiff(
                     paths[name], grid, descriptions=[name], cog=False,
                     lock=compute.lock(str(paths[name])), **_write_profile(compress)))
@@ -185,6 +193,24 @@ def write_terrain_factors(
                 progress=progress, what="distance to drainage", compress=compress,
             )
     return {name: paths[name] for name in requested}
+
+
+class _CountsFile:
+    """Upstream counts as cluster workers read them: a scratch ``.npy`` each worker maps
+    and slices (the workers read this folder, as they read the DEM), so the whole grid's
+    counts (1.6 GB at 400 M cells) are not shipped to every worker inside the task."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    @classmethod
+    def spill(cls, counts: np.ndarray, folder: str) -> _CountsFile:
+        path = Path(folder) / "upstream_counts.npy"
+        np.save(path, counts)
+        return cls(path)
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        return np.asarray(np.load(self.path, mmap_mode="r")[key])
 
 
 #: Cells per band inside a window: the 3x3 functions make ~25 float64 temporaries
