@@ -105,3 +105,19 @@ def test_gdal_cache_is_bounded_in_bytes():
         assert rasterio.env.getenv()["GDAL_CACHEMAX"] == GDAL_CACHE_MB * 1024 * 1024
     with rasterio.Env(GDAL_CACHEMAX=10 * 1024 * 1024), gdal_cache():  # the user's choice wins
         assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 10 * 1024 * 1024
+
+
+def test_rasters_that_may_pass_4_gb_are_written_as_bigtiff(tmp_path):
+    """GDAL's default stays classic TIFF for compressed files whatever their size, and a
+    province-scale stack then fails at 4 GB; a 24,000² float32 layer (2.3 GB raw) must
+    be BigTIFF, a small one classic (the outputs users already have stay as they were)."""
+    from metalsm.raster import windowed_geotiff
+
+    with windowed_geotiff(tmp_path / "big.tif", _grid((24_000, 24_000)), cog=False,
+                          SPARSE_OK=True):
+        pass  # sparse: no tile written, only the header and directory
+    with windowed_geotiff(tmp_path / "small.tif", _grid((300, 200))) as writer:
+        writer.write(np.ones((300, 200), np.float32))
+    assert (tmp_path / "big.tif").read_bytes()[:4] == b"II+\x00"  # BigTIFF
+    assert (tmp_path / "small.tif").read_bytes()[:4] == b"II*\x00"  # classic TIFF
+    assert cog_problems(tmp_path / "small.tif") == []

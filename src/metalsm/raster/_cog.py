@@ -50,6 +50,12 @@ COG_BLOCK_SIZE = 256
 #: faster than deflate at the same size (docs/benchmarks.md); outputs stay deflate COGs.
 WORK_COMPRESSION = {"compress": "zstd", "zstd_level": 1}
 
+#: Classic TIFF ends at 4 GB of file; GDAL's default (``IF_NEEDED``) ignores compression
+#: and stays classic, so a compressed province-scale stack (11 bands x 400 M cells) fails
+#: when its directory is written. ``IF_SAFER`` switches to BigTIFF where the file might
+#: pass 4 GB; small rasters stay classic TIFF.
+BIGTIFF = "IF_SAFER"
+
 
 @contextmanager
 def atomic_cog(
@@ -73,7 +79,7 @@ def atomic_cog(
         with atomic_path(final) as tmp:
             rasterio.shutil.copy(
                 work, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES",
-                BLOCKSIZE=COG_BLOCK_SIZE, OVERVIEWS="AUTO",
+                BLOCKSIZE=COG_BLOCK_SIZE, OVERVIEWS="AUTO", BIGTIFF=BIGTIFF,
                 OVERVIEW_RESAMPLING=overview_resampling.upper(), NUM_THREADS="ALL_CPUS",
             )
     finally:
@@ -148,7 +154,7 @@ def windowed_geotiff(
     from rasterio.enums import Resampling
 
     profile = grid.profile(count=count, dtype=dtype, nodata=nodata,
-                           **{**WORK_COMPRESSION, **creation})
+                           **{**WORK_COMPRESSION, "BIGTIFF": BIGTIFF, **creation})
     target = (atomic_cog(path, overview_resampling=overview_resampling) if cog
               else atomic_path(path))
     with gdal_cache(), target as tmp, rasterio.open(tmp, "w", **profile) as dst:

@@ -95,11 +95,11 @@ def _read_dem(dem_path: str | Path, grid: Grid, window: Window) -> np.ndarray:
 
 
 def _write_profile(compress: bool = True) -> dict:
-    """Layer files: deflate-compressed when they may not fit in memory (windows), plain
+    """Layer files: compressed (``WORK_COMPRESSION``) when they may not fit in memory, plain
     when a whole-grid (one-window) run reads them straight back."""
     if not compress:
-        return {"compress": "none", "BIGTIFF": "IF_SAFER"}
-    return {"predictor": 3, "BIGTIFF": "IF_SAFER", "num_threads": "ALL_CPUS"}
+        return {"compress": "none"}
+    return {"predictor": 3, "num_threads": "ALL_CPUS"}
 
 
 # ------------------------------------------------------------------------- terrain factors
