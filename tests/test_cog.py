@@ -107,6 +107,24 @@ def test_gdal_cache_is_bounded_in_bytes():
         assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 10 * 1024 * 1024
 
 
+def test_a_cog_copy_caches_five_strips_of_tiles_and_the_user_setting_still_wins():
+    """The COG copy of a 20000-cell wide 11-band stack thrashed a 256 MB cache (GDAL
+    decompressed every strip again per band: ~1,650 s against 426 s with 900 MB): its
+    cache holds 5 strips of 256-cell tiles across the width, then the bounded cache is
+    back."""
+    from metalsm.raster import GDAL_CACHE_MB, cog_copy_cache_mb, gdal_cache
+
+    assert cog_copy_cache_mb(20000, 11, "float32") == 1075  # 5 * 20000 * 256 * 11 * 4 B
+    assert cog_copy_cache_mb(826, 11, "float32") == GDAL_CACHE_MB
+    assert cog_copy_cache_mb(40000, 1, "uint8") == GDAL_CACHE_MB
+    with gdal_cache():
+        with gdal_cache(1075):
+            assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 1075 * 1024 * 1024
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == GDAL_CACHE_MB * 1024 * 1024
+    with rasterio.Env(GDAL_CACHEMAX=10 * 1024 * 1024), gdal_cache(1075):
+        assert rasterio.env.getenv()["GDAL_CACHEMAX"] == 10 * 1024 * 1024
+
+
 def test_rasters_that_may_pass_4_gb_are_written_as_bigtiff(tmp_path):
     """GDAL's default stays classic TIFF for compressed files whatever their size, and a
     province-scale stack then fails at 4 GB; a 24,000² float32 layer (2.3 GB raw) must

@@ -11,10 +11,12 @@ the copy. :func:`cog_problems` applies the rules of GDAL's
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,10 +29,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COG_BLOCK_SIZE",
+    "COG_COPY_STRIPS",
     "WORK_COMPRESSION",
     "GDAL_CACHE_MB",
     "WindowWriter",
     "atomic_cog",
+    "cog_copy_cache_mb",
     "cog_problems",
     "gdal_cache",
     "windowed_geotiff",
@@ -41,6 +45,13 @@ OverviewResampling = Literal["average", "mode", "nearest"]
 #: GDAL block cache (MB) of every windowed reader and writer unless GDAL_CACHEMAX is set:
 #: GDAL's default (5 % of RAM, 6 GB on a 128 GB node) lets memory grow with the raster.
 GDAL_CACHE_MB = 256
+
+#: Strips of tiles (the full width, one tile high, every band) the GDAL cache holds
+#: while a COG is copied: GDAL builds the overviews strip by strip, and when a strip of
+#: source tiles does not fit it decompresses them again for every band (a 20000-cell
+#: wide 11-band stack: ~1,650 s with 256 MB, 426 s with 900 MB, 438 s with 1 GB;
+#: docs/benchmarks.md).
+COG_COPY_STRIPS = 5
 
 #: Tile side of every COG output (GeoTIFF tiles of the windowed writers are 256 too).
 COG_BLOCK_SIZE = 256
@@ -76,7 +87,9 @@ def atomic_cog(
     work = final.with_name(f".{final.stem}.partial-tiles{final.suffix}")
     try:
         yield work
-        with atomic_path(final) as tmp:
+        with rasterio.open(work) as src:
+            cache_mb = cog_copy_cache_mb(src.width, src.count, src.dtypes[0])
+        with atomic_path(final) as tmp, gdal_cache(cache_mb):
             rasterio.shutil.copy(
                 work, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES",
                 BLOCKSIZE=COG_BLOCK_SIZE, OVERVIEWS="AUTO", BIGTIFF=BIGTIFF,
@@ -88,24 +101,49 @@ def atomic_cog(
                 leftover.unlink()
 
 
+def cog_copy_cache_mb(width: int, count: int, dtype: str) -> int:
+    """GDAL cache (MB) for copying a ``width``-cell wide raster of ``count`` bands into a
+    COG: :data:`COG_COPY_STRIPS` strips of tiles, at least :data:`GDAL_CACHE_MB`."""
+    strip = width * COG_BLOCK_SIZE * count * np.dtype(dtype).itemsize
+    return max(GDAL_CACHE_MB, math.ceil(COG_COPY_STRIPS * strip / 2**20))
+
+
+#: Whether the GDAL cache setting in force is one :func:`gdal_cache` made (a nested
+#: call may then change it) rather than the user's.
+_CACHE_SET_HERE: ContextVar[bool] = ContextVar("metalsm_gdal_cache", default=False)
+
+
 @contextmanager
-def gdal_cache() -> Iterator[None]:
-    """A bounded GDAL block cache (:data:`GDAL_CACHE_MB`) unless the user set
-    GDAL_CACHEMAX, so memory stays flat as rasters grow. Also a decorator."""
+def gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Iterator[None]:
+    """A bounded GDAL block cache of ``megabytes`` (:data:`GDAL_CACHE_MB`) unless the user
+    set GDAL_CACHEMAX, so memory stays flat as rasters grow. Also a decorator."""
+    import rasterio
+
+    if _user_set_cache():
+        yield
+        return
+    token = _CACHE_SET_HERE.set(True)
+    try:
+        # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64: bytes, not MB (256
+        # would be a 256-byte cache, and every tile read more than once decompressed again)
+        with rasterio.Env(GDAL_CACHEMAX=int(megabytes) * 1024 * 1024):
+            yield
+    finally:
+        _CACHE_SET_HERE.reset(token)
+
+
+def _user_set_cache() -> bool:
     import rasterio
     from rasterio.errors import EnvError
 
+    if "GDAL_CACHEMAX" in os.environ:
+        return True
+    if _CACHE_SET_HERE.get():
+        return False
     try:
-        user_set = "GDAL_CACHEMAX" in os.environ or "GDAL_CACHEMAX" in rasterio.env.getenv()
+        return "GDAL_CACHEMAX" in rasterio.env.getenv()
     except EnvError:  # no rasterio environment active
-        user_set = False
-    if user_set:
-        yield
-        return
-    # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64: bytes, not MB (256
-    # would be a 256-byte cache, and every tile read more than once decompressed again)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024):
-        yield
+        return False
 
 
 class WindowWriter:
