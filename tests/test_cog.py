@@ -139,3 +139,24 @@ def test_rasters_that_may_pass_4_gb_are_written_as_bigtiff(tmp_path):
     assert (tmp_path / "big.tif").read_bytes()[:4] == b"II+\x00"  # BigTIFF
     assert (tmp_path / "small.tif").read_bytes()[:4] == b"II*\x00"  # classic TIFF
     assert cog_problems(tmp_path / "small.tif") == []
+
+
+def test_a_wide_cog_copy_gives_its_cache_back(tmp_path):
+    """A copy whose cache is raised past the bounded 256 MB must not leave the process
+    that much larger (the freed heap is trimmed): 6,000 cells wide, 11 bands -> 323 MB."""
+    import psutil
+
+    from metalsm.raster import GDAL_CACHE_MB, Grid, cog_copy_cache_mb, windowed_geotiff
+
+    assert cog_copy_cache_mb(6000, 11, "float32") > GDAL_CACHE_MB
+    grid = Grid(rasterio.crs.CRS.from_epsg(32643),
+                rasterio.Affine(30.0, 0, 300000.0, 0, -30.0, 3800000.0), 1536, 6000)
+    values = np.random.default_rng(0).random((11, 256, 6000), dtype=np.float32)
+    before = psutil.Process().memory_info().rss
+    with windowed_geotiff(tmp_path / "wide.tif", grid, count=11, interleave="pixel") as out:
+        for row in range(0, 1536, 256):
+            out.write(values, rasterio.windows.Window(0, row, 6000, 256))
+    grown = psutil.Process().memory_info().rss - before
+    assert grown < 150 * 2**20, f"{grown / 2**20:.0f} MB kept after the copy"
+    with rasterio.open(tmp_path / "wide.tif") as src:
+        assert src.count == 11 and src.overviews(1)

@@ -11,6 +11,7 @@ the copy. :func:`cog_problems` applies the rules of GDAL's
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
@@ -95,10 +96,22 @@ def atomic_cog(
                 BLOCKSIZE=COG_BLOCK_SIZE, OVERVIEWS="AUTO", BIGTIFF=BIGTIFF,
                 OVERVIEW_RESAMPLING=overview_resampling.upper(), NUM_THREADS="ALL_CPUS",
             )
+        if cache_mb > GDAL_CACHE_MB:
+            _release_freed_heap()
     finally:
         for leftover in (work, work.with_name(work.name + ".aux.xml")):
             if leftover.exists():
                 leftover.unlink()
+
+
+def _release_freed_heap() -> None:
+    """Hand the heap that a large copy cache freed back to the system: glibc keeps it,
+    and every later stage of the 400 M-cell run started 0.9 GB higher (its RF map
+    peaked at 4.2 GB)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def cog_copy_cache_mb(width: int, count: int, dtype: str) -> int:
